@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh clone:
+#   make serve   set up .venv, build the default models, start TorchServe on 127.0.0.1
+#   make test    set up .venv, build the models, run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+HANDLER_FILES := $(wildcard handlers/*.py handlers/config/*.yaml)
+
+.PHONY: install models serve stop test clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+model_store/sentiment.mar: $(STAMP) $(HANDLER_FILES) marport/build.py marport/train_sentiment.py marport/data/sentiment_corpus.tsv
+	$(PY) -m marport.build sentiment
+
+models: model_store/sentiment.mar
+
+serve: models
+	$(PY) -m marport.server start
+
+stop:
+	@if [ -x $(PY) ]; then $(PY) -m marport.server stop; fi
+
+test: models
+	$(PY) -m pytest
+
+clean:
+	rm -rf build var model_store/*.mar

@@ -1,0 +1,8 @@
+"""TorchServe entry point of sentiment.mar (the archive's --handler)."""
+
+import sentiment
+from torchserve_adapter import CoreHandler
+
+
+class SentimentHandler(CoreHandler):
+    core = sentiment

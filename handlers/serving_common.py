@@ -1,0 +1,107 @@
+"""Pieces every model core shares: the request error type, body decoding, settings.
+
+This module is packed flat into each `.mar` next to the model's core module, so it
+imports nothing from the project: only the standard library, numpy and torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+JSON_TYPE = "application/json"
+DEFAULT_THREADS_ENV = "MARPORT_TORCH_THREADS"
+
+
+class RequestError(Exception):
+    """A problem with one request: answered with a 4xx, never crashes the worker."""
+
+    def __init__(self, message: str, *, kind: str = "invalid_input", code: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.code = code
+
+    def payload(self) -> dict:
+        return {"code": self.code, "type": self.kind, "message": self.message}
+
+
+@dataclass
+class Request:
+    """One request as the runtimes hand it to us, reduced to what a core needs."""
+
+    body: Any  # bytes, or whatever TorchServe already decoded (str, dict, list)
+    content_type: str = ""
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def media_type(self) -> str:
+        return self.content_type.split(";", 1)[0].strip().lower()
+
+
+def as_bytes(body: Any) -> bytes:
+    """The body as bytes; TorchServe gives bytearray for raw bodies."""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    raise RequestError(f"expected a raw request body, got {type(body).__name__}")
+
+
+def as_text(body: Any) -> str:
+    """Decode a text body strictly; invalid UTF-8 is the caller's error."""
+    if isinstance(body, str):
+        return body
+    try:
+        return as_bytes(body).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(
+            f"request body is not valid UTF-8 (byte {exc.start}); send UTF-8 text",
+            kind="invalid_encoding",
+        ) from None
+
+
+def as_json(body: Any) -> Any:
+    """Parse a JSON body unless the runtime already did."""
+    if isinstance(body, (dict, list)):
+        return body
+    text = as_text(body)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(
+            f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+            kind="invalid_json",
+        ) from None
+
+
+def configure_threads(settings: Mapping[str, Any]) -> int:
+    """Give each worker a fixed number of intra-op threads.
+
+    Several workers each using every core fight over the same two CPUs; the
+    `threads` setting (or MARPORT_TORCH_THREADS) divides them on purpose.
+    """
+    threads = int(os.environ.get(DEFAULT_THREADS_ENV) or settings.get("threads") or 1)
+    torch.set_num_threads(max(1, threads))
+    return torch.get_num_threads()
+
+
+def read_settings(model_dir: str, yaml_config: Mapping[str, Any] | None) -> dict:
+    """The `handler:` section of model-config.yaml.
+
+    TorchServe passes the parsed file in; the SageMaker toolkit path and
+    in-process callers read the copy packed in the archive.
+    """
+    config = yaml_config
+    if config is None:
+        path = os.path.join(model_dir, "model-config.yaml")
+        if os.path.exists(path):
+            import yaml
+
+            with open(path, encoding="utf-8") as fh:
+                config = yaml.safe_load(fh)
+    return dict((config or {}).get("handler") or {})

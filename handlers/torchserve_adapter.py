@@ -1,0 +1,98 @@
+"""TorchServe adapter over a model core (sentiment.py, respiratory.py).
+
+A core module provides `load(model_dir, settings)`, `parse_request(Request, model)`
+and `predict(model, parsed_requests) -> answers`. This adapter turns TorchServe's
+batch into Requests, answers each bad request with its own 4xx and JSON error
+body, and runs every good request of the batch through the model together.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping
+
+from serving_common import JSON_TYPE, Request, RequestError, configure_threads, read_settings
+
+log = logging.getLogger(__name__)
+
+# Field names a body may arrive under: raw bodies are "body" (or "data" with some
+# clients); multipart uploads use the form field's name.
+BODY_FIELDS = ("body", "data", "file", "audio", "text", "inputs")
+
+
+def _lower_keys(headers: Mapping[str, Any]) -> dict:
+    return {str(k).lower(): v for k, v in (headers or {}).items()}
+
+
+def to_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> Request:
+    """One entry of TorchServe's batch -> Request (body, content type, parameters)."""
+    headers = _lower_keys(headers)
+    name = next((f for f in BODY_FIELDS if row.get(f) is not None), None)
+    if name is None:
+        # A multipart upload under some other field name: take its one binary part.
+        binary = [k for k, v in row.items() if isinstance(v, (bytes, bytearray))]
+        name = binary[0] if len(binary) == 1 else None
+    body = row.get(name) if name else None
+    part = headers.get(name.lower()) if name else None
+    content_type = ""
+    if isinstance(part, Mapping):
+        content_type = part.get("content-type") or ""
+    if not content_type or content_type.startswith("multipart/"):
+        outer = headers.get("content-type") or ""
+        content_type = content_type if outer.startswith("multipart/") else (outer or content_type)
+    params = {}
+    for key, value in row.items():
+        if key == name:
+            continue
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value).decode("utf-8", errors="replace")
+        params[key] = value if isinstance(value, str) else str(value)
+    return Request(body=body, content_type=content_type, params=params)
+
+
+class CoreHandler:
+    """TorchServe's class entry point; subclasses name their core module."""
+
+    core = None  # set by subclasses
+
+    def __init__(self):
+        self.model = None
+        self.initialized = False
+
+    def initialize(self, context) -> None:
+        model_dir = context.system_properties.get("model_dir")
+        settings = read_settings(model_dir, getattr(context, "model_yaml_config", None))
+        threads = configure_threads(settings)
+        started = time.perf_counter()
+        self.model = self.core.load(model_dir, settings)
+        log.info(
+            "%s loaded in %.2fs with %d torch threads",
+            self.core.__name__,
+            time.perf_counter() - started,
+            threads,
+        )
+        self.initialized = True
+
+    def handle(self, data, context) -> list:
+        answers: list = [None] * len(data)
+        parsed, positions = [], []
+        for idx, row in enumerate(data):
+            try:
+                request = to_request(row, context.get_all_request_header(idx))
+                parsed.append(self.core.parse_request(request, self.model))
+                positions.append(idx)
+            except RequestError as err:
+                answers[idx] = self._reject(context, idx, err)
+        if parsed:
+            for idx, answer in zip(positions, self.core.predict(self.model, parsed)):
+                answers[idx] = answer
+                context.set_response_content_type(idx, JSON_TYPE)
+        return answers
+
+    @staticmethod
+    def _reject(context, idx: int, err: RequestError) -> dict:
+        log.info("request %d rejected: %s (%s)", idx, err.kind, err.message)
+        context.set_response_status(code=err.code, phrase=err.kind, idx=idx)
+        context.set_response_content_type(idx, JSON_TYPE)
+        return err.payload()

@@ -1,0 +1,132 @@
+"""Build a model's `.mar`: its checkpoint, its handler modules and its model-config.yaml.
+
+    python -m marport.build sentiment                     # demo weights, trained here
+    python -m marport.build sentiment --checkpoint DIR    # any HF checkpoint saved with save_pretrained
+    python -m marport.build respiratory
+
+Everything the handler imports is packed flat into the archive, so the served model
+never imports this project from site-packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from marport import BUILD_DIR, HANDLERS_DIR, MODEL_STORE, __version__
+
+COMMON_MODULES = ("serving_common.py", "torchserve_adapter.py")
+CHECKPOINT_SUBDIR = "checkpoint"  # the folder name sentiment.py/respiratory.py look for
+
+
+def _default_sentiment(out: Path) -> None:
+    from marport.train_sentiment import main
+
+    main(["--out", str(out)])
+
+
+def _default_respiratory(out: Path) -> None:
+    from marport.train_respiratory import build_default
+
+    build_default(out)
+
+
+@dataclass(frozen=True)
+class ArchiveSpec:
+    entry: str  # the TorchServe --handler file
+    core: str  # the model core module
+    default_checkpoint: Callable[[Path], None]
+
+    @property
+    def modules(self) -> list[str]:
+        return [*COMMON_MODULES, self.core, self.entry]
+
+
+MODELS = {
+    "sentiment": ArchiveSpec("sentiment_handler.py", "sentiment.py", _default_sentiment),
+    "respiratory": ArchiveSpec("respiratory_handler.py", "respiratory.py", _default_respiratory),
+}
+
+
+def model_config_path(model: str) -> Path:
+    return HANDLERS_DIR / "config" / f"{model}.yaml"
+
+
+def stage(model: str, checkpoint: Path, workdir: Path) -> Path:
+    """Lay out the archive's data: pack/checkpoint/ and model-config.yaml.
+
+    torch-model-archiver copies the *contents* of a folder given as an extra file
+    into the archive root, so the checkpoint goes one level down, in pack/.
+    """
+    staged = workdir / "stage"
+    if staged.exists():
+        shutil.rmtree(staged)
+    target = staged / "pack" / CHECKPOINT_SUBDIR
+    target.mkdir(parents=True)
+    for item in sorted(checkpoint.iterdir()):
+        if item.is_file():
+            shutil.copy2(item, target / item.name)
+    shutil.copy2(model_config_path(model), staged / "model-config.yaml")
+    return staged
+
+
+def archive(model: str, staged: Path, export_dir: Path, name: str) -> Path:
+    spec = MODELS[model]
+    extra = [str(HANDLERS_DIR / m) for m in spec.modules if m != spec.entry]
+    extra.append(str(staged / "pack"))
+    export_dir.mkdir(parents=True, exist_ok=True)
+    archiver = Path(sys.executable).with_name("torch-model-archiver")
+    cmd = [
+        str(archiver if archiver.exists() else "torch-model-archiver"),
+        "--model-name", name,
+        "--version", __version__,
+        "--handler", str(HANDLERS_DIR / spec.entry),
+        "--extra-files", ",".join(extra),
+        "--config-file", str(staged / "model-config.yaml"),
+        "--export-path", str(export_dir),
+        "--force",
+    ]
+    subprocess.run(cmd, check=True)
+    return export_dir / f"{name}.mar"
+
+
+def build(model: str, checkpoint: Path | None = None, export_dir: Path = MODEL_STORE,
+          name: str | None = None) -> Path:
+    name = name or model
+    workdir = BUILD_DIR / name
+    started = time.perf_counter()
+    if checkpoint is None:
+        checkpoint = workdir / "default-checkpoint"
+        print(f"[1/3] building the demo {model} checkpoint in {checkpoint}", flush=True)
+        MODELS[model].default_checkpoint(checkpoint)
+    else:
+        print(f"[1/3] using checkpoint {checkpoint}", flush=True)
+    if not (checkpoint / "config.json").exists():
+        raise SystemExit(f"{checkpoint} has no config.json: not a saved checkpoint folder")
+    print("[2/3] staging checkpoint, handler modules and model-config.yaml", flush=True)
+    staged = stage(model, checkpoint, workdir)
+    print(f"[3/3] archiving with torch-model-archiver into {export_dir}", flush=True)
+    mar = archive(model, staged, export_dir, name)
+    size_mb = mar.stat().st_size / 1e6
+    print(f"built {mar} ({size_mb:.1f} MB) in {time.perf_counter() - started:.1f}s", flush=True)
+    return mar
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build a model archive (.mar).")
+    parser.add_argument("model", choices=sorted(MODELS))
+    parser.add_argument("--checkpoint", type=Path, help="a saved checkpoint folder to pack instead of the demo")
+    parser.add_argument("--export-path", type=Path, default=MODEL_STORE)
+    parser.add_argument("--name", help="archive and model name (default: the model kind)")
+    args = parser.parse_args(argv)
+    build(args.model, args.checkpoint, args.export_path, args.name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Start, wait for, and stop a local TorchServe built from config.properties.
+
+    python -m marport.server start [--models sentiment.mar,respiratory.mar]
+    python -m marport.server stop
+
+`make serve` and the integration tests use the same launcher: the tests only
+override the ports (free loopback ports) and the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from marport import MODEL_STORE, REPO_ROOT
+
+CONFIG = REPO_ROOT / "config.properties"
+RUN_DIR = REPO_ROOT / "var"
+READY_TIMEOUT_S = 300
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    props = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+def write_properties(path: Path, props: dict[str, str]) -> None:
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()), encoding="utf-8")
+
+
+def _torchserve() -> str:
+    local = Path(sys.executable).with_name("torchserve")
+    return str(local) if local.exists() else "torchserve"
+
+
+@dataclass
+class LocalTorchServe:
+    """One TorchServe daemon whose state (pid file, logs, key file) lives in run_dir."""
+
+    run_dir: Path = RUN_DIR
+    overrides: dict[str, str] = field(default_factory=dict)
+    model_store: Path = MODEL_STORE
+    config: Path = CONFIG
+
+    @property
+    def props(self) -> dict[str, str]:
+        props = read_properties(self.config)
+        props.update(self.overrides)
+        props["model_store"] = str(self.model_store.resolve())
+        return props
+
+    @property
+    def inference_url(self) -> str:
+        return self.props["inference_address"]
+
+    @property
+    def management_url(self) -> str:
+        return self.props["management_address"]
+
+    @property
+    def env(self) -> dict[str, str]:
+        # TorchServe keeps its pid file in the temp dir and its key file and logs
+        # in the working directory; pointing all at run_dir keeps runs apart.
+        env = dict(os.environ)
+        env.update(
+            TMPDIR=str(self.run_dir / "tmp"),
+            LOG_LOCATION=str(self.run_dir / "logs"),
+            METRICS_LOCATION=str(self.run_dir / "logs"),
+        )
+        return env
+
+    def keys(self) -> dict[str, str]:
+        """The token-authorization keys TorchServe wrote at start-up."""
+        path = self.run_dir / "key_file.json"
+        if not path.exists():
+            return {}
+        data = json.loads(path.read_text())
+        return {kind: data[kind]["key"] for kind in ("inference", "management") if kind in data}
+
+    def headers(self, kind: str = "inference") -> dict[str, str]:
+        key = self.keys().get(kind)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def start(self, models: list[str] | None = None) -> None:
+        (self.run_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "key_file.json").unlink(missing_ok=True)
+        props = self.props
+        if models is not None:
+            props["load_models"] = ",".join(models)
+        for mar in props.get("load_models", "").split(","):
+            if mar and mar not in ("all", "ALL") and not (self.model_store / mar.split("=")[-1]).exists():
+                raise FileNotFoundError(f"{self.model_store / mar} is missing: build it first (make models)")
+        write_properties(self.run_dir / "config.properties", props)
+        cmd = [
+            _torchserve(), "--start", "--ncs",
+            "--ts-config", str(self.run_dir / "config.properties"),
+            "--model-store", props["model_store"],
+        ]
+        subprocess.run(cmd, cwd=self.run_dir, env=self.env, check=True,
+                       stdout=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> list[str]:
+        """Block until every registered model has a READY worker; return their names."""
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            try:
+                listed = requests.get(f"{self.management_url}/models", headers=self.headers("management"), timeout=5)
+                if listed.ok:
+                    names = [m["modelName"] for m in listed.json().get("models", [])]
+                    if names and all(self._model_ready(n) for n in names):
+                        return names
+                    last = f"models {names} not ready"
+                else:
+                    last = f"HTTP {listed.status_code}"
+            except requests.RequestException as exc:
+                last = type(exc).__name__
+            time.sleep(1)
+        raise TimeoutError(f"TorchServe not ready after {timeout:.0f}s ({last}); see {self.run_dir / 'logs'}")
+
+    def _model_ready(self, name: str) -> bool:
+        got = requests.get(f"{self.management_url}/models/{name}", headers=self.headers("management"), timeout=5)
+        if not got.ok:
+            return False
+        workers = got.json()[0].get("workers", [])
+        return any(w.get("status") == "READY" for w in workers)
+
+    def stop(self) -> None:
+        subprocess.run([_torchserve(), "--stop"], cwd=self.run_dir, env=self.env,
+                       stdout=subprocess.DEVNULL, check=False)
+        pid_file = self.run_dir / "tmp" / ".model_server.pid"
+        deadline = time.monotonic() + 60
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    def is_running(self) -> bool:
+        return (self.run_dir / "tmp" / ".model_server.pid").exists()
+
+
+def curl_example(server: LocalTorchServe) -> str:
+    return (
+        f"curl -s -H \"Authorization: Bearer $(python3 -c \"import json;print(json.load(open('"
+        f"{server.run_dir / 'key_file.json'}'))['inference']['key'])\")\" \\\n"
+        f"     -H 'Content-Type: text/plain' --data 'I love this product' \\\n"
+        f"     {server.inference_url}/predictions/sentiment"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run TorchServe locally with config.properties.")
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--models", help="comma-separated .mar files (default: load_models in config.properties)")
+    args = parser.parse_args(argv)
+    server = LocalTorchServe()
+    if args.action == "stop":
+        server.stop()
+        print("TorchServe stopped")
+        return
+    if args.action == "status":
+        print("running" if server.is_running() else "stopped")
+        return
+    if server.is_running():
+        server.stop()
+    server.start(args.models.split(",") if args.models else None)
+    try:
+        names = server.wait_ready()
+    except TimeoutError as exc:
+        server.stop()
+        raise SystemExit(str(exc))
+    print(f"TorchServe is serving {', '.join(names)} at {server.inference_url} (logs in {server.run_dir / 'logs'})")
+    print("Try:\n" + curl_example(server))
+    print("Stop with: make stop")
+
+
+if __name__ == "__main__":
+    main()

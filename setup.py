@@ -1,0 +1,34 @@
+"""marport: TorchServe model archives that deploy unchanged to SageMaker."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="marport",
+    version="0.1.0",
+    description="TorchServe handlers and .mar archives that run locally and on SageMaker unchanged",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["marport", "marport.*", "sagemaker_deploy", "sagemaker_deploy.*"]),
+    package_data={"marport": ["data/*"]},
+    install_requires=[
+        # The CPU build is on disk here; a loose pin pulls a multi-GB CUDA build.
+        "torch==2.13.0",
+        "torchserve==0.12.0",
+        "torch-model-archiver==0.12.0",
+        "pyyaml>=6",  # TorchServe imports it without declaring it
+        "transformers>=5,<6",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "soundfile>=0.12",
+        "soxr>=0.3",
+        "scikit-learn>=1.4",
+        "imbalanced-learn>=0.12",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+        "requests>=2.31",
+    ],
+    extras_require={"dev": ["pytest>=8"]},
+    entry_points={"console_scripts": ["marport-build=marport.build:main", "marport-serve=marport.server:main"]},
+)
