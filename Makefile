@@ -17,8 +17,12 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-model_store/sentiment.mar: $(STAMP) $(HANDLER_FILES) marport/build.py marport/train_sentiment.py marport/data/sentiment_corpus.tsv
-	$(PY) -m marport.build sentiment
+# Demo weights are trained once; archives are rebuilt whenever a handler changes.
+build/sentiment/demo-checkpoint/config.json: $(STAMP) marport/train_sentiment.py marport/data/sentiment_corpus.tsv
+	$(PY) -m marport.train_sentiment --out build/sentiment/demo-checkpoint
+
+model_store/sentiment.mar: build/sentiment/demo-checkpoint/config.json $(HANDLER_FILES) marport/build.py
+	$(PY) -m marport.build sentiment --checkpoint build/sentiment/demo-checkpoint
 
 models: model_store/sentiment.mar
 

@@ -84,6 +84,8 @@ class CoreHandler:
                 positions.append(idx)
             except RequestError as err:
                 answers[idx] = self._reject(context, idx, err)
+        # One line per batch: operators (and the tests) can see batching at work.
+        log.info("batch of %d requests, %d rejected", len(data), len(data) - len(parsed))
         if parsed:
             for idx, answer in zip(positions, self.core.predict(self.model, parsed)):
                 answers[idx] = answer

@@ -1,0 +1,166 @@
+"""sentiment.mar behind a real TorchServe (Java) on free loopback ports, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+import sentiment
+from marport.build import build
+from tests.conftest import built_archive, extract, running_torchserve
+from tests.test_sentiment_unit import save_tiny_checkpoint
+
+pytestmark = pytest.mark.integration
+
+TEXTS = [
+    "The hotel staff were wonderful and the room was spotless",
+    "My order arrived broken and support never replied",
+    "The meeting has been moved to Thursday",
+    "Best concert I have been to in years",
+    "The app crashes every time I open the camera",
+    "The library opens at nine on weekdays",
+    "I regret buying this phone, the battery is awful",
+    "Such a friendly little bakery, lovely bread",
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = tmp_path_factory.mktemp("model_store")
+    shutil.copy2(built_archive("sentiment"), store / "sentiment.mar")
+    ckpt = save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "mine")
+    build("sentiment", checkpoint=ckpt, export_dir=store, name="mine")
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(store, tmp_path_factory):
+    with running_torchserve(tmp_path_factory.mktemp("run"), store, ["sentiment.mar", "mine.mar"]) as ts:
+        yield ts
+
+
+@pytest.fixture(scope="module")
+def reference(store, tmp_path_factory):
+    """In-process predictions from the very files inside the archive."""
+    model = sentiment.load(str(extract(store / "sentiment.mar", tmp_path_factory.mktemp("ref"))))
+    return {t: a for t, a in zip(TEXTS, sentiment.predict_texts(model, TEXTS))}
+
+
+def post(server, body, content_type="text/plain", model="sentiment", auth=True):
+    headers = {"Content-Type": content_type, **(server.headers() if auth else {})}
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(f"{server.inference_url}/predictions/{model}", data=data, headers=headers, timeout=60)
+
+
+def assert_matches(answer, expected):
+    assert answer["label"] == expected["label"]
+    for label, score in expected["scores"].items():
+        assert answer["scores"][label] == pytest.approx(score, abs=1e-4)
+
+
+def worker_pids(server, model="sentiment"):
+    got = requests.get(f"{server.management_url}/models/{model}", headers=server.headers("management"), timeout=10)
+    return sorted(w["pid"] for w in got.json()[0]["workers"] if w["status"] == "READY")
+
+
+def test_ping_needs_the_token_and_answers_healthy(server):
+    assert requests.get(f"{server.inference_url}/ping", timeout=10).status_code in (400, 401)
+    ping = requests.get(f"{server.inference_url}/ping", headers=server.headers(), timeout=10)
+    assert ping.status_code == 200 and ping.json()["status"] == "Healthy"
+
+
+def test_prediction_without_token_is_refused(server):
+    assert post(server, TEXTS[0], auth=False).status_code in (400, 401)
+
+
+def test_single_text_plain_and_json(server, reference):
+    plain = post(server, TEXTS[0])
+    assert plain.status_code == 200
+    assert_matches(plain.json(), reference[TEXTS[0]])
+    as_json = post(server, {"text": TEXTS[1]}, "application/json")
+    assert as_json.status_code == 200
+    assert_matches(as_json.json(), reference[TEXTS[1]])
+    assert sum(as_json.json()["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_list_of_texts_in_order(server, reference):
+    got = post(server, {"inputs": TEXTS}, "application/json")
+    assert got.status_code == 200
+    answers = got.json()
+    assert len(answers) == len(TEXTS)
+    for text, answer in zip(TEXTS, answers):
+        assert_matches(answer, reference[text])
+
+
+def test_32_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, reference):
+    texts = [TEXTS[i % len(TEXTS)] for i in range(32)]
+    gate = threading.Barrier(32)
+
+    def send(text):
+        gate.wait()
+        return post(server, text)
+
+    with ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(send, texts))
+    for text, response in zip(texts, responses):
+        assert response.status_code == 200
+        assert_matches(response.json(), reference[text])
+    sizes = batch_sizes(server)
+    assert max(sizes) > 1, f"TorchServe never batched requests: {sizes}"
+
+
+def batch_sizes(server):
+    log = (server.run_dir / "logs" / "model_log.log").read_text()
+    return [int(n) for n in re.findall(r"batch of (\d+) requests", log)]
+
+
+def test_bad_inputs_inside_a_batch_get_their_own_4xx(server, reference):
+    pids_before = worker_pids(server)
+    bad = [
+        (b"", "text/plain", 400, "empty_body"),
+        (b"\xff\xfe\xfa", "text/plain", 400, "invalid_encoding"),
+        (b'{"text": ', "application/json", 400, "invalid_json"),
+        (json.dumps({"text": ["not", "a", "string"]}), "application/json", 400, "invalid_type"),
+        (json.dumps({"inputs": ["x"] * 65}), "application/json", 413, "too_many_inputs"),
+        (json.dumps({"text": "long " * 2000}), "application/json", 413, "text_too_long"),
+    ]
+    jobs = [(t.encode(), "text/plain", 200, None) for t in TEXTS] + bad
+    jobs = jobs + jobs  # twice over, so bad and good requests share batches
+    gate = threading.Barrier(len(jobs))
+
+    def send(job):
+        gate.wait()
+        return post(server, job[0], job[1])
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        responses = list(pool.map(send, jobs))
+    for (body, _, status, kind), response in zip(jobs, responses):
+        assert response.status_code == status, response.text
+        if status == 200:
+            assert_matches(response.json(), reference[body.decode()])
+        else:
+            error = response.json()
+            assert error["code"] == status and error["type"] == kind and error["message"]
+    log = (server.run_dir / "logs" / "model_log.log").read_text()
+    mixed = [(int(n), int(r)) for n, r in re.findall(r"batch of (\d+) requests, (\d+) rejected", log)]
+    assert any(0 < r < n for n, r in mixed), f"no batch mixed good and bad requests: {mixed}"
+    assert worker_pids(server) == pids_before, "a worker died and was restarted"
+
+
+def test_a_brought_checkpoint_serves_its_own_labels(server):
+    got = post(server, "any text at all", model="mine")
+    assert got.status_code == 200
+    assert set(got.json()["scores"]) == {"bad", "good"}
+
+
+def test_clean_stop(server):
+    server.stop()
+    assert not server.is_running()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.inference_url}/ping", timeout=5)
