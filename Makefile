@@ -24,7 +24,13 @@ build/sentiment/demo-checkpoint/config.json: $(STAMP) marport/train_sentiment.py
 model_store/sentiment.mar: build/sentiment/demo-checkpoint/config.json $(HANDLER_FILES) marport/build.py
 	$(PY) -m marport.build sentiment --checkpoint build/sentiment/demo-checkpoint
 
-models: model_store/sentiment.mar
+build/respiratory/demo-checkpoint/config.json: $(STAMP) marport/train_respiratory.py marport/synth_audio.py handlers/respiratory.py
+	$(PY) -m marport.train_respiratory --synthetic --out build/respiratory/demo-checkpoint
+
+model_store/respiratory.mar: build/respiratory/demo-checkpoint/config.json $(HANDLER_FILES) marport/build.py
+	$(PY) -m marport.build respiratory --checkpoint build/respiratory/demo-checkpoint
+
+models: model_store/sentiment.mar model_store/respiratory.mar
 
 serve: models
 	$(PY) -m marport.server start

@@ -36,7 +36,8 @@ class Request:
 
     body: Any  # bytes, or whatever TorchServe already decoded (str, dict, list)
     content_type: str = ""
-    params: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)  # query string / form fields
+    headers: Mapping[str, str] = field(default_factory=dict)  # request headers, lower-case names
 
     @property
     def media_type(self) -> str:

@@ -48,7 +48,8 @@ def to_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> Request:
         if isinstance(value, (bytes, bytearray)):
             value = bytes(value).decode("utf-8", errors="replace")
         params[key] = value if isinstance(value, str) else str(value)
-    return Request(body=body, content_type=content_type, params=params)
+    plain_headers = {k: v for k, v in headers.items() if isinstance(v, str)}
+    return Request(body=body, content_type=content_type, params=params, headers=plain_headers)
 
 
 class CoreHandler:

@@ -1,0 +1,330 @@
+"""Respiratory-sound CNN: the model core, free of any serving runtime.
+
+A recording (any format libsndfile reads, or a float .npy array) is decoded, mixed
+down to mono, resampled to the model's rate, cut into overlapping windows, scored
+by a raw-waveform CNN, and the window scores are aggregated into one probability
+that the speaker is unhealthy. Training (marport.train_respiratory), both serving
+adapters, the tests and the benchmarks call these same functions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from torch import nn
+
+from serving_common import Request, RequestError, as_bytes
+
+CHECKPOINT_SUBDIR = "checkpoint"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+NPY_TYPES = ("application/x-npy", "application/npy")
+NPY_MAGIC = b"\x93NUMPY"
+SILENCE_PEAK = 1e-4  # below this peak amplitude a recording is treated as silent
+LABELS = ("healthy", "unhealthy")
+
+
+@dataclass
+class AudioConfig:
+    """How audio becomes model input; saved next to the weights."""
+
+    sample_rate: int = 8000  # resample every recording to this rate ...
+    decimation: int = 5  # ... then keep every 5th sample (anti-aliased): 1600 Hz into the CNN
+    window_s: float = 20.0  # the CNN's window; shorter recordings are zero-padded
+    hop_s: float = 10.0  # windows overlap on longer recordings
+    threshold: float = 0.5  # decision threshold, chosen on a validation split
+    aggregate: str = "mean"  # how window probabilities combine: mean or max
+
+    @property
+    def model_rate(self) -> int:
+        return self.sample_rate // self.decimation
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.model_rate))
+
+    @property
+    def hop_samples(self) -> int:
+        return max(1, int(round(self.hop_s * self.model_rate)))
+
+
+class RespiratoryCNN(nn.Module):
+    """Raw-waveform CNN: a wide strided first conv, three conv blocks, global pooling."""
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+
+        def block(c_in, c_out, kernel, stride=1):
+            return nn.Sequential(
+                nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=kernel // 2 if stride == 1 else 0),
+                nn.BatchNorm1d(c_out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool1d(4),
+            )
+
+        self.features = nn.Sequential(
+            block(1, 128, 80, stride=4),
+            block(128, 128, 3),
+            block(128, 256, 3),
+            block(256, 512, 3),
+        )
+        # Adaptive pooling over time: any window length gives a 512-vector.
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.classifier = nn.Linear(512, num_classes)
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) -> (batch, classes) logits."""
+        x = self.features(waveforms.unsqueeze(1))
+        return self.classifier(self.pool(x).squeeze(-1))
+
+
+@dataclass
+class RespiratoryModel:
+    net: RespiratoryCNN
+    audio: AudioConfig
+    max_duration_s: float = 600.0
+    max_channels: int = 8
+
+
+@dataclass
+class Recording:
+    """One decoded request: the waveform at the model's rate and what we noticed."""
+
+    waveform: np.ndarray  # float32 mono at audio.model_rate, peak-normalised
+    duration_s: float
+    flags: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def checkpoint_dir(model_dir: str) -> str:
+    sub = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    return sub if os.path.isdir(sub) else model_dir
+
+
+def save_checkpoint(path: str, net: RespiratoryCNN, audio: AudioConfig, extra: Mapping | None = None) -> None:
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, os.path.join(path, WEIGHTS_FILE))
+    config = {"model_type": "respiratory-cnn", "labels": list(LABELS), **asdict(audio), **(extra or {})}
+    with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as fh:
+        json.dump(config, fh, indent=2)
+
+
+def load(model_dir: str, settings: Mapping[str, Any] | None = None) -> RespiratoryModel:
+    """Weights from safetensors (no unpickling); audio settings from config.json."""
+    from safetensors.torch import load_file
+
+    settings = settings or {}
+    path = checkpoint_dir(model_dir)
+    with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as fh:
+        stored = json.load(fh)
+    known = AudioConfig.__dataclass_fields__
+    audio = AudioConfig(**{k: v for k, v in stored.items() if k in known})
+    for key in ("hop_s", "aggregate"):  # serving-time choices may be overridden per archive
+        if key in settings:
+            setattr(audio, key, type(getattr(audio, key))(settings[key]))
+    net = RespiratoryCNN()
+    net.load_state_dict(load_file(os.path.join(path, WEIGHTS_FILE)))
+    net.eval()
+    return RespiratoryModel(
+        net=net,
+        audio=audio,
+        max_duration_s=float(settings.get("max_duration_s", 600.0)),
+        max_channels=int(settings.get("max_channels", 8)),
+    )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _check_limits(frames: int, rate: int, channels: int, model: RespiratoryModel) -> None:
+    if channels > model.max_channels:
+        raise RequestError(
+            f"recording has {channels} channels; at most {model.max_channels} are accepted",
+            kind="too_many_channels",
+        )
+    if frames == 0:
+        raise RequestError("recording has no samples (zero-length audio)", kind="empty_audio")
+    if frames / rate > model.max_duration_s:
+        raise RequestError(
+            f"recording lasts {frames / rate:.1f}s; at most {model.max_duration_s:.0f}s are accepted",
+            kind="audio_too_long",
+            code=413,
+        )
+
+
+def decode_audio_file(data: bytes, model: RespiratoryModel) -> tuple[np.ndarray, int]:
+    """Bytes of WAV/FLAC/OGG/MP3/... -> (frames, channels) float32 and its sample rate."""
+    try:
+        info = sf.info(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise RequestError(
+            f"body is not a recording libsndfile can read ({exc}); send WAV, FLAC, OGG or MP3 bytes, "
+            "or a float array as application/x-npy",
+            kind="unreadable_audio",
+        ) from None
+    _check_limits(info.frames, info.samplerate, info.channels, model)
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise RequestError(f"recording could not be decoded: {exc}", kind="corrupt_audio") from None
+    # A header promising more frames than the file holds means it was cut short.
+    if info.format != "MPEG" and len(samples) < info.frames:
+        raise RequestError(
+            f"recording is truncated: the header promises {info.frames} frames, the file holds {len(samples)}",
+            kind="truncated_audio",
+        )
+    if len(samples) == 0:
+        raise RequestError("recording has no samples (zero-length audio)", kind="empty_audio")
+    return samples, rate
+
+
+def decode_npy(data: bytes, rate: Any, model: RespiratoryModel) -> tuple[np.ndarray, int]:
+    """A .npy float array, never unpickled; the sample rate comes with the request."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise RequestError(
+                "the .npy holds Python objects (a pickle); only numeric arrays are accepted",
+                kind="pickled_array",
+            ) from None
+        raise RequestError(f"body is not a valid .npy array: {exc}", kind="invalid_npy") from None
+    except Exception as exc:  # numpy raises several types for a damaged header
+        raise RequestError(f"body is not a valid .npy array: {exc}", kind="invalid_npy") from None
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise RequestError(f"the .npy has dtype {array.dtype}; send float or integer samples", kind="invalid_npy")
+    if array.ndim not in (1, 2):
+        raise RequestError(
+            f"the .npy has shape {array.shape}; send (samples,) or (samples, channels)", kind="invalid_npy"
+        )
+    if rate is None:
+        raise RequestError(
+            "a .npy body needs its sample rate: add ?sample_rate=16000 or an X-Sample-Rate header",
+            kind="missing_sample_rate",
+        )
+    try:
+        rate = int(rate)
+    except (TypeError, ValueError):
+        rate = 0
+    if not 100 <= rate <= 384_000:
+        raise RequestError("sample_rate must be a whole number of Hz between 100 and 384000", kind="invalid_sample_rate")
+    samples = array.reshape(len(array), -1)
+    _check_limits(samples.shape[0], rate, samples.shape[1], model)
+    if np.issubdtype(samples.dtype, np.integer):
+        samples = samples / float(np.iinfo(samples.dtype).max)
+    return samples.astype(np.float32), rate
+
+
+def to_model_rate(samples: np.ndarray, rate: int, audio: AudioConfig) -> np.ndarray:
+    """Mix down to mono and resample (anti-aliased, soxr) straight to the CNN's rate.
+
+    One resampling step from the source rate to sample_rate / decimation equals
+    resampling to sample_rate and then decimating with a low-pass filter.
+    """
+    mono = samples.mean(axis=1) if samples.ndim == 2 else samples
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    if rate == audio.model_rate:
+        return mono
+    return soxr.resample(mono, rate, audio.model_rate, quality="HQ").astype(np.float32)
+
+
+def prepare(samples: np.ndarray, rate: int, audio: AudioConfig) -> Recording:
+    """Decoded samples -> a normalised mono waveform at the model's rate."""
+    if not np.isfinite(samples).all():
+        raise RequestError("recording contains NaN or infinite samples", kind="non_finite_audio")
+    waveform = to_model_rate(samples, rate, audio)
+    duration = samples.shape[0] / rate
+    flags = []
+    peak = float(np.abs(waveform).max()) if waveform.size else 0.0
+    if peak < SILENCE_PEAK:
+        flags.append("silent")  # answered, but the score means little
+    else:
+        waveform = waveform / peak  # loudness varies by phone and caller; shape matters
+    return Recording(waveform=waveform, duration_s=duration, flags=flags)
+
+
+def windows(waveform: np.ndarray, audio: AudioConfig) -> tuple[np.ndarray, list[float]]:
+    """Overlapping windows of window_s every hop_s; the last one is zero-padded."""
+    size, hop = audio.window_samples, audio.hop_samples
+    starts = [0]
+    while starts[-1] + size < len(waveform):
+        starts.append(starts[-1] + hop)
+    out = np.zeros((len(starts), size), dtype=np.float32)
+    for row, start in enumerate(starts):
+        chunk = waveform[start : start + size]
+        out[row, : len(chunk)] = chunk
+    return out, [s / audio.model_rate for s in starts]
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def parse_request(request: Request, model: RespiratoryModel) -> Recording:
+    """One request -> a Recording, or a RequestError saying what is wrong."""
+    if request.body is None:
+        raise RequestError("request body is empty; send the recording's bytes", kind="empty_body")
+    data = as_bytes(request.body)
+    if not data:
+        raise RequestError("request body is empty; send the recording's bytes", kind="empty_body")
+    if request.media_type in NPY_TYPES or data.startswith(NPY_MAGIC):
+        rate = request.params.get("sample_rate") or request.headers.get("x-sample-rate")
+        samples, rate = decode_npy(data, rate, model)
+    else:
+        samples, rate = decode_audio_file(data, model)
+    return prepare(samples, rate, model.audio)
+
+
+def preprocess(model: RespiratoryModel, recordings: Sequence[Recording]) -> tuple[torch.Tensor, list]:
+    """Windows of every recording in the batch, stacked for one forward pass."""
+    stacked, index = [], []
+    for recording in recordings:
+        rows, starts = windows(recording.waveform, model.audio)
+        stacked.append(rows)
+        index.append(starts)
+    return torch.from_numpy(np.concatenate(stacked)), index
+
+
+def forward(model: RespiratoryModel, batch: torch.Tensor) -> torch.Tensor:
+    """Probability of 'unhealthy' for each window."""
+    with torch.inference_mode():
+        return torch.softmax(model.net(batch).float(), dim=-1)[:, 1]
+
+
+def postprocess(model: RespiratoryModel, probs: torch.Tensor, index: list, recordings: Sequence[Recording]) -> list:
+    values = probs.tolist()
+    answers, at = [], 0
+    reduce = max if model.audio.aggregate == "max" else (lambda xs: sum(xs) / len(xs))
+    for starts, recording in zip(index, recordings):
+        window_probs = values[at : at + len(starts)]
+        at += len(starts)
+        probability = float(reduce(window_probs))
+        answer = {
+            "label": LABELS[1] if probability >= model.audio.threshold else LABELS[0],
+            "probability": probability,
+            "threshold": model.audio.threshold,
+            "duration_s": round(recording.duration_s, 3),
+            "windows": [{"start_s": round(s, 3), "probability": p} for s, p in zip(starts, window_probs)],
+        }
+        if recording.flags:
+            answer["flags"] = list(recording.flags)
+        answers.append(answer)
+    return answers
+
+
+def predict(model: RespiratoryModel, recordings: Sequence[Recording]) -> list:
+    if not recordings:
+        return []
+    batch, index = preprocess(model, recordings)
+    return postprocess(model, forward(model, batch), index, recordings)

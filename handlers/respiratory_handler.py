@@ -1,0 +1,8 @@
+"""TorchServe entry point of respiratory.mar (the archive's --handler)."""
+
+import respiratory
+from torchserve_adapter import CoreHandler
+
+
+class RespiratoryHandler(CoreHandler):
+    core = respiratory
