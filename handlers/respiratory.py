@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -30,6 +31,8 @@ NPY_TYPES = ("application/x-npy", "application/npy")
 NPY_MAGIC = b"\x93NUMPY"
 SILENCE_PEAK = 1e-4  # below this peak amplitude a recording is treated as silent
 LABELS = ("healthy", "unhealthy")
+TRUNCATED_DATA = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
+STREAMING_SIZES = (0, 0xFFFFFFFF)  # data sizes streaming writers use for "unknown"
 
 
 @dataclass
@@ -179,10 +182,13 @@ def decode_audio_file(data: bytes, model: RespiratoryModel) -> tuple[np.ndarray,
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise RequestError(f"recording could not be decoded: {exc}", kind="corrupt_audio") from None
-    # A header promising more frames than the file holds means it was cut short.
-    if info.format != "MPEG" and len(samples) < info.frames:
+    # libsndfile quietly plays what is left of a cut-short file; its header log
+    # ("data : 32000 (should be 15978)") says when the header promised more.
+    short = TRUNCATED_DATA.search(info.extra_info or "")
+    declared, present = map(int, short.groups()) if short else (0, 0)
+    if declared not in STREAMING_SIZES and declared > present:
         raise RequestError(
-            f"recording is truncated: the header promises {info.frames} frames, the file holds {len(samples)}",
+            f"recording is truncated: its header declares {declared} bytes of audio, the file holds {present}",
             kind="truncated_audio",
         )
     if len(samples) == 0:
@@ -211,7 +217,7 @@ def decode_npy(data: bytes, rate: Any, model: RespiratoryModel) -> tuple[np.ndar
         )
     if rate is None:
         raise RequestError(
-            "a .npy body needs its sample rate: add ?sample_rate=16000 or an X-Sample-Rate header",
+            "a .npy body needs its sample rate: send an X-Sample-Rate: 16000 header (or a sample_rate form field)",
             kind="missing_sample_rate",
         )
     try:
@@ -279,8 +285,7 @@ def parse_request(request: Request, model: RespiratoryModel) -> Recording:
     if not data:
         raise RequestError("request body is empty; send the recording's bytes", kind="empty_body")
     if request.media_type in NPY_TYPES or data.startswith(NPY_MAGIC):
-        rate = request.params.get("sample_rate") or request.headers.get("x-sample-rate")
-        samples, rate = decode_npy(data, rate, model)
+        samples, rate = decode_npy(data, request.option("sample_rate"), model)
     else:
         samples, rate = decode_audio_file(data, model)
     return prepare(samples, rate, model.audio)

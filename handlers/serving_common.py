@@ -39,6 +39,18 @@ class Request:
     params: Mapping[str, str] = field(default_factory=dict)  # query string / form fields
     headers: Mapping[str, str] = field(default_factory=dict)  # request headers, lower-case names
 
+    def option(self, name: str) -> str | None:
+        """A per-request option: a multipart form field, or an X- header.
+
+        TorchServe 0.12 does not pass query parameters of a request with a body
+        to the handler, so `sample_rate` travels as the header `X-Sample-Rate`.
+        """
+        header = "x-" + name.replace("_", "-")
+        for source, key in ((self.params, name), (self.headers, header)):
+            if source.get(key):
+                return source[key]
+        return None
+
     @property
     def media_type(self) -> str:
         return self.content_type.split(";", 1)[0].strip().lower()
