@@ -55,3 +55,18 @@ def extract(mar: Path, dest: Path) -> Path:
     with zipfile.ZipFile(mar) as archive:
         archive.extractall(dest)
     return dest
+
+
+def worker_pids(server: LocalTorchServe, model: str) -> list[int]:
+    import requests
+
+    got = requests.get(f"{server.management_url}/models/{model}", headers=server.headers("management"), timeout=10)
+    return sorted(w["pid"] for w in got.json()[0]["workers"] if w["status"] == "READY")
+
+
+def logged_batches(server: LocalTorchServe) -> list[tuple[int, int]]:
+    """(requests, rejected) of every batch the handlers logged."""
+    import re
+
+    log = (server.run_dir / "logs" / "model_log.log").read_text()
+    return [(int(n), int(r)) for n, r in re.findall(r"batch of (\d+) requests, (\d+) rejected", log)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +12,7 @@ import requests
 
 import sentiment
 from marport.build import build
-from tests.conftest import built_archive, extract, running_torchserve
+from tests.conftest import built_archive, extract, logged_batches, running_torchserve, worker_pids
 from tests.test_sentiment_unit import save_tiny_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -64,11 +63,6 @@ def assert_matches(answer, expected):
         assert answer["scores"][label] == pytest.approx(score, abs=1e-4)
 
 
-def worker_pids(server, model="sentiment"):
-    got = requests.get(f"{server.management_url}/models/{model}", headers=server.headers("management"), timeout=10)
-    return sorted(w["pid"] for w in got.json()[0]["workers"] if w["status"] == "READY")
-
-
 def test_ping_needs_the_token_and_answers_healthy(server):
     assert requests.get(f"{server.inference_url}/ping", timeout=10).status_code in (400, 401)
     ping = requests.get(f"{server.inference_url}/ping", headers=server.headers(), timeout=10)
@@ -111,17 +105,12 @@ def test_32_concurrent_requests_are_batched_and_each_gets_its_own_answer(server,
     for text, response in zip(texts, responses):
         assert response.status_code == 200
         assert_matches(response.json(), reference[text])
-    sizes = batch_sizes(server)
+    sizes = [n for n, _ in logged_batches(server)]
     assert max(sizes) > 1, f"TorchServe never batched requests: {sizes}"
 
 
-def batch_sizes(server):
-    log = (server.run_dir / "logs" / "model_log.log").read_text()
-    return [int(n) for n in re.findall(r"batch of (\d+) requests", log)]
-
-
 def test_bad_inputs_inside_a_batch_get_their_own_4xx(server, reference):
-    pids_before = worker_pids(server)
+    pids_before = worker_pids(server, "sentiment")
     bad = [
         (b"", "text/plain", 400, "empty_body"),
         (b"\xff\xfe\xfa", "text/plain", 400, "invalid_encoding"),
@@ -147,10 +136,9 @@ def test_bad_inputs_inside_a_batch_get_their_own_4xx(server, reference):
         else:
             error = response.json()
             assert error["code"] == status and error["type"] == kind and error["message"]
-    log = (server.run_dir / "logs" / "model_log.log").read_text()
-    mixed = [(int(n), int(r)) for n, r in re.findall(r"batch of (\d+) requests, (\d+) rejected", log)]
+    mixed = logged_batches(server)
     assert any(0 < r < n for n, r in mixed), f"no batch mixed good and bad requests: {mixed}"
-    assert worker_pids(server) == pids_before, "a worker died and was restarted"
+    assert worker_pids(server, "sentiment") == pids_before, "a worker died and was restarted"
 
 
 def test_a_brought_checkpoint_serves_its_own_labels(server):
