@@ -150,13 +150,21 @@ class LocalTorchServe:
         return (self.run_dir / "tmp" / ".model_server.pid").exists()
 
 
-def curl_example(server: LocalTorchServe) -> str:
-    return (
-        f"curl -s -H \"Authorization: Bearer $(python3 -c \"import json;print(json.load(open('"
-        f"{server.run_dir / 'key_file.json'}'))['inference']['key'])\")\" \\\n"
-        f"     -H 'Content-Type: text/plain' --data 'I love this product' \\\n"
-        f"     {server.inference_url}/predictions/sentiment"
-    )
+def curl_example(server: LocalTorchServe, names: list[str]) -> str:
+    key = f"$(python3 -c \"import json;print(json.load(open('{server.run_dir / 'key_file.json'}'))['inference']['key'])\")"
+    lines = [f'KEY={key}']
+    if "sentiment" in names:
+        lines.append(
+            "curl -s -H \"Authorization: Bearer $KEY\" -H 'Content-Type: text/plain' "
+            f"--data 'The staff were friendly and the room was spotless' {server.inference_url}/predictions/sentiment"
+        )
+    sample = next(iter(sorted((REPO_ROOT / "build" / "respiratory" / "synthetic").glob("*.wav"))), None)
+    if "respiratory" in names and sample:
+        lines.append(
+            "curl -s -H \"Authorization: Bearer $KEY\" -H 'Content-Type: audio/wav' "
+            f"--data-binary @{sample} {server.inference_url}/predictions/respiratory"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         server.stop()
         raise SystemExit(str(exc))
     print(f"TorchServe is serving {', '.join(names)} at {server.inference_url} (logs in {server.run_dir / 'logs'})")
-    print("Try:\n" + curl_example(server))
+    print("Try:\n" + curl_example(server, names))
     print("Stop with: make stop")
 
 
