@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import torch
 
 JSON_TYPE = "application/json"
+CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+JSON_ACCEPTS = {"", "*/*", "application/*", JSON_TYPE}
 DEFAULT_THREADS_ENV = "MARPORT_TORCH_THREADS"
 
 
@@ -40,13 +42,18 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)  # request headers, lower-case names
 
     def option(self, name: str) -> str | None:
-        """A per-request option: a multipart form field, or an X- header.
+        """A per-request option, such as `sample_rate`, wherever the client could put it.
 
-        TorchServe 0.12 does not pass query parameters of a request with a body
-        to the handler, so `sample_rate` travels as the header `X-Sample-Rate`.
+        TorchServe 0.12 does not pass query parameters of a request with a body to
+        the handler, and SageMaker's toolkit passes no headers at all, so an option
+        may come as a form field, an `X-Sample-Rate` header, SageMaker's
+        `X-Amzn-SageMaker-Custom-Attributes: sample_rate=16000`, or a media-type
+        parameter (`application/x-npy; sample_rate=16000`), which every route keeps.
         """
         header = "x-" + name.replace("_", "-")
-        for source, key in ((self.params, name), (self.headers, header)):
+        custom = _pairs(self.headers.get(CUSTOM_ATTRIBUTES, ""), ";")
+        media = _pairs(self.content_type.partition(";")[2], ";")
+        for source, key in ((self.params, name), (self.headers, header), (custom, name), (media, name)):
             if source.get(key):
                 return source[key]
         return None
@@ -54,6 +61,26 @@ class Request:
     @property
     def media_type(self) -> str:
         return self.content_type.split(";", 1)[0].strip().lower()
+
+
+def _pairs(text: str, sep: str) -> dict[str, str]:
+    pairs = {}
+    for part in text.split(sep):
+        key, eq, value = part.partition("=")
+        if eq:
+            pairs[key.strip().lower()] = value.strip().strip('"')
+    return pairs
+
+
+def check_accept(accept: str | None) -> None:
+    """Answers are JSON; a client that accepts nothing like it gets a 406."""
+    offered = [a.split(";", 1)[0].strip().lower() for a in (accept or "").split(",")]
+    if not any(a in JSON_ACCEPTS for a in offered):
+        raise RequestError(
+            f"cannot answer with {accept!r}: answers are application/json",
+            kind="not_acceptable",
+            code=406,
+        )
 
 
 def as_bytes(body: Any) -> bytes:

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any, Mapping
 
-from serving_common import JSON_TYPE, Request, RequestError, configure_threads, read_settings
+from serving_common import JSON_TYPE, Request, RequestError, check_accept, configure_threads, read_settings
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class CoreHandler:
         for idx, row in enumerate(data):
             try:
                 request = to_request(row, context.get_all_request_header(idx))
+                check_accept(request.headers.get("accept"))
                 parsed.append(self.core.parse_request(request, self.model))
                 positions.append(idx)
             except RequestError as err:

@@ -1,0 +1,1 @@
+"""Deploy marport archives to SageMaker's PyTorch TorchServe container, unchanged."""

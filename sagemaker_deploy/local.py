@@ -1,0 +1,129 @@
+"""Run a model.tar.gz through SageMaker's real serving stack, on loopback, without Docker.
+
+The PyTorch container unpacks model.tar.gz into /opt/ml/model and starts
+`sagemaker_pytorch_serving_container.serving.main()`. This does the same with the
+same toolkit (sagemaker-pytorch-inference), in a scratch folder instead of /opt/ml,
+with every port on 127.0.0.1:
+
+    python -m sagemaker_deploy serve-local build/sagemaker/sentiment/model.tar.gz --port 8090
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+READY_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LocalEndpoint:
+    """The toolkit serving one model.tar.gz; `url` takes /ping and /invocations."""
+
+    tarball: Path
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)  # e.g. settings.serving_env(...)
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        base = self.workdir / "opt_ml"
+        model_dir = base / "model"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(self.tarball) as tar:
+            tar.extractall(model_dir, filter="data")
+        for sub in ("tmp", "logs"):
+            (self.workdir / sub).mkdir(exist_ok=True)
+        self.port = self.port or free_port()
+        self._management = free_port()
+        env = dict(os.environ)
+        env.update(self.env)
+        env.update(
+            # The toolkit runs `torchserve` from PATH, as the container has it.
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+            SAGEMAKER_BASE_DIR=str(base),
+            SAGEMAKER_BIND_TO_PORT=str(self.port),
+            SAGEMAKER_MODEL_SERVER_WORKERS=env.get("SAGEMAKER_MODEL_SERVER_WORKERS", "1"),
+            # The toolkit binds 0.0.0.0; TorchServe's TS_* variables (enable_envvars_config
+            # is on in its config) keep every listener on loopback here.
+            TS_INFERENCE_ADDRESS=self.url,
+            TS_MANAGEMENT_ADDRESS=f"http://127.0.0.1:{self._management}",
+            TS_METRICS_ADDRESS=f"http://127.0.0.1:{free_port()}",
+            TS_GRPC_INFERENCE_PORT=str(free_port()),
+            TS_GRPC_MANAGEMENT_PORT=str(free_port()),
+            TEMP=str(self.workdir / "tmp"),
+            TMPDIR=str(self.workdir / "tmp"),
+            LOG_LOCATION=str(self.workdir / "logs"),
+            METRICS_LOCATION=str(self.workdir / "logs"),
+        )
+        log = open(self.workdir / "logs" / "toolkit.log", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sagemaker_deploy.toolkit_entry", str(self.workdir / "sagemaker-ts.properties")],
+            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Wait for a READY worker: the toolkit's /ping says healthy even while a
+        model that fails to load is being retried, so ask the management API."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the toolkit exited ({self.process.returncode}); see {self.workdir / 'logs'}")
+            try:
+                got = requests.get(f"http://127.0.0.1:{self._management}/models/model", timeout=5)
+                if got.ok and any(w["status"] == "READY" for w in got.json()[0]["workers"]):
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"no READY worker after {timeout:.0f}s; see {self.workdir / 'logs'}")
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM, as SageMaker sends it: the toolkit stops TorchServe and exits.
+
+        Waits for TorchServe and its workers too, so that the next server may start.
+        """
+        import psutil
+
+        if not self.process or self.process.poll() is not None:
+            return
+        family = psutil.Process(self.process.pid).children(recursive=True)
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        _, alive = psutil.wait_procs(family, timeout=timeout)
+        for proc in alive:
+            proc.kill()
+
+    def __enter__(self):
+        self.start()
+        try:
+            self.wait_ready()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
