@@ -2,6 +2,14 @@
 
 from setuptools import find_packages, setup
 
+SAGEMAKER = [
+    "sagemaker>=2.257,<3",  # 3.x removed sagemaker.pytorch.PyTorchModel
+    "boto3>=1.34",
+    "sagemaker-pytorch-inference==2.0.25",  # the container's toolkit; bundles sagemaker_inference
+    "setuptools<81",  # the toolkit imports pkg_resources
+    "psutil>=5.9",
+]
+
 setup(
     name="marport",
     version="0.1.0",
@@ -29,6 +37,10 @@ setup(
         "tqdm>=4.66",
         "requests>=2.31",
     ],
-    extras_require={"dev": ["pytest>=8"]},
+    extras_require={
+        # Deploying to SageMaker, and running its PyTorch container's serving toolkit locally.
+        "sagemaker": SAGEMAKER,
+        "dev": ["pytest>=8", "moto[s3,sagemaker,sts]>=5", *SAGEMAKER],
+    },
     entry_points={"console_scripts": ["marport-build=marport.build:main", "marport-serve=marport.server:main"]},
 )

@@ -35,12 +35,11 @@ def to_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> Request:
         name = binary[0] if len(binary) == 1 else None
     body = row.get(name) if name else None
     part = headers.get(name.lower()) if name else None
-    content_type = ""
-    if isinstance(part, Mapping):
-        content_type = part.get("content-type") or ""
-    if not content_type or content_type.startswith("multipart/"):
-        outer = headers.get("content-type") or ""
-        content_type = content_type if outer.startswith("multipart/") else (outer or content_type)
+    part_type = (part.get("content-type") or "") if isinstance(part, Mapping) else ""
+    outer = headers.get("content-type") or ""
+    # A multipart upload's own type is its part's; otherwise the request header,
+    # which keeps media-type parameters (TorchServe strips them from the part's).
+    content_type = part_type if outer.lower().startswith("multipart/") else (outer or part_type)
     params = {}
     for key, value in row.items():
         if key == name:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -37,7 +37,7 @@ class LocalEndpoint:
 
     tarball: Path
     workdir: Path
-    env: dict[str, str] = field(default_factory=dict)  # e.g. settings.serving_env(...)
+    env: dict[str, str] | None = None  # default: what `deploy` sets, from the archive's model-config.yaml
     port: int = 0
     process: subprocess.Popen | None = None
 
@@ -55,6 +55,13 @@ class LocalEndpoint:
             (self.workdir / sub).mkdir(exist_ok=True)
         self.port = self.port or free_port()
         self._management = free_port()
+        if self.env is None:
+            import yaml
+
+            from sagemaker_deploy.settings import serving_env
+
+            config = yaml.safe_load((model_dir / "model-config.yaml").read_text()) or {}
+            self.env = serving_env(config, manifest=(model_dir / "MAR-INF" / "MANIFEST.json").exists())
         env = dict(os.environ)
         env.update(self.env)
         env.update(

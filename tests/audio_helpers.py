@@ -27,6 +27,13 @@ def tone(seconds: float, rate: int, hz: float = 300.0, channels: int = 1, amplit
     return mono if channels == 1 else np.stack([mono * (1 - 0.1 * c) for c in range(channels)], axis=1)
 
 
+def cough_like(seconds: float, rate: int, seed: int) -> np.ndarray:
+    """A noisy tone, different for every seed: a stand-in recording for serving tests."""
+    rng = np.random.default_rng(seed)
+    noise = 0.1 * rng.standard_normal(int(seconds * rate))
+    return (tone(seconds, rate, hz=rng.uniform(200, 500)) + noise).astype(np.float32)
+
+
 def encode(samples: np.ndarray, rate: int, fmt: str = "wav-16") -> bytes:
     container, subtype = FORMATS[fmt]
     buf = io.BytesIO()

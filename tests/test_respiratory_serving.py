@@ -12,15 +12,10 @@ import requests
 
 import respiratory
 from serving_common import Request
-from tests.audio_helpers import encode, npy_bytes, pickle_canary_npy, tone
+from tests.audio_helpers import cough_like, encode, npy_bytes, pickle_canary_npy, tone
 from tests.conftest import built_archive, extract, logged_batches, running_torchserve, worker_pids
 
 pytestmark = pytest.mark.integration
-
-
-def cough_like(seconds, rate, seed):
-    rng = np.random.default_rng(seed)
-    return (tone(seconds, rate, hz=rng.uniform(200, 500)) + 0.1 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
 
 
 GOOD = {

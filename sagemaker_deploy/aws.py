@@ -1,0 +1,189 @@
+"""Deploy, invoke and delete a SageMaker endpoint for a marport archive.
+
+Uses the SageMaker Python SDK (v2: `sagemaker.pytorch.PyTorchModel`) for the model
+and endpoint, boto3 for invocation, autoscaling and clean-up. Region, role and
+bucket come from flags or the usual AWS environment (AWS_PROFILE, AWS_REGION,
+SAGEMAKER_ROLE, SAGEMAKER_BUCKET).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The SDK warns on every import that v2 is on its way out; v3 has no PyTorchModel.
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+
+from sagemaker_deploy.package import package, read_model_config  # noqa: E402
+from sagemaker_deploy.settings import DEFAULT_INSTANCE_TYPE, FRAMEWORK_VERSION, PY_VERSION, serving_env  # noqa: E402
+
+VARIANT = "AllTraffic"
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+CONTENT_TYPES = {
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".mp3": "audio/mpeg",
+    ".npy": "application/x-npy",
+    ".json": "application/json",
+    ".txt": "text/plain",
+}
+
+
+class DeployError(SystemExit):
+    """A problem the user can fix; the CLI prints it without a traceback."""
+
+
+def boto_session(region: str | None = None):
+    import boto3
+
+    session = boto3.Session(region_name=region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+    if session.get_credentials() is None:
+        raise DeployError(
+            "no AWS credentials found: set AWS_PROFILE (see `aws configure`) or "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    if not session.region_name:
+        raise DeployError("no AWS region: pass --region or set AWS_REGION")
+    return session
+
+
+def sagemaker_session(region: str | None = None, bucket: str | None = None):
+    import sagemaker
+
+    return sagemaker.Session(boto_session=boto_session(region),
+                             default_bucket=bucket or os.environ.get("SAGEMAKER_BUCKET") or None)
+
+
+@dataclass
+class DeployOptions:
+    endpoint: str
+    role: str | None = None
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    instance_count: int = 1
+    bucket: str | None = None
+    prefix: str = "marport"
+    region: str | None = None
+    batching: dict = field(default_factory=dict)  # model-config keys: batchSize, maxBatchDelay, ...
+    autoscale: tuple[int, int, float] | None = None  # (min instances, max instances, invocations/instance/minute)
+    tags: dict[str, str] = field(default_factory=dict)
+    wait: bool = True
+
+
+def _endpoint_exists(client, name: str) -> bool:
+    try:
+        client.describe_endpoint(EndpointName=name)
+        return True
+    except client.exceptions.ClientError as err:
+        if "Could not find" in str(err) or err.response["Error"]["Code"] == "ValidationException":
+            return False
+        raise
+
+
+def deploy(mar: Path, options: DeployOptions, workdir: Path = Path("build/sagemaker")) -> dict:
+    """Package, upload, and create (or update) the endpoint. Returns what was made."""
+    from sagemaker.pytorch import PyTorchModel
+    from sagemaker.utils import name_from_base
+
+    role = options.role or os.environ.get("SAGEMAKER_ROLE")
+    if not role:
+        raise DeployError("no execution role: pass --role arn:aws:iam::<account>:role/<name> or set SAGEMAKER_ROLE")
+    session = sagemaker_session(options.region, options.bucket)
+    tarball = package(mar, workdir / options.endpoint / "model.tar.gz")
+    key_prefix = f"{options.prefix}/{options.endpoint}"
+    model_data = session.upload_data(str(tarball), bucket=session.default_bucket(), key_prefix=key_prefix)
+    tags = [{"Key": k, "Value": v} for k, v in options.tags.items()]
+    model = PyTorchModel(
+        model_data=model_data,
+        role=role,
+        framework_version=FRAMEWORK_VERSION,
+        py_version=PY_VERSION,
+        env=serving_env(read_model_config(mar), options.batching),
+        sagemaker_session=session,
+        name=name_from_base(options.endpoint),
+    )
+    client = session.sagemaker_client
+    if _endpoint_exists(client, options.endpoint):
+        # A new model and endpoint config, then a rolling update: no downtime.
+        model.create(instance_type=options.instance_type, tags=tags or None)
+        config = name_from_base(options.endpoint)
+        session.create_endpoint_config(config, model.name, options.instance_count, options.instance_type,
+                                       tags=tags or None)
+        session.update_endpoint(options.endpoint, config, wait=options.wait)
+    else:
+        model.deploy(
+            initial_instance_count=options.instance_count, instance_type=options.instance_type,
+            endpoint_name=options.endpoint, tags=tags or None, wait=options.wait,
+        )
+    if options.autoscale:
+        autoscale(session.boto_session, options.endpoint, *options.autoscale)
+    image = client.describe_model(ModelName=model.name)["PrimaryContainer"]["Image"]
+    return {"endpoint": options.endpoint, "model": model.name, "model_data": model_data, "image": image}
+
+
+def autoscale(boto, endpoint: str, minimum: int, maximum: int, invocations_per_instance: float) -> None:
+    """Target tracking on SageMakerVariantInvocationsPerInstance (per minute)."""
+    client = boto.client("application-autoscaling")
+    resource = f"endpoint/{endpoint}/variant/{VARIANT}"
+    client.register_scalable_target(
+        ServiceNamespace="sagemaker", ResourceId=resource, ScalableDimension=SCALABLE_DIMENSION,
+        MinCapacity=minimum, MaxCapacity=maximum,
+    )
+    client.put_scaling_policy(
+        PolicyName=f"{endpoint}-invocations", ServiceNamespace="sagemaker", ResourceId=resource,
+        ScalableDimension=SCALABLE_DIMENSION, PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": float(invocations_per_instance),
+            "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+            "ScaleInCooldown": 300,
+            "ScaleOutCooldown": 60,
+        },
+    )
+
+
+def content_type_for(path: Path) -> str:
+    return CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
+
+
+def invoke(endpoint: str, body: bytes, content_type: str, region: str | None = None,
+           accept: str = "application/json", sample_rate: int | None = None) -> tuple[int, bytes]:
+    """One request to the endpoint; (HTTP status, body). Model errors come back as their 4xx."""
+    runtime = boto_session(region).client("sagemaker-runtime")
+    extra = {"CustomAttributes": f"sample_rate={sample_rate}"} if sample_rate else {}
+    try:
+        reply = runtime.invoke_endpoint(EndpointName=endpoint, Body=body, ContentType=content_type,
+                                        Accept=accept, **extra)
+        return 200, reply["Body"].read()
+    except runtime.exceptions.ModelError as err:
+        return int(err.response.get("OriginalStatusCode", 400)), err.response.get("OriginalMessage", "").encode()
+
+
+def delete(endpoint: str, region: str | None = None, delete_model_data: bool = False) -> list[str]:
+    """Remove the endpoint, its configuration, its models, its scaling target and optionally the S3 artifact."""
+    boto = boto_session(region)
+    client = boto.client("sagemaker")
+    removed = []
+    config_name = client.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    config = client.describe_endpoint_config(EndpointConfigName=config_name)
+    models = [v["ModelName"] for v in config["ProductionVariants"]]
+    scaling = boto.client("application-autoscaling")
+    try:
+        scaling.deregister_scalable_target(ServiceNamespace="sagemaker", ScalableDimension=SCALABLE_DIMENSION,
+                                           ResourceId=f"endpoint/{endpoint}/variant/{VARIANT}")
+        removed.append(f"scaling target of {endpoint}")
+    except scaling.exceptions.ObjectNotFoundException:
+        pass
+    client.delete_endpoint(EndpointName=endpoint)
+    removed.append(f"endpoint {endpoint}")
+    client.delete_endpoint_config(EndpointConfigName=config_name)
+    removed.append(f"endpoint config {config_name}")
+    for name in models:
+        data = client.describe_model(ModelName=name)["PrimaryContainer"].get("ModelDataUrl")
+        client.delete_model(ModelName=name)
+        removed.append(f"model {name}")
+        if delete_model_data and data and data.startswith("s3://"):
+            bucket, _, key = data[len("s3://"):].partition("/")
+            boto.client("s3").delete_object(Bucket=bucket, Key=key)
+            removed.append(data)
+    return removed

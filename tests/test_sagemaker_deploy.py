@@ -1,0 +1,103 @@
+"""The AWS side of sagemaker_deploy, against moto (no AWS can be reached from here)."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from sagemaker_deploy import __main__ as cli
+from sagemaker_deploy.aws import DeployError, DeployOptions, boto_session, delete, deploy
+from tests.conftest import built_archive
+
+REGION = "eu-west-1"
+
+
+@pytest.fixture
+def aws(monkeypatch, tmp_path):
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SAGEMAKER_ROLE", "SAGEMAKER_BUCKET"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    with mock_aws():
+        role = boto3.client("iam").create_role(RoleName="sagemaker-exec", AssumeRolePolicyDocument="{}")
+        yield role["Role"]["Arn"]
+
+
+def test_deploy_creates_model_endpoint_and_scaling_then_delete_removes_all(aws, tmp_path):
+    options = DeployOptions(endpoint="sentiment-test", role=aws, instance_type="ml.c5.xlarge", instance_count=2,
+                            batching={"batchSize": 16}, autoscale=(2, 4, 120.0), tags={"team": "ml"})
+    made = deploy(built_archive("sentiment"), options, tmp_path)
+    sm = boto3.client("sagemaker", region_name=REGION)
+    assert sm.describe_endpoint(EndpointName="sentiment-test")["EndpointStatus"] == "InService"
+    container = sm.describe_model(ModelName=made["model"])["PrimaryContainer"]
+    assert container["Image"] == f"763104351884.dkr.ecr.{REGION}.amazonaws.com/pytorch-inference:2.6-cpu-py312"
+    assert container["ModelDataUrl"] == made["model_data"]
+    env = container["Environment"]
+    assert env["SAGEMAKER_TS_BATCH_SIZE"] == "16"  # the override
+    assert env["SAGEMAKER_TS_MAX_BATCH_DELAY"] == "10"  # from the archive's model-config.yaml
+    assert env["SAGEMAKER_TS_RESPONSE_TIMEOUT"] == "60"
+    bucket, _, key = made["model_data"][len("s3://"):].partition("/")
+    s3 = boto3.client("s3", region_name=REGION)
+    assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == (tmp_path / "sentiment-test" / "model.tar.gz").stat().st_size
+    config = sm.describe_endpoint_config(EndpointConfigName="sentiment-test")["ProductionVariants"][0]
+    assert (config["InstanceType"], config["InitialInstanceCount"]) == ("ml.c5.xlarge", 2)
+    scaling = boto3.client("application-autoscaling", region_name=REGION)
+    target = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][0]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (2, 4)
+    policy = scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"][0]
+    assert policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 120.0
+
+    removed = delete("sentiment-test", delete_model_data=True)
+    assert len(removed) == 5
+    assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
+    assert sm.list_endpoint_configs()["EndpointConfigs"] == []
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
+
+
+def test_redeploy_updates_the_endpoint_in_place(aws, tmp_path, monkeypatch):
+    # moto has no UpdateEndpoint: record the call (the one AWS API faked here) and
+    # check it points the endpoint at a new config that serves the new model.
+    import sagemaker
+
+    updates = []
+    monkeypatch.setattr(sagemaker.Session, "update_endpoint",
+                        lambda self, endpoint, config, wait=True: updates.append((endpoint, config)))
+    first = deploy(built_archive("respiratory"), DeployOptions(endpoint="resp", role=aws, wait=False), tmp_path)
+    second = deploy(built_archive("respiratory"), DeployOptions(endpoint="resp", role=aws, wait=False), tmp_path)
+    sm = boto3.client("sagemaker", region_name=REGION)
+    [(endpoint, config)] = updates
+    variant = sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"][0]
+    assert endpoint == "resp" and config != "resp"
+    assert first["model"] != second["model"] and variant["ModelName"] == second["model"]
+
+
+def test_cli_deploy_prints_what_it_made(aws, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SAGEMAKER_ROLE", aws)
+    monkeypatch.chdir(tmp_path)
+    cli.main(["deploy", str(built_archive("sentiment")), "--endpoint", "cli-test", "--tag", "owner=me",
+              "--ts", "maxBatchDelay=50", "--no-wait"])
+    made = json.loads(capsys.readouterr().out)
+    env = boto3.client("sagemaker", region_name=REGION).describe_model(ModelName=made["model"])["PrimaryContainer"]
+    assert env["Environment"]["SAGEMAKER_TS_MAX_BATCH_DELAY"] == "50"
+
+
+def test_missing_credentials_and_role_are_explained(monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(DeployError, match="no AWS credentials found: set AWS_PROFILE"):
+        boto_session("us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.delenv("SAGEMAKER_ROLE", raising=False)
+    with pytest.raises(DeployError, match="no execution role"):
+        deploy(built_archive("sentiment"), DeployOptions(endpoint="x"), tmp_path)

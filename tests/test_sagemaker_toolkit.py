@@ -1,0 +1,140 @@
+"""The same archives through SageMaker's real serving toolkit: the same answers as local TorchServe.
+
+Runs `sagemaker-pytorch-inference` (the PyTorch container's serving stack) on
+loopback, once with the manifest route (our TorchServe handler) and once with
+code/inference.py alone (the toolkit's handler), and compares every answer with
+local TorchServe's for the same request. One server at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+
+from sagemaker_deploy.local import LocalEndpoint
+from sagemaker_deploy.package import package
+from tests.audio_helpers import cough_like, encode, npy_bytes
+from tests.conftest import built_archive, running_torchserve
+
+pytestmark = pytest.mark.integration
+
+TEXT = "The staff were friendly and the room was spotless"
+INPUTS = {
+    "sentiment": {
+        "text": (TEXT.encode(), "text/plain"),
+        "json": (json.dumps({"text": "The parcel arrived broken and late"}).encode(), "application/json"),
+        "list": (json.dumps({"inputs": [TEXT, "The meeting is on Monday"]}).encode(), "application/json"),
+    },
+    "respiratory": {
+        "wav": (encode(cough_like(12, 44100, 5), 44100, "wav-16"), "audio/wav"),
+        "flac": (encode(cough_like(25, 16000, 6), 16000, "flac"), "audio/flac"),
+    },
+}
+BAD = {
+    "sentiment": ((b"{not json", "application/json"), 400, "invalid_json"),
+    "respiratory": ((b"not a recording at all " * 10, "audio/wav"), 400, "unreadable_audio"),
+}
+
+
+def numbers_close(a, b, tol=1e-5):
+    """Same structure, same strings, numbers within tol."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(numbers_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(numbers_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(a - b) <= tol
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def local_answers(tmp_path_factory):
+    """Answers from local TorchServe (token auth on), the reference for parity."""
+    store = tmp_path_factory.mktemp("store")
+    for model in INPUTS:
+        shutil.copy2(built_archive(model), store / f"{model}.mar")
+    answers = {}
+    with running_torchserve(tmp_path_factory.mktemp("run"), store, [f"{m}.mar" for m in INPUTS]) as ts:
+        for model, cases in INPUTS.items():
+            for case, (body, content_type) in cases.items():
+                got = requests.post(f"{ts.inference_url}/predictions/{model}", data=body,
+                                    headers={"Content-Type": content_type, **ts.headers()}, timeout=120)
+                assert got.status_code == 200, got.text
+                answers[model, case] = got.json()
+    return answers
+
+
+@pytest.fixture(params=["manifest", "toolkit"])
+def route(request):
+    return request.param
+
+
+@pytest.mark.parametrize("model", sorted(INPUTS))
+def test_toolkit_serves_what_local_torchserve_serves(model, route, local_answers, tmp_path):
+    tarball = package(built_archive(model), tmp_path / "model.tar.gz", manifest=route == "manifest")
+    with LocalEndpoint(tarball, tmp_path / "run") as endpoint:
+        ping = requests.get(f"{endpoint.url}/ping", timeout=10)
+        assert ping.status_code == 200
+        for case, (body, content_type) in INPUTS[model].items():
+            got = requests.post(f"{endpoint.url}/invocations", data=body,
+                                headers={"Content-Type": content_type, "Accept": "application/json"}, timeout=120)
+            assert got.status_code == 200, got.text
+            assert numbers_close(got.json(), local_answers[model, case]), (case, got.json())
+        (body, content_type), status, kind = BAD[model]
+        if route == "manifest":
+            assert_bad_request_isolated_in_batches(endpoint, model, body, content_type, status, kind, local_answers)
+        else:
+            # The toolkit's own handler answers one request at a time; its error body is
+            # our JSON on the first line, then the toolkit's traceback.
+            got = requests.post(f"{endpoint.url}/invocations", data=body, headers={"Content-Type": content_type},
+                                timeout=60)
+            assert got.status_code == status
+            assert json.loads(got.text.split("\n", 1)[0])["type"] == kind
+
+
+def assert_bad_request_isolated_in_batches(endpoint, model, bad_body, bad_type, status, kind, local_answers):
+    good = [(case, body, ct) for case, (body, ct) in INPUTS[model].items()]
+    jobs = [(None, bad_body, bad_type)] * 4 + good * 4
+    gate = threading.Barrier(len(jobs))
+
+    def send(job):
+        gate.wait()
+        return requests.post(f"{endpoint.url}/invocations", data=job[1], headers={"Content-Type": job[2]}, timeout=120)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        responses = list(pool.map(send, jobs))
+    for (case, _, _), response in zip(jobs, responses):
+        if case is None:
+            assert response.status_code == status and response.json()["type"] == kind
+        else:
+            assert response.status_code == 200, response.text
+            assert numbers_close(response.json(), local_answers[model, case])
+
+
+def test_sagemaker_headers_on_the_manifest_route(tmp_path):
+    """Accept is honoured, and an npy's sample rate rides in SageMaker's custom attributes."""
+    tarball = package(built_archive("respiratory"), tmp_path / "model.tar.gz")
+    samples = cough_like(3, 16000, 8)
+    with LocalEndpoint(tarball, tmp_path / "run") as endpoint:
+        url = f"{endpoint.url}/invocations"
+        as_npy = requests.post(url, data=npy_bytes(samples), timeout=60, headers={
+            "Content-Type": "application/x-npy", "X-Amzn-SageMaker-Custom-Attributes": "sample_rate=16000"})
+        as_wav = requests.post(url, data=encode(samples, 16000, "wav-float"), timeout=60,
+                               headers={"Content-Type": "audio/wav"})
+        assert as_npy.status_code == 200, as_npy.text
+        assert as_npy.json()["probability"] == pytest.approx(as_wav.json()["probability"], abs=1e-5)
+        media_param = requests.post(url, data=npy_bytes(samples), timeout=60,
+                                    headers={"Content-Type": "application/x-npy; sample_rate=16000"})
+        assert media_param.status_code == 200
+        csv = requests.post(url, data=encode(samples, 16000), timeout=60,
+                            headers={"Content-Type": "audio/wav", "Accept": "text/csv"})
+        assert csv.status_code == 406 and csv.json()["type"] == "not_acceptable"
+        silent = requests.post(url, data=npy_bytes(np.zeros(1600, dtype=np.float32)), timeout=60,
+                               headers={"Content-Type": "application/x-npy; sample_rate=8000"})
+        assert silent.json()["flags"] == ["silent"]
