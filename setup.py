@@ -10,6 +10,8 @@ SAGEMAKER = [
     "psutil>=5.9",
 ]
 
+NOTEBOOKS = ["ipykernel>=6", "nbformat>=5", "librosa>=0.10"]
+
 setup(
     name="marport",
     version="0.1.0",
@@ -40,7 +42,9 @@ setup(
     extras_require={
         # Deploying to SageMaker, and running its PyTorch container's serving toolkit locally.
         "sagemaker": SAGEMAKER,
-        "dev": ["pytest>=8", "moto[s3,sagemaker,sts]>=5", *SAGEMAKER],
+        # The notebooks: a Jupyter kernel, and librosa for mel spectrograms.
+        "notebooks": NOTEBOOKS,
+        "dev": ["pytest>=8", "moto[s3,sagemaker,sts]>=5", "nbclient>=0.10", *SAGEMAKER, *NOTEBOOKS],
     },
     entry_points={"console_scripts": ["marport-build=marport.build:main", "marport-serve=marport.server:main"]},
 )

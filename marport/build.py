@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,7 @@ from marport import BUILD_DIR, HANDLERS_DIR, MODEL_STORE, __version__
 
 COMMON_MODULES = ("serving_common.py", "torchserve_adapter.py")
 CHECKPOINT_SUBDIR = "checkpoint"  # the folder name sentiment.py/respiratory.py look for
+DEMO_CHECKPOINT = "demo-checkpoint"  # build/<model>/demo-checkpoint, as the Makefile builds it
 
 
 def _default_sentiment(out: Path) -> None:
@@ -96,15 +98,25 @@ def archive(model: str, staged: Path, export_dir: Path, name: str) -> Path:
     return export_dir / f"{name}.mar"
 
 
+def extract_archive(mar: Path, dest: Path) -> Path:
+    """Unpack a .mar (a zip) as TorchServe does, e.g. to load its model in-process."""
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(dest)
+    return dest
+
+
 def build(model: str, checkpoint: Path | None = None, export_dir: Path = MODEL_STORE,
           name: str | None = None) -> Path:
     name = name or model
     workdir = BUILD_DIR / name
     started = time.perf_counter()
     if checkpoint is None:
-        checkpoint = workdir / "default-checkpoint"
-        print(f"[1/3] building the demo {model} checkpoint in {checkpoint}", flush=True)
-        MODELS[model].default_checkpoint(checkpoint)
+        checkpoint = workdir / DEMO_CHECKPOINT
+        if (checkpoint / "config.json").exists():
+            print(f"[1/3] using the demo {model} checkpoint in {checkpoint}", flush=True)
+        else:
+            print(f"[1/3] building the demo {model} checkpoint in {checkpoint}", flush=True)
+            MODELS[model].default_checkpoint(checkpoint)
     else:
         print(f"[1/3] using checkpoint {checkpoint}", flush=True)
     if not (checkpoint / "config.json").exists():
@@ -121,7 +133,8 @@ def build(model: str, checkpoint: Path | None = None, export_dir: Path = MODEL_S
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build a model archive (.mar).")
     parser.add_argument("model", choices=sorted(MODELS))
-    parser.add_argument("--checkpoint", type=Path, help="a saved checkpoint folder to pack instead of the demo")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="a saved checkpoint folder to pack (default: the demo, trained if missing)")
     parser.add_argument("--export-path", type=Path, default=MODEL_STORE)
     parser.add_argument("--name", help="archive and model name (default: the model kind)")
     args = parser.parse_args(argv)

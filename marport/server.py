@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,24 @@ from marport import MODEL_STORE, REPO_ROOT
 CONFIG = REPO_ROOT / "config.properties"
 RUN_DIR = REPO_ROOT / "var"
 READY_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    """A port nothing listens on right now, on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_overrides() -> dict[str, str]:
+    """config.properties overrides that put every TorchServe listener on a free loopback port."""
+    return {
+        "inference_address": f"http://127.0.0.1:{free_port()}",
+        "management_address": f"http://127.0.0.1:{free_port()}",
+        "metrics_address": f"http://127.0.0.1:{free_port()}",
+        "grpc_inference_port": str(free_port()),
+        "grpc_management_port": str(free_port()),
+    }
 
 
 def read_properties(path: Path) -> dict[str, str]:

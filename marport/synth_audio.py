@@ -89,6 +89,14 @@ def generate(out: Path, participants: int = 80, per_participant: tuple[int, int]
     return labels
 
 
+def demo_dataset(participants: int = 80) -> Path:
+    """The demo set under build/respiratory/synthetic, generated once; returns labels.csv."""
+    from marport import BUILD_DIR
+
+    labels = BUILD_DIR / "respiratory" / "synthetic" / "labels.csv"
+    return labels if labels.exists() else generate(labels.parent, participants)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write synthetic labelled respiratory recordings.")
     parser.add_argument("--out", type=Path, default=Path("build/respiratory/synthetic"))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from marport import BUILD_DIR, use_handlers
+from marport import use_handlers
 
 use_handlers()
 import respiratory  # noqa: E402  (flat handler module, as packed in the archive)
@@ -262,13 +262,9 @@ def train(examples: list[Example], out: Path, options: TrainOptions = None) -> d
 
 def build_default(out: Path, participants: int = 80, epochs: int = TrainOptions.epochs) -> dict:
     """The demo model: synthetic recordings, default settings."""
-    from marport.synth_audio import generate
+    from marport.synth_audio import demo_dataset
 
-    data = BUILD_DIR / "respiratory" / "synthetic"
-    labels = data / "labels.csv"
-    if not labels.exists():
-        generate(data, participants)
-    metrics = train(read_labels_csv(labels), out, TrainOptions(epochs=epochs))
+    metrics = train(read_labels_csv(demo_dataset(participants)), out, TrainOptions(epochs=epochs))
     report(metrics, out)
     return metrics
 

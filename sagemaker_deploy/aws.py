@@ -49,6 +49,17 @@ def boto_session(region: str | None = None):
     return session
 
 
+def aws_ready(region: str | None = None) -> str | None:
+    """None when `deploy` can run here; otherwise one line saying what to set."""
+    try:
+        boto_session(region)
+    except DeployError as err:
+        return f"AWS steps skipped: {err}"
+    if not os.environ.get("SAGEMAKER_ROLE"):
+        return "AWS steps skipped: set SAGEMAKER_ROLE to a SageMaker execution role ARN"
+    return None
+
+
 def sagemaker_session(region: str | None = None, bucket: str | None = None):
     import sagemaker
 

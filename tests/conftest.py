@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import zipfile
+import os
 from pathlib import Path
 
 import pytest
 
 from marport import MODEL_STORE
-from marport.server import LocalTorchServe
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_overrides() -> dict[str, str]:
-    return {
-        "inference_address": f"http://127.0.0.1:{free_port()}",
-        "management_address": f"http://127.0.0.1:{free_port()}",
-        "metrics_address": f"http://127.0.0.1:{free_port()}",
-        "grpc_inference_port": str(free_port()),
-        "grpc_management_port": str(free_port()),
-    }
+from marport.server import LocalTorchServe, free_port_overrides
 
 
 @contextlib.contextmanager
@@ -35,7 +18,7 @@ def running_torchserve(run_dir: Path, model_store: Path, models: list[str]):
 
     Tests use it one module at a time, so two instances never run together.
     """
-    server = LocalTorchServe(run_dir=run_dir, overrides=port_overrides(), model_store=model_store)
+    server = LocalTorchServe(run_dir=run_dir, overrides=free_port_overrides(), model_store=model_store)
     server.start(models)
     try:
         server.wait_ready()
@@ -44,17 +27,16 @@ def running_torchserve(run_dir: Path, model_store: Path, models: list[str]):
         server.stop()
 
 
+# boto3 would otherwise ask the EC2 metadata address for credentials; tests talk
+# to loopback only.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+
 def built_archive(name: str) -> Path:
     mar = MODEL_STORE / f"{name}.mar"
     if not mar.exists():
         pytest.fail(f"{mar} is missing: run the tests with `make test`, which builds it")
     return mar
-
-
-def extract(mar: Path, dest: Path) -> Path:
-    with zipfile.ZipFile(mar) as archive:
-        archive.extractall(dest)
-    return dest
 
 
 def worker_pids(server: LocalTorchServe, model: str) -> list[int]:

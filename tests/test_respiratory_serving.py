@@ -13,7 +13,8 @@ import requests
 import respiratory
 from serving_common import Request
 from tests.audio_helpers import cough_like, encode, npy_bytes, pickle_canary_npy, tone
-from tests.conftest import built_archive, extract, logged_batches, running_torchserve, worker_pids
+from marport.build import extract_archive
+from tests.conftest import built_archive, logged_batches, running_torchserve, worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    model = respiratory.load(str(extract(built_archive("respiratory"), tmp_path_factory.mktemp("ref"))))
+    model = respiratory.load(str(extract_archive(built_archive("respiratory"), tmp_path_factory.mktemp("ref"))))
     out = {}
     for name, (body, content_type, headers) in GOOD.items():
         lower = {k.lower(): v for k, v in headers.items()}

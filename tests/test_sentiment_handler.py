@@ -9,7 +9,8 @@ import yaml
 from ts.context import Context, RequestProcessor
 
 from sentiment_handler import SentimentHandler
-from tests.conftest import built_archive, extract
+from marport.build import extract_archive
+from tests.conftest import built_archive
 
 
 def ts_context(model_dir, rows_headers):
@@ -22,7 +23,7 @@ def ts_context(model_dir, rows_headers):
 
 @pytest.fixture(scope="module")
 def handler(tmp_path_factory):
-    model_dir = extract(built_archive("sentiment"), tmp_path_factory.mktemp("mar"))
+    model_dir = extract_archive(built_archive("sentiment"), tmp_path_factory.mktemp("mar"))
     handler = SentimentHandler()
     handler.initialize(ts_context(model_dir, [{}]))
     handler.model_dir = model_dir

@@ -12,7 +12,8 @@ import requests
 
 import sentiment
 from marport.build import build
-from tests.conftest import built_archive, extract, logged_batches, running_torchserve, worker_pids
+from marport.build import extract_archive
+from tests.conftest import built_archive, logged_batches, running_torchserve, worker_pids
 from tests.test_sentiment_unit import save_tiny_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,7 @@ def server(store, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(store, tmp_path_factory):
     """In-process predictions from the very files inside the archive."""
-    model = sentiment.load(str(extract(store / "sentiment.mar", tmp_path_factory.mktemp("ref"))))
+    model = sentiment.load(str(extract_archive(store / "sentiment.mar", tmp_path_factory.mktemp("ref"))))
     return {t: a for t, a in zip(TEXTS, sentiment.predict_texts(model, TEXTS))}
 
 

@@ -10,15 +10,15 @@ from transformers import RobertaConfig, RobertaForSequenceClassification
 
 import sentiment
 from serving_common import Request, RequestError
-from marport.build import build
 from marport.train_sentiment import read_corpus, train_tokenizer
-from tests.conftest import built_archive, extract
+from marport.build import build, extract_archive
+from tests.conftest import built_archive
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The demo model exactly as packed in model_store/sentiment.mar."""
-    root = extract(built_archive("sentiment"), tmp_path_factory.mktemp("sentiment_mar"))
+    root = extract_archive(built_archive("sentiment"), tmp_path_factory.mktemp("sentiment_mar"))
     return sentiment.load(str(root), {"max_chars": 200, "max_items": 4})
 
 
@@ -129,7 +129,7 @@ def test_demo_model_beats_chance_on_heldout(demo):
 def test_bring_your_own_checkpoint_is_packed_and_loaded(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "my-checkpoint")
     mar = build("sentiment", checkpoint=ckpt, export_dir=tmp_path / "store", name="mine")
-    model = sentiment.load(str(extract(mar, tmp_path / "unpacked")))
+    model = sentiment.load(str(extract_archive(mar, tmp_path / "unpacked")))
     assert model.labels == ["bad", "good"] and model.max_length == 64
     answer = sentiment.predict_texts(model, ["anything at all"])[0]
     assert set(answer["scores"]) == {"bad", "good"}

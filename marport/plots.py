@@ -1,0 +1,64 @@
+"""Pictures for the notebooks: what a recording looks like to the CNN, how predictions spread."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # notebooks render the saved figure; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from marport import use_handlers  # noqa: E402
+
+MEL_BANDS = 40
+
+
+def recording_figure(path: Path, out: Path) -> Path:
+    """Waveform and mel spectrogram of a recording, after the serving code's decoding.
+
+    What is drawn is what the CNN hears: mixed to mono and resampled to the
+    model's rate (1600 Hz by default) by handlers/respiratory.py itself.
+    """
+    import librosa
+    import librosa.display
+
+    use_handlers()
+    import respiratory
+
+    audio = respiratory.AudioConfig()
+    limits = respiratory.RespiratoryModel(net=None, audio=audio)
+    samples, rate = respiratory.decode_audio_file(Path(path).read_bytes(), limits)
+    heard = respiratory.to_model_rate(samples, rate, audio)
+    fig, (wave_ax, mel_ax) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, layout="constrained")
+    times = np.arange(len(heard)) / audio.model_rate
+    wave_ax.plot(times, heard, linewidth=0.5)
+    wave_ax.set(title=f"{Path(path).name}: {len(samples) / rate:.1f} s at {rate} Hz, "
+                      f"{samples.shape[1]} channel(s), as the CNN hears it ({audio.model_rate} Hz)",
+                ylabel="amplitude")
+    mel = librosa.feature.melspectrogram(y=heard, sr=audio.model_rate, n_fft=256, hop_length=64,
+                                         n_mels=MEL_BANDS, fmax=audio.model_rate / 2)
+    shown = librosa.display.specshow(librosa.power_to_db(mel, ref=np.max), sr=audio.model_rate, hop_length=64,
+                                     x_axis="time", y_axis="mel", fmax=audio.model_rate / 2, ax=mel_ax)
+    fig.colorbar(shown, ax=[wave_ax, mel_ax], format="%+2.0f dB", pad=0.01)  # both axes keep one width
+    mel_ax.set(title="mel spectrogram")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def label_distribution(answers: list[dict], out: Path) -> Path:
+    """Bar chart of predicted labels, and each label's mean score."""
+    counts = Counter(a["label"] for a in answers)
+    labels = sorted({label for a in answers for label in a["scores"]})
+    fig, (count_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
+    count_ax.bar(labels, [counts.get(label, 0) for label in labels], color="tab:blue")
+    count_ax.set(title=f"predicted labels ({len(answers)} texts)", ylabel="texts")
+    score_ax.bar(labels, [np.mean([a["scores"][label] for a in answers]) for label in labels], color="tab:orange")
+    score_ax.set(title="mean score per label", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
