@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 HANDLER_FILES := $(wildcard handlers/*.py handlers/config/*.yaml)
 
-.PHONY: install models serve stop test clean
+.PHONY: install models serve stop test bench bench-quick clean
 
 install: $(STAMP)
 
@@ -40,6 +40,13 @@ stop:
 
 test: models
 	$(PY) -m pytest
+
+# Speed lives here, not in the tests: about 20 minutes on 2 cores; writes BENCHMARKS.md.
+bench: models
+	$(PY) -m bench.run
+
+bench-quick: models
+	$(PY) -m bench.run --quick --out build/bench/quick.json
 
 clean:
 	rm -rf build var model_store/*.mar

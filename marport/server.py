@@ -10,6 +10,7 @@ override the ports (free loopback ports) and the run folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -164,6 +165,16 @@ class LocalTorchServe:
         deadline = time.monotonic() + 60
         while pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
+
+    @contextlib.contextmanager
+    def serving(self, models: list[str] | None = None):
+        """Start, wait until every model is READY, and always stop."""
+        self.start(models)
+        try:
+            self.wait_ready()
+            yield self
+        finally:
+            self.stop()
 
     def is_running(self) -> bool:
         return (self.run_dir / "tmp" / ".model_server.pid").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -12,19 +11,13 @@ from marport import MODEL_STORE
 from marport.server import LocalTorchServe, free_port_overrides
 
 
-@contextlib.contextmanager
 def running_torchserve(run_dir: Path, model_store: Path, models: list[str]):
     """A real TorchServe (Java) with config.properties, on free loopback ports.
 
     Tests use it one module at a time, so two instances never run together.
     """
     server = LocalTorchServe(run_dir=run_dir, overrides=free_port_overrides(), model_store=model_store)
-    server.start(models)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    return server.serving(models)
 
 
 # boto3 would otherwise ask the EC2 metadata address for credentials; tests talk

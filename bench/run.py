@@ -1,0 +1,374 @@
+"""`make bench`: served throughput and latency against the model's own in-process ceiling.
+
+    python -m bench.run            # the full run (about 15-20 minutes on 2 cores)
+    python -m bench.run --quick    # a smoke run of every step, small counts, one repetition
+
+Writes bench/results/latest.json, then bench/report.py turns it into BENCHMARKS.md and a plot.
+Everything runs on this machine: TorchServe on free loopback ports, the clients in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+import torch
+import yaml
+
+from bench.loadgen import WorkerMemory, closed_loop
+from bench.workloads import BENCH_DIR, long_texts, realsize_checkpoint, recordings, short_texts
+from marport import MODEL_STORE, REPO_ROOT, use_handlers
+from marport.build import build, extract_archive
+from marport.server import LocalTorchServe, free_port_overrides
+
+use_handlers()
+import respiratory  # noqa: E402
+import sentiment  # noqa: E402
+from serving_common import Request  # noqa: E402
+
+RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
+CORES = 2
+SCORE_TOLERANCE = 1e-4  # served vs in-process probabilities (padding differs by batch)
+
+
+@dataclass
+class Plan:
+    reps: int = 3
+    short: int = 320
+    short_c1: int = 64
+    long: int = 48
+    recordings: int = 48
+    concurrency: tuple = (1, 8, 32, 64)
+    sweep: tuple = tuple((w, t, b, d) for w, t in ((1, 2), (2, 1)) for b in (8, 16) for d in (2, 20))
+    cold_starts: int = 3
+
+
+QUICK = Plan(reps=1, short=48, short_c1=8, long=8, recordings=8, concurrency=(1, 8),
+             sweep=((1, 2, 8, 2), (2, 1, 8, 2)), cold_starts=1)
+
+
+def median(values):
+    return float(statistics.median(values))
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def unpacked(mar: Path, store: Path, name: str) -> Path:
+    """The archive extracted into the bench model store, so each sweep point can edit its model-config.yaml."""
+    target = store / name
+    if not (target / "MAR-INF").exists():
+        extract_archive(mar, target)
+    return target
+
+
+def configure(model_dir: Path, workers: int, threads: int, batch: int, delay: int, **handler) -> None:
+    path = model_dir / "model-config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config.update(minWorkers=workers, maxWorkers=workers, batchSize=batch, maxBatchDelay=delay)
+    config.setdefault("handler", {}).update(threads=threads, **handler)
+    path.write_text(yaml.safe_dump(config))
+
+
+def server_for(store: Path) -> LocalTorchServe:
+    return LocalTorchServe(run_dir=BENCH_DIR / "run", overrides=free_port_overrides(), model_store=store)
+
+
+def warm_up(url: str, server: LocalTorchServe, body: tuple[bytes, str], n: int = 4) -> None:
+    closed_loop(url, [body] * n, min(n, 4), server.headers())
+
+
+def compare(served: list, expected: list, key: str) -> dict:
+    """Do served answers equal in-process ones? Same labels, scores within tolerance."""
+    worst, label_mismatch, missing = 0.0, 0, 0
+    for got, want in zip(served, expected):
+        if got is None:
+            missing += 1
+            continue
+        label_mismatch += got["label"] != want["label"]
+        if key == "scores":
+            worst = max(worst, max(abs(got["scores"][k] - v) for k, v in want["scores"].items()))
+        else:
+            worst = max(worst, abs(got[key] - want[key]))
+    return {"max_abs_diff": worst, "label_mismatches": label_mismatch, "missing": missing,
+            "match": missing == 0 and label_mismatch == 0 and worst <= SCORE_TOLERANCE}
+
+
+# --------------------------------------------------------------------------- sentiment
+
+
+def inprocess_texts(model, texts: list[str], batch: int) -> tuple[float, list]:
+    """The handler core without HTTP or TorchServe, in the same batches; texts/s and answers."""
+    answers = []
+    started = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        answers.extend(sentiment.predict_texts(model, texts[i : i + batch]))
+    return len(texts) / (time.perf_counter() - started), answers
+
+
+def single_forward_ms(model, texts: list[str]) -> float:
+    times = []
+    for text in texts:
+        started = time.perf_counter()
+        sentiment.predict_texts(model, [text])
+        times.append((time.perf_counter() - started) * 1000)
+    return median(times)
+
+
+def sentiment_bench(plan: Plan) -> dict:
+    name = "sentiment_base"
+    log("building the roberta-base-size archive with the normal build")
+    mar = build("sentiment", checkpoint=realsize_checkpoint(), export_dir=BENCH_DIR / "mar", name=name)
+    store = BENCH_DIR / "store"
+    model_dir = unpacked(mar, store, name)
+    short, long = short_texts(plan.short), long_texts(plan.long)
+    text = lambda t: (t.encode(), "text/plain")  # noqa: E731
+
+    log("in-process ceiling")
+    torch.set_num_threads(CORES)
+    model = sentiment.load(str(model_dir))
+    sentiment.predict_texts(model, short[:8])
+    ceiling, reference = {}, {}
+    for batch in sorted({s[2] for s in plan.sweep}):
+        runs = [inprocess_texts(model, short, batch) for _ in range(plan.reps)]
+        ceiling[batch] = median([r[0] for r in runs])
+        reference[batch] = runs[0][1]
+    forward_ms = single_forward_ms(model, short[: max(10, plan.short_c1 // 2)])
+    long_ceiling = median([inprocess_texts(model, long, 8)[0] for _ in range(plan.reps)])
+    long_reference = inprocess_texts(model, long, 8)[1]
+    quantized = sentiment.load(str(model_dir), {"quantize": True})
+    q_reference = inprocess_texts(quantized, short, 8)[1]
+    del model, quantized
+
+    url = lambda s: f"{s.inference_url}/predictions/{name}"  # noqa: E731
+    log(f"sweep over {len(plan.sweep)} settings at concurrency 32, short texts")
+    sweep = []
+    for workers, threads, batch, delay in plan.sweep:
+        configure(model_dir, workers, threads, batch, delay, quantize=False)
+        with server_for(store).serving([name]) as server:
+            warm_up(url(server), server, text(short[0]))
+            run = closed_loop(url(server), [text(t) for t in short], 32, server.headers())
+        point = {"workers": workers, "threads": threads, "batchSize": batch, "maxBatchDelay": delay,
+                 **run.summary()}
+        sweep.append(point)
+        log(f"  {point}")
+    top = max(p["throughput"] for p in sweep)
+    # Near-ties go to the shorter delay: it costs latency at low load and buys little here.
+    best = min((p for p in sweep if p["throughput"] >= 0.97 * top), key=lambda p: (p["maxBatchDelay"], -p["throughput"]))
+    settings = {k: best[k] for k in ("workers", "threads", "batchSize", "maxBatchDelay")}
+    log(f"best settings {settings}")
+
+    configure(model_dir, settings["workers"], settings["threads"], settings["batchSize"],
+              settings["maxBatchDelay"], quantize=False)
+    served, checks = {}, {}
+    with server_for(store).serving([name]) as server, WorkerMemory() as memory:
+        warm_up(url(server), server, text(short[0]))
+        for c in plan.concurrency:
+            bodies = [text(t) for t in (short[: plan.short_c1] if c == 1 else short)]
+            runs = [closed_loop(url(server), bodies, c, server.headers()) for _ in range(plan.reps)]
+            served[c] = summarise(runs)
+            checks[f"short_c{c}"] = compare(runs[0].answers, reference[settings["batchSize"]], "scores")
+            log(f"  c{c}: {served[c]}")
+        long_runs = [closed_loop(url(server), [text(t) for t in long], 32, server.headers()) for _ in range(plan.reps)]
+        checks["long_c32"] = compare(long_runs[0].answers, long_reference, "scores")
+    rss = memory.peak_mb
+
+    log("int8 dynamic quantization, same settings")
+    configure(model_dir, settings["workers"], settings["threads"], settings["batchSize"],
+              settings["maxBatchDelay"], quantize=True)
+    with server_for(store).serving([name]) as server:
+        warm_up(url(server), server, text(short[0]))
+        q_runs = [closed_loop(url(server), [text(t) for t in short], 32, server.headers()) for _ in range(plan.reps)]
+        checks["quantized_short_c32"] = compare(q_runs[0].answers, q_reference, "scores")
+    q_served = summarise(q_runs)
+    c32 = served.get(32) or served[max(served)]
+    return {
+        "settings": settings,
+        "sweep": sweep,
+        "inprocess_texts_per_s": {str(b): v for b, v in ceiling.items()},
+        "inprocess_single_forward_ms": forward_ms,
+        "served": {str(c): v for c, v in served.items()},
+        "served_over_inprocess": c32["throughput"] / max(ceiling.values()),
+        "p99_ms_c1": served[1]["p99_ms"],
+        "p99_ms_c1_minus_forward_ms": served[1]["p99_ms"] - forward_ms,
+        "long": {"inprocess_texts_per_s": long_ceiling, "served_c32": summarise(long_runs),
+                 "served_over_inprocess": summarise(long_runs)["throughput"] / long_ceiling},
+        "peak_worker_rss_mb": rss,
+        "quantized_served_c32": q_served,
+        "quantized_speedup": q_served["throughput"] / c32["throughput"],
+        "checks": checks,
+    }
+
+
+def summarise(runs) -> dict:
+    """Medians over repetitions of each summary figure."""
+    summaries = [r.summary() for r in runs]
+    return {k: (median([s[k] for s in summaries]) if isinstance(summaries[0][k], float) else summaries[0][k])
+            for k in summaries[0]} | {"errors": sum(s["errors"] for s in summaries), "repetitions": len(runs)}
+
+
+def quantized_agreement() -> dict:
+    """Label agreement of the int8 demo model with fp32, over the project's held-out texts."""
+    from marport.train_sentiment import read_corpus
+
+    demo = MODEL_STORE / "sentiment.mar"
+    model_dir = extract_archive(demo, BENCH_DIR / "demo-unpacked")
+    texts = [t for t, _ in read_corpus()["test"]]
+    fp32 = sentiment.predict_texts(sentiment.load(str(model_dir)), texts)
+    int8 = sentiment.predict_texts(sentiment.load(str(model_dir), {"quantize": True}), texts)
+    agree = sum(a["label"] == b["label"] for a, b in zip(fp32, int8))
+    return {"label_agreement": agree / len(texts), "texts": len(texts)}
+
+
+# --------------------------------------------------------------------------- respiratory
+
+
+def respiratory_split(model, bodies: list[bytes], batch: int) -> dict:
+    """In-process: decode, resample and model time per recording, and the throughput ceiling."""
+    decode = resample = forward = 0.0
+    answers = []
+    started = time.perf_counter()
+    for i in range(0, len(bodies), batch):
+        parsed = []
+        for body in bodies[i : i + batch]:
+            t0 = time.perf_counter()
+            samples, rate = respiratory.decode_audio_file(body, model)
+            t1 = time.perf_counter()
+            parsed.append(respiratory.prepare(samples, rate, model.audio))
+            t2 = time.perf_counter()
+            decode, resample = decode + t1 - t0, resample + t2 - t1
+        t3 = time.perf_counter()
+        answers.extend(respiratory.predict(model, parsed))
+        forward += time.perf_counter() - t3
+    total = time.perf_counter() - started
+    n = len(bodies)
+    return {"recordings_per_s": n / total, "decode_ms": 1000 * decode / n, "resample_ms": 1000 * resample / n,
+            "model_ms": 1000 * forward / n, "answers": answers}
+
+
+def respiratory_bench(plan: Plan) -> dict:
+    name = "respiratory"
+    store = BENCH_DIR / "store"
+    model_dir = unpacked(MODEL_STORE / "respiratory.mar", store, name)
+    bodies = recordings(plan.recordings)
+    wav = lambda b: (b, "audio/wav")  # noqa: E731
+    batch = 8
+    torch.set_num_threads(CORES)
+    model = respiratory.load(str(model_dir))
+    respiratory_split(model, bodies[:batch], batch)
+    splits = [respiratory_split(model, bodies, batch) for _ in range(plan.reps)]
+    reference = splits[0].pop("answers")
+    for s in splits[1:]:
+        s.pop("answers")
+    inprocess = {k: median([s[k] for s in splits]) for k in splits[0]}
+    url = lambda s: f"{s.inference_url}/predictions/{name}"  # noqa: E731
+    results = []
+    for workers, threads in ((1, 2), (2, 1)):
+        configure(model_dir, workers, threads, batch, 5)
+        with server_for(store).serving([name]) as server:
+            warm_up(url(server), server, wav(bodies[0]))
+            runs = {c: [closed_loop(url(server), [wav(b) for b in bodies], c, server.headers())
+                        for _ in range(plan.reps)] for c in (1, 8)}
+        results.append({"workers": workers, "threads": threads, "c1": summarise(runs[1]), "c8": summarise(runs[8]),
+                        "check": compare(runs[8][0].answers, reference, "probability")})
+        log(f"  respiratory {results[-1]}")
+    best = max(results, key=lambda r: r["c8"]["throughput"])
+    request_ms = best["c1"]["p50_ms"]
+    return {
+        "inprocess": inprocess,
+        "served": results,
+        "settings": {"workers": best["workers"], "threads": best["threads"], "batchSize": batch, "maxBatchDelay": 5},
+        "served_over_inprocess": best["c8"]["throughput"] / inprocess["recordings_per_s"],
+        "decode_resample_share_of_request": (inprocess["decode_ms"] + inprocess["resample_ms"]) / request_ms,
+        "decode_resample_share_of_compute": (inprocess["decode_ms"] + inprocess["resample_ms"])
+        / (inprocess["decode_ms"] + inprocess["resample_ms"] + inprocess["model_ms"]),
+    }
+
+
+# --------------------------------------------------------------------------- cold start
+
+
+def cold_start(store: Path, name: str, body: tuple[bytes, str], reps: int) -> float:
+    """`torchserve --start` to the first successful prediction, in seconds (median)."""
+    times = []
+    for _ in range(reps):
+        server = server_for(store)
+        started = time.perf_counter()
+        server.start([name])
+        try:
+            while True:
+                try:
+                    got = requests.post(f"{server.inference_url}/predictions/{name}", data=body[0],
+                                        headers={"Content-Type": body[1], **server.headers()}, timeout=60)
+                    if got.status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.perf_counter() - started > 600:
+                    raise TimeoutError(f"{name} never answered")
+                time.sleep(0.1)
+            times.append(time.perf_counter() - started)
+        finally:
+            server.stop()
+    return median(times)
+
+
+def machine() -> dict:
+    import importlib.metadata as md
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+        "torch": torch.__version__, "transformers": md.version("transformers"), "torchserve": md.version("torchserve"),
+        "commit": commit.stdout.strip(), "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Benchmark served models against their in-process ceiling.")
+    parser.add_argument("--quick", action="store_true", help="small counts, one repetition: checks the harness")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    started = time.perf_counter()
+    result = {"machine": machine(), "plan": {"reps": plan.reps, "short_texts": plan.short, "long_texts": plan.long,
+                                              "recordings": plan.recordings, "quick": args.quick}}
+    result["sentiment"] = sentiment_bench(plan)
+    result["quantized"] = {"speedup": result["sentiment"]["quantized_speedup"], **quantized_agreement()}
+    log("respiratory")
+    result["respiratory"] = respiratory_bench(plan)
+    log("cold starts")
+    store = BENCH_DIR / "store"
+    configure(store / "sentiment_base", **{"workers": 1, "threads": CORES, "batch": 8, "delay": 5}, quantize=False)
+    result["cold_start_s"] = {
+        "sentiment_base": cold_start(store, "sentiment_base", ("Lovely staff".encode(), "text/plain"), plan.cold_starts),
+        "respiratory": cold_start(store, "respiratory", (recordings(1)[0], "audio/wav"), plan.cold_starts),
+    }
+    result["seconds"] = time.perf_counter() - started
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {args.out} in {result['seconds'] / 60:.1f} min")
+    from bench.report import write_report
+
+    if args.quick:  # a smoke run never replaces the published report
+        print(write_report(result, BENCH_DIR / "BENCHMARKS-quick.md", BENCH_DIR / "throughput-quick.png"))
+    else:
+        print(write_report(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""What the benchmarks serve: a real-size RoBERTa, texts of two lengths, 10 s recordings."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+
+from marport import BUILD_DIR
+from marport.train_sentiment import read_corpus
+
+BENCH_DIR = BUILD_DIR / "bench"
+
+# roberta-base: 12 layers, hidden 768, 12 heads, FFN 3072, 50265 tokens, 514 positions.
+ROBERTA_BASE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                    intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1)
+
+
+def realsize_checkpoint(out: Path = BENCH_DIR / "roberta-base-random") -> Path:
+    """A randomly initialised roberta-base classifier with the demo tokenizer.
+
+    Random weights do the same arithmetic as trained ones; no hub is reachable to
+    fetch the real checkpoint. The demo tokenizer's ids all fall inside the vocabulary.
+    """
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+
+    from marport.train_sentiment import LABELS
+
+    demo = BUILD_DIR / "sentiment" / "demo-checkpoint"
+    tokenizer = AutoTokenizer.from_pretrained(demo)
+    torch.manual_seed(0)
+    config = RobertaConfig(**ROBERTA_BASE, num_labels=3, id2label=dict(enumerate(LABELS)),
+                           label2id={n: i for i, n in enumerate(LABELS)}, pad_token_id=tokenizer.pad_token_id,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    RobertaForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def short_texts(n: int, seed: int = 0) -> list[str]:
+    """Product-review length: one or two corpus sentences, 10-40 tokens."""
+    rng = random.Random(seed)
+    pool = [t for split in read_corpus().values() for t, _ in split]
+    return [" ".join(rng.sample(pool, rng.choice([1, 1, 2]))) for _ in range(n)]
+
+
+def long_texts(n: int, seed: int = 1, sentences: int = 18) -> list[str]:
+    """About 256 tokens: a long review stitched from corpus sentences."""
+    rng = random.Random(seed)
+    pool = [t for split in read_corpus().values() for t, _ in split]
+    return [" ".join(rng.sample(pool, sentences)) for _ in range(n)]
+
+
+def recordings(n: int, seconds: float = 10.0, rate: int = 48000, seed: int = 2) -> list[bytes]:
+    """10 s, 48 kHz, 16-bit WAV recordings from the synthetic generator."""
+    import io
+
+    import soundfile as sf
+
+    from marport.synth_audio import recording
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        audio = recording(rng, bool(i % 2), rate, seconds, rng.uniform(150, 400))
+        buf = io.BytesIO()
+        sf.write(buf, audio, rate, format="WAV", subtype="PCM_16")
+        out.append(buf.getvalue())
+    return out
