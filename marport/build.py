@@ -94,8 +94,31 @@ def archive(model: str, staged: Path, export_dir: Path, name: str) -> Path:
         "--export-path", str(export_dir),
         "--force",
     ]
-    subprocess.run(cmd, check=True)
-    return export_dir / f"{name}.mar"
+    mar = export_dir / f"{name}.mar"
+    mar.unlink(missing_ok=True)
+    _run_with_progress(cmd, mar, _staged_bytes(spec, staged))
+    return mar
+
+
+def _staged_bytes(spec: ArchiveSpec, staged: Path) -> int:
+    files = [p for p in (staged / "pack").rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) + sum((HANDLERS_DIR / m).stat().st_size for m in spec.modules)
+
+
+def _run_with_progress(cmd: list[str], mar: Path, total: int) -> None:
+    """torch-model-archiver prints nothing while it deflates; show the archive growing."""
+    from tqdm import tqdm
+
+    with subprocess.Popen(cmd) as proc, tqdm(total=total, unit="B", unit_scale=True, desc=f"archiving {mar.name}",
+                                             bar_format="{desc}: {n_fmt} written{postfix} [{elapsed}]") as bar:
+        while proc.poll() is None:
+            time.sleep(0.5)
+            bar.n = mar.stat().st_size if mar.exists() else 0
+            bar.set_postfix_str(f"of {total / 1e6:.0f} MB staged")
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+        bar.n = mar.stat().st_size
+        bar.refresh()
 
 
 def extract_archive(mar: Path, dest: Path) -> Path:

@@ -107,7 +107,10 @@ class LocalTorchServe:
         path = self.run_dir / "key_file.json"
         if not path.exists():
             return {}
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:  # TorchServe is still writing it
+            return {}
         return {kind: data[kind]["key"] for kind in ("inference", "management") if kind in data}
 
     def headers(self, kind: str = "inference") -> dict[str, str]:

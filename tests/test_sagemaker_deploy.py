@@ -101,3 +101,16 @@ def test_missing_credentials_and_role_are_explained(monkeypatch, tmp_path):
     monkeypatch.delenv("SAGEMAKER_ROLE", raising=False)
     with pytest.raises(DeployError, match="no execution role"):
         deploy(built_archive("sentiment"), DeployOptions(endpoint="x"), tmp_path)
+
+
+def test_invoke_sends_the_body_with_its_content_type(aws, tmp_path):
+    from pathlib import Path
+
+    from sagemaker_deploy.aws import content_type_for, invoke
+
+    deploy(built_archive("sentiment"), DeployOptions(endpoint="inv", role=aws, wait=False), tmp_path)
+    status, body = invoke("inv", b"Great staff", "text/plain")
+    assert status == 200 and body  # moto answers with a canned body
+    assert content_type_for(Path("cough.FLAC")) == "audio/flac"
+    assert content_type_for(Path("x.npy")) == "application/x-npy"
+    assert content_type_for(Path("odd.bin")) == "application/octet-stream"
