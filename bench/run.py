@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import requests
 import torch
 import yaml
@@ -121,13 +122,17 @@ def inprocess_texts(model, texts: list[str], batch: int) -> tuple[float, list]:
     return len(texts) / (time.perf_counter() - started), answers
 
 
-def single_forward_ms(model, texts: list[str]) -> float:
+def single_forward_ms(model, texts: list[str], threads: int) -> dict:
+    """One text at a time through the core, as a lone served request would go, at `threads`."""
+    torch.set_num_threads(threads)
     times = []
     for text in texts:
         started = time.perf_counter()
         sentiment.predict_texts(model, [text])
         times.append((time.perf_counter() - started) * 1000)
-    return median(times)
+    torch.set_num_threads(CORES)
+    p50, p99 = np.percentile(times, [50, 99])
+    return {"threads": threads, "p50_ms": float(p50), "p99_ms": float(p99)}
 
 
 def sentiment_bench(plan: Plan) -> dict:
@@ -148,7 +153,8 @@ def sentiment_bench(plan: Plan) -> dict:
         runs = [inprocess_texts(model, short, batch) for _ in range(plan.reps)]
         ceiling[batch] = median([r[0] for r in runs])
         reference[batch] = runs[0][1]
-    forward_ms = single_forward_ms(model, short[: max(10, plan.short_c1 // 2)])
+    lone = short[: plan.short_c1]
+    forward = {t: single_forward_ms(model, lone, t) for t in sorted({s[1] for s in plan.sweep})}
     long_ceiling = median([inprocess_texts(model, long, 8)[0] for _ in range(plan.reps)])
     long_reference = inprocess_texts(model, long, 8)[1]
     quantized = sentiment.load(str(model_dir), {"quantize": True})
@@ -190,6 +196,16 @@ def sentiment_bench(plan: Plan) -> dict:
         checks["long_c32"] = compare(long_runs[0].answers, long_reference, "scores")
     rss = memory.peak_mb
 
+    # Fewer, wider workers answer a lone request faster; measure that trade too.
+    latency = {"workers": 1, "threads": CORES, "batchSize": settings["batchSize"], "maxBatchDelay": 2}
+    configure(model_dir, latency["workers"], latency["threads"], latency["batchSize"], latency["maxBatchDelay"],
+              quantize=False)
+    with server_for(store).serving([name]) as server:
+        warm_up(url(server), server, text(short[0]))
+        latency_c1 = summarise([closed_loop(url(server), [text(t) for t in lone], 1, server.headers())
+                                for _ in range(plan.reps)])
+    log(f"  latency settings {latency}, c1: {latency_c1}")
+
     log("int8 dynamic quantization, same settings")
     configure(model_dir, settings["workers"], settings["threads"], settings["batchSize"],
               settings["maxBatchDelay"], quantize=True)
@@ -203,11 +219,15 @@ def sentiment_bench(plan: Plan) -> dict:
         "settings": settings,
         "sweep": sweep,
         "inprocess_texts_per_s": {str(b): v for b, v in ceiling.items()},
-        "inprocess_single_forward_ms": forward_ms,
+        "inprocess_single_forward": {str(t): v for t, v in forward.items()},
         "served": {str(c): v for c, v in served.items()},
         "served_over_inprocess": c32["throughput"] / max(ceiling.values()),
         "p99_ms_c1": served[1]["p99_ms"],
-        "p99_ms_c1_minus_forward_ms": served[1]["p99_ms"] - forward_ms,
+        # Serving's own cost at low load: the served p99 against the core's median time for
+        # one text with the same threads per worker.
+        "p99_ms_c1_minus_forward_ms": served[1]["p99_ms"] - forward[settings["threads"]]["p50_ms"],
+        "latency_settings": {**latency, "c1": latency_c1,
+                             "p99_ms_c1_minus_forward_ms": latency_c1["p99_ms"] - forward[CORES]["p50_ms"]},
         "long": {"inprocess_texts_per_s": long_ceiling, "served_c32": summarise(long_runs),
                  "served_over_inprocess": summarise(long_runs)["throughput"] / long_ceiling},
         "peak_worker_rss_mb": rss,

@@ -211,6 +211,8 @@ def decode_npy(data: bytes, rate: Any, model: RespiratoryModel) -> tuple[np.ndar
         raise RequestError(f"body is not a valid .npy array: {exc}", kind="invalid_npy") from None
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise RequestError(f"the .npy has dtype {array.dtype}; send float or integer samples", kind="invalid_npy")
+    if array.size == 0:
+        raise RequestError("the .npy holds no samples (zero-length audio)", kind="empty_audio")
     if array.ndim not in (1, 2):
         raise RequestError(
             f"the .npy has shape {array.shape}; send (samples,) or (samples, channels)", kind="invalid_npy"

@@ -120,6 +120,10 @@ BAD = [
      "invalid_sample_rate"),
     ("3-d npy", lambda tmp: npy_bytes(np.zeros((2, 2, 2), dtype=np.float32)), "application/x-npy",
      {"x-sample-rate": "8000"}, "invalid_npy"),
+    ("empty 2-d npy", lambda tmp: npy_bytes(np.zeros((100, 0), dtype=np.float32)), "application/x-npy",
+     {"x-sample-rate": "8000"}, "empty_audio"),
+    ("bool npy", lambda tmp: npy_bytes(np.ones(100, dtype=bool)), "application/x-npy", {"x-sample-rate": "8000"},
+     "invalid_npy"),
     ("too long", lambda tmp: encode(np.zeros(8000 * 61, dtype=np.float32), 8000), "audio/wav", {}, "audio_too_long"),
     ("too many channels", lambda tmp: encode(tone(1, 8000, channels=5), 8000), "audio/wav", {}, "too_many_channels"),
 ]
