@@ -77,6 +77,7 @@ def markdown(r: dict) -> str:
                    ["run", "answers = in-process", "max |diff|", "tolerance", "label mismatches"])
     ip = resp["inprocess"]
     lat = s["latency_settings"]
+    wp = s.get("worker_prediction_ms_c1") or {}
     lat_settings = {k: lat[k] for k in ("workers", "threads", "batchSize", "maxBatchDelay")}
     forward = ", ".join(f"{v['p50_ms']:.0f} ms (p50) / {v['p99_ms']:.0f} ms (p99) on {t} thread(s)"
                         for t, v in s["inprocess_single_forward"].items())
@@ -105,6 +106,13 @@ texts/s (by batch size: {', '.join(f'{b}: {v:.1f}' for b, v in s['inprocess_text
 text alone takes, in-process, {forward}. Peak worker memory {s['peak_worker_rss_mb']:.0f} MB.
 With {lat_settings} instead, a lone request is served in {lat['c1']['p50_ms']:.0f} ms (p50),
 {lat['c1']['p99_ms']:.0f} ms (p99): fewer, wider workers suit low load, more single-thread workers high load.
+Where a lone request's time goes (concurrency 1, best settings): TorchServe's own PredictionTime, measured inside
+the worker, is {wp.get('p50_ms', float('nan')):.0f} ms (p50) / {wp.get('p99_ms', float('nan')):.0f} ms (p99) against
+{s['served']['1']['p50_ms']:.0f} / {s['served']['1']['p99_ms']:.0f} ms at the client, so HTTP, the Java front end
+and batching add about {s['served']['1']['p50_ms'] - wp.get('p50_ms', float('nan')):.0f} ms at the median, and the
+handler inside the worker differs from the same call in the benchmarking process by
+{wp.get('p50_ms', float('nan')) - s['inprocess_single_forward'][str(s['settings']['threads'])]['p50_ms']:+.0f} ms
+(p50, same threads).
 
 {served}
 

@@ -188,7 +188,10 @@ def sentiment_bench(plan: Plan) -> dict:
         warm_up(url(server), server, text(short[0]))
         for c in plan.concurrency:
             bodies = [text(t) for t in (short[: plan.short_c1] if c == 1 else short)]
+            since = time.time()
             runs = [closed_loop(url(server), bodies, c, server.headers()) for _ in range(plan.reps)]
+            if c == 1:
+                worker_c1 = worker_prediction_ms(server, name, since)
             served[c] = summarise(runs)
             checks[f"short_c{c}"] = compare(runs[0].answers, reference[settings["batchSize"]], "scores")
             log(f"  c{c}: {served[c]}")
@@ -223,6 +226,7 @@ def sentiment_bench(plan: Plan) -> dict:
         "served": {str(c): v for c, v in served.items()},
         "served_over_inprocess": c32["throughput"] / max(ceiling.values()),
         "p99_ms_c1": served[1]["p99_ms"],
+        "worker_prediction_ms_c1": worker_c1,
         # Serving's own cost at low load: the served p99 against the core's median time for
         # one text with the same threads per worker.
         "p99_ms_c1_minus_forward_ms": served[1]["p99_ms"] - forward[settings["threads"]]["p50_ms"],
@@ -235,6 +239,23 @@ def sentiment_bench(plan: Plan) -> dict:
         "quantized_speedup": q_served["throughput"] / c32["throughput"],
         "checks": checks,
     }
+
+
+def worker_prediction_ms(server: LocalTorchServe, name: str, since: float) -> dict:
+    """TorchServe's own PredictionTime (inside the worker) for the requests sent after `since`.
+
+    Served latency minus this is what HTTP, the Java front end and batching add.
+    """
+    import re
+
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))
+    pattern = re.compile(r"^(\S+) - PredictionTime\.ms:([\d.]+)\|#ModelName:" + re.escape(name))
+    times = [float(m.group(2)) for line in (server.run_dir / "logs" / "model_metrics.log").read_text().splitlines()
+             if (m := pattern.match(line)) and m.group(1) >= stamp]
+    if not times:
+        return {}
+    p50, p99 = np.percentile(times, [50, 99])
+    return {"p50_ms": float(p50), "p99_ms": float(p99), "batches": len(times)}
 
 
 def summarise(runs) -> dict:
