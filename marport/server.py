@@ -47,6 +47,19 @@ def free_port_overrides() -> dict[str, str]:
     }
 
 
+def _require_free(address: str, key: str) -> None:
+    """Fail fast, and say why, when another program already listens where TorchServe would."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((parts.hostname or "127.0.0.1", parts.port or 80))
+        except OSError:
+            raise RuntimeError(f"{address} ({key} in config.properties) is already in use: stop whatever "
+                               "listens there (`make stop` for an earlier TorchServe) or change the port") from None
+
+
 def read_properties(path: Path) -> dict[str, str]:
     props = {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -126,6 +139,8 @@ class LocalTorchServe:
         for mar in props.get("load_models", "").split(","):
             if mar and mar not in ("all", "ALL") and not (self.model_store / mar.split("=")[-1]).exists():
                 raise FileNotFoundError(f"{self.model_store / mar} is missing: build it first (make models)")
+        for key in ("inference_address", "management_address", "metrics_address"):
+            _require_free(props[key], key)
         write_properties(self.run_dir / "config.properties", props)
         cmd = [
             _torchserve(), "--start", "--ncs",
@@ -215,7 +230,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if server.is_running():
         server.stop()
-    server.start(args.models.split(",") if args.models else None)
+    try:
+        server.start(args.models.split(",") if args.models else None)
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise SystemExit(str(exc))
     try:
         names = server.wait_ready()
     except TimeoutError as exc:

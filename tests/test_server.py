@@ -1,0 +1,37 @@
+"""The local launcher's checks that run before TorchServe does."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from marport.server import LocalTorchServe, free_port_overrides, read_properties
+from marport import REPO_ROOT
+
+
+def test_busy_port_is_reported_before_starting(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        overrides = {**free_port_overrides(), "inference_address": f"http://127.0.0.1:{busy.getsockname()[1]}"}
+        server = LocalTorchServe(run_dir=tmp_path, overrides=overrides, model_store=tmp_path)
+        with pytest.raises(RuntimeError, match="inference_address in config.properties\\) is already in use"):
+            server.start([])
+    assert not server.is_running()
+
+
+def test_missing_archive_is_named(tmp_path):
+    server = LocalTorchServe(run_dir=tmp_path, overrides=free_port_overrides(), model_store=tmp_path)
+    with pytest.raises(FileNotFoundError, match="nothere.mar is missing"):
+        server.start(["nothere.mar"])
+
+
+def test_shipped_config_is_safe_by_default():
+    props = read_properties(REPO_ROOT / "config.properties")
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:")
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "false"
+    assert props["allowed_urls"].startswith("file://")
+    assert int(props["max_request_size"]) > 0 and int(props["max_response_size"]) > 0
