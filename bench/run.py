@@ -37,6 +37,7 @@ from serving_common import Request  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
 CORES = 2
+SWEEP_NOISE = 0.10  # run-to-run spread of one sweep point on a shared 2-core machine
 SCORE_TOLERANCE = 1e-4  # served vs in-process probabilities (padding differs by batch)
 
 
@@ -174,9 +175,9 @@ def sentiment_bench(plan: Plan) -> dict:
         sweep.append(point)
         log(f"  {point}")
     top = max(p["throughput"] for p in sweep)
-    # Near-ties (within 3%) go to fewer, wider workers and then the shorter delay: both
-    # cut latency at low load, where one request cannot use a second worker's core.
-    near = [p for p in sweep if p["throughput"] >= 0.97 * top]
+    # Near-ties go to fewer, wider workers and then the shorter delay: both cut latency
+    # at low load. One sweep run varies by about 10% on this machine, so that is a tie.
+    near = [p for p in sweep if p["throughput"] >= (1 - SWEEP_NOISE) * top]
     best = min(near, key=lambda p: (-p["threads"], p["maxBatchDelay"], -p["throughput"]))
     settings = {k: best[k] for k in ("workers", "threads", "batchSize", "maxBatchDelay")}
     log(f"best settings {settings}")
