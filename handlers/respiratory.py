@@ -22,9 +22,8 @@ import soxr
 import torch
 from torch import nn
 
-from serving_common import Request, RequestError, as_bytes
+from serving_common import Request, RequestError, as_bytes, checkpoint_dir
 
-CHECKPOINT_SUBDIR = "checkpoint"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 NPY_TYPES = ("application/x-npy", "application/npy")
@@ -107,11 +106,6 @@ class Recording:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def checkpoint_dir(model_dir: str) -> str:
-    sub = os.path.join(model_dir, CHECKPOINT_SUBDIR)
-    return sub if os.path.isdir(sub) else model_dir
 
 
 def save_checkpoint(path: str, net: RespiratoryCNN, audio: AudioConfig, extra: Mapping | None = None) -> None:

@@ -8,16 +8,14 @@ call these same functions.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from serving_common import JSON_TYPE, Request, RequestError, as_json, as_text
+from serving_common import JSON_TYPE, Request, RequestError, as_json, as_text, checkpoint_dir
 
-CHECKPOINT_SUBDIR = "checkpoint"
 DEFAULT_MAX_CHARS = 5000
 DEFAULT_MAX_ITEMS = 64
 TEXT_TYPES = ("text/plain", "")  # an absent Content-Type is read as text
@@ -37,12 +35,6 @@ class SentimentModel:
 class TextRequest:
     texts: list[str]
     single: bool  # answer with one object rather than a list
-
-
-def checkpoint_dir(model_dir: str) -> str:
-    """Archives keep the checkpoint in a subfolder; a bare checkpoint folder works too."""
-    sub = os.path.join(model_dir, CHECKPOINT_SUBDIR)
-    return sub if os.path.isdir(sub) else model_dir
 
 
 def load(model_dir: str, settings: Mapping[str, Any] | None = None) -> SentimentModel:

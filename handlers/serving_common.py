@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 
 JSON_TYPE = "application/json"
+CHECKPOINT_SUBDIR = "checkpoint"  # where an archive keeps its weights and their config
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 JSON_ACCEPTS = {"", "*/*", "application/*", JSON_TYPE}
 DEFAULT_THREADS_ENV = "MARPORT_TORCH_THREADS"
@@ -117,6 +118,12 @@ def as_json(body: Any) -> Any:
             f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
             kind="invalid_json",
         ) from None
+
+
+def checkpoint_dir(model_dir: str) -> str:
+    """Archives keep the checkpoint in a subfolder; a bare checkpoint folder works too."""
+    sub = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    return sub if os.path.isdir(sub) else model_dir
 
 
 def configure_threads(settings: Mapping[str, Any]) -> int:

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from marport import BUILD_DIR, HANDLERS_DIR, MODEL_STORE, __version__
+from marport import BUILD_DIR, HANDLERS_DIR, MODEL_STORE, __version__, use_handlers
+
+use_handlers()
+from serving_common import CHECKPOINT_SUBDIR  # noqa: E402  (the handlers' own name for it)
 
 COMMON_MODULES = ("serving_common.py", "torchserve_adapter.py")
-CHECKPOINT_SUBDIR = "checkpoint"  # the folder name sentiment.py/respiratory.py look for
 DEMO_CHECKPOINT = "demo-checkpoint"  # build/<model>/demo-checkpoint, as the Makefile builds it
 
 
