@@ -16,9 +16,11 @@ REPORT = REPO_ROOT / "BENCHMARKS.md"
 
 TARGETS = [
     ("sentiment served / in-process, c32 short", lambda r: r["sentiment"]["served_over_inprocess"], ">=", 0.85),
-    ("sentiment p99 at c1 minus one in-process forward, same threads (ms)",
+    ("sentiment p99 at c1 minus one in-process forward's p99, same threads (ms)",
+     lambda r: r["sentiment"]["p99_ms_c1"] - _forward(r)["p99_ms"], "<=", 15.0),
+    ("sentiment p99 at c1 minus one in-process forward's median, same threads (ms)",
      lambda r: r["sentiment"]["p99_ms_c1_minus_forward_ms"], "<=", 15.0),
-    ("the same with 1 worker x all cores (ms)",
+    ("the same against the median, with 1 worker x all cores (ms)",
      lambda r: r["sentiment"]["latency_settings"]["p99_ms_c1_minus_forward_ms"], "<=", 15.0),
     ("int8 quantized speed-up, served c32", lambda r: r["quantized"]["speedup"], ">=", 1.8),
     ("int8 label agreement with fp32 (demo model, held-out)", lambda r: r["quantized"]["label_agreement"], ">=", 0.99),
@@ -26,6 +28,12 @@ TARGETS = [
     ("respiratory decode+resample share of a request", lambda r: r["respiratory"]["decode_resample_share_of_request"],
      "<", 0.2),
 ]
+
+
+def _forward(r: dict) -> dict:
+    """The in-process lone-text forward at the served settings' threads."""
+    s = r["sentiment"]
+    return s["inprocess_single_forward"][str(s["settings"]["threads"])]
 
 
 def plot(result: dict, path: Path = PLOT) -> Path:
@@ -98,6 +106,9 @@ core called in this process on the same texts in the same batches, without HTTP 
 ## Targets
 
 {targets}
+
+The latency target is read two ways: against the in-process forward's own p99 (like for like: what serving adds
+to the tail) and, more strictly, against its median (the tail of this shared machine counts against serving).
 
 ## Sentiment, served
 
