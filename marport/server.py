@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -88,8 +89,9 @@ class LocalTorchServe:
     model_store: Path = MODEL_STORE
     config: Path = CONFIG
 
-    @property
+    @functools.cached_property
     def props(self) -> dict[str, str]:
+        """config.properties with this run's overrides; read once."""
         props = read_properties(self.config)
         props.update(self.overrides)
         props["model_store"] = str(self.model_store.resolve())
@@ -133,7 +135,7 @@ class LocalTorchServe:
     def start(self, models: list[str] | None = None) -> None:
         (self.run_dir / "tmp").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "key_file.json").unlink(missing_ok=True)
-        props = self.props
+        props = dict(self.props)
         if models is not None:
             props["load_models"] = ",".join(models)
         for mar in props.get("load_models", "").split(","):
