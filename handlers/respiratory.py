@@ -108,12 +108,12 @@ class Recording:
 # --------------------------------------------------------------------------- loading
 
 
-def save_checkpoint(path: str, net: RespiratoryCNN, audio: AudioConfig, extra: Mapping | None = None) -> None:
+def save_checkpoint(path: str, net: RespiratoryCNN, audio: AudioConfig) -> None:
     from safetensors.torch import save_file
 
     os.makedirs(path, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, os.path.join(path, WEIGHTS_FILE))
-    config = {"model_type": "respiratory-cnn", "labels": list(LABELS), **asdict(audio), **(extra or {})}
+    config = {"model_type": "respiratory-cnn", "labels": list(LABELS), **asdict(audio)}
     with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as fh:
         json.dump(config, fh, indent=2)
 

@@ -17,7 +17,7 @@ JSON_TYPE = "application/json"
 CHECKPOINT_SUBDIR = "checkpoint"  # where an archive keeps its weights and their config
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 JSON_ACCEPTS = {"", "*/*", "application/*", JSON_TYPE}
-DEFAULT_THREADS_ENV = "MARPORT_TORCH_THREADS"
+THREADS_ENV = "MARPORT_TORCH_THREADS"
 
 
 class RequestError(Exception):
@@ -132,7 +132,7 @@ def configure_threads(settings: Mapping[str, Any]) -> int:
     Several workers each using every core fight over the same two CPUs; the
     `threads` setting (or MARPORT_TORCH_THREADS) divides them on purpose.
     """
-    threads = int(os.environ.get(DEFAULT_THREADS_ENV) or settings.get("threads") or 1)
+    threads = int(os.environ.get(THREADS_ENV) or settings.get("threads") or 1)
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
 
