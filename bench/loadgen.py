@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -72,6 +74,42 @@ def closed_loop(url: str, bodies: list[tuple[bytes, str]], concurrency: int, hea
     for thread in threads:
         thread.join()
     return LoadResult(concurrency, len(bodies), time.perf_counter() - started, latencies, errors[0], answers)
+
+
+def jit_cpu_s(pid: int) -> float:
+    """CPU seconds the JVM's JIT compiler threads have spent so far (Linux /proc; 0 elsewhere)."""
+    ticks = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            if "CompilerThre" in (task / "comm").read_text():
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # a compiler thread that ended between listing and reading
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+# Java's JIT keeps compiling the front end's request path for the first thousand or so large
+# requests; its compiler threads then take CPU from the model on a 2-core machine. Timed runs
+# start once the compilers use less than this share of one core over a warm-up round.
+JIT_SETTLED_SHARE = 0.05
+
+
+def warm_up(url: str, body: tuple[bytes, str], headers: dict, java_pid: int | None, concurrency: int = 8,
+            round_requests: int = 64, max_seconds: float = 180) -> dict:
+    """Rounds of requests until Java's JIT has settled (and torch's first-call paths have run)."""
+    started = time.perf_counter()
+    rounds, share = 0, float("nan")
+    while True:
+        jit_before, round_started = jit_cpu_s(java_pid) if java_pid else 0.0, time.perf_counter()
+        closed_loop(url, [body] * round_requests, concurrency, headers)
+        rounds += 1
+        if java_pid is None:
+            break
+        share = max(jit_cpu_s(java_pid) - jit_before, 0.0) / (time.perf_counter() - round_started)
+        if share < JIT_SETTLED_SHARE or time.perf_counter() - started > max_seconds:
+            break
+    return {"requests": rounds * round_requests, "seconds": time.perf_counter() - started, "jit_share": share}
 
 
 class WorkerMemory:

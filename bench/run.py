@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,10 @@ import requests
 import torch
 import yaml
 
+from bench import loadgen
+from bench.ceiling import ceiling
 from bench.loadgen import WorkerMemory, closed_loop
-from bench.workloads import BENCH_DIR, long_texts, realsize_checkpoint, recordings, short_texts
+from bench.workloads import BENCH_DIR, long_texts, realsize_checkpoint, recording_load, recordings, short_texts
 from marport import MODEL_STORE, REPO_ROOT, use_handlers
 from marport.build import build, extract_archive
 from marport.server import LocalTorchServe, free_port_overrides
@@ -47,13 +50,14 @@ class Plan:
     short: int = 320
     short_c1: int = 64
     long: int = 48
-    recordings: int = 48
+    recordings: int = 48  # distinct recordings, sent in turn
+    recording_requests: int = 480  # per timed run
     concurrency: tuple = (1, 8, 32, 64)
     sweep: tuple = tuple((w, t, b, d) for w, t in ((1, 2), (2, 1)) for b in (8, 16) for d in (2, 20))
     cold_starts: int = 3
 
 
-QUICK = Plan(reps=1, short=48, short_c1=8, long=8, recordings=8, concurrency=(1, 8),
+QUICK = Plan(reps=1, short=48, short_c1=8, long=8, recordings=8, recording_requests=16, concurrency=(1, 8),
              sweep=((1, 2, 8, 2), (2, 1, 8, 2)), cold_starts=1)
 
 
@@ -88,9 +92,12 @@ def server_for(store: Path) -> LocalTorchServe:
     return LocalTorchServe(run_dir=BENCH_DIR / "run", overrides=free_port_overrides(), model_store=store)
 
 
-def warm_up(url: str, server: LocalTorchServe, body: tuple[bytes, str], n: int = 32) -> None:
+def warm_up(url: str, server: LocalTorchServe, body: tuple[bytes, str]) -> dict:
     """Let Java's JIT and torch's first-call paths settle before anything is timed."""
-    closed_loop(url, [body] * n, 8, server.headers())
+    warm = loadgen.warm_up(url, body, server.headers(), server.pid)
+    log(f"  warm after {warm['requests']} requests ({warm['seconds']:.0f} s); "
+        f"JIT compilers last at {warm['jit_share']:.0%} of a core")
+    return warm
 
 
 def compare(served: list, expected: list, key: str, tolerance: float | None = SCORE_TOLERANCE) -> dict:
@@ -114,26 +121,36 @@ def compare(served: list, expected: list, key: str, tolerance: float | None = SC
 # --------------------------------------------------------------------------- sentiment
 
 
-def inprocess_texts(model, texts: list[str], batch: int) -> tuple[float, list]:
-    """The handler core without HTTP or TorchServe, in the same batches; texts/s and answers."""
-    answers = []
-    started = time.perf_counter()
-    for i in range(0, len(texts), batch):
-        answers.extend(sentiment.predict_texts(model, texts[i : i + batch]))
-    return len(texts) / (time.perf_counter() - started), answers
+def inprocess_texts(model, texts: list[str], batch: int) -> list:
+    """The handler core's answers in the same batches as served: what served answers must equal."""
+    return [answer for i in range(0, len(texts), batch) for answer in sentiment.predict_texts(model, texts[i : i + batch])]
 
 
-def single_forward_ms(model, texts: list[str], threads: int) -> dict:
-    """One text at a time through the core, as a lone served request would go, at `threads`."""
+def single_forward_ms(model, texts: list[str], threads: int, reps: int) -> dict:
+    """One text at a time through the core, as a lone served request would go, at `threads`.
+
+    Also each text's own median time: a lone text's forward grows with its length, so a
+    served request is compared with the forward of the same text.
+    """
     torch.set_num_threads(threads)
-    times = []
-    for text in texts:
-        started = time.perf_counter()
-        sentiment.predict_texts(model, [text])
-        times.append((time.perf_counter() - started) * 1000)
+    times = np.zeros((reps, len(texts)))
+    for rep in range(reps):
+        for i, text in enumerate(texts):
+            started = time.perf_counter()
+            sentiment.predict_texts(model, [text])
+            times[rep, i] = (time.perf_counter() - started) * 1000
     torch.set_num_threads(CORES)
     p50, p99 = np.percentile(times, [50, 99])
-    return {"threads": threads, "p50_ms": float(p50), "p99_ms": float(p99)}
+    per_text = np.median(times, axis=0)
+    return {"threads": threads, "p50_ms": float(p50), "p99_ms": float(p99), "per_text_ms": per_text.tolist(),
+            "fastest_text_ms": float(per_text.min()), "slowest_text_ms": float(per_text.max())}
+
+
+def serving_overhead_ms(runs, forward: dict) -> dict:
+    """Every served lone request's latency minus the in-process forward of the same text."""
+    extra = [latency - own for run in runs for latency, own in zip(run.latencies_ms, forward["per_text_ms"])]
+    p50, p99 = np.percentile(extra, [50, 99])
+    return {"p50_ms": float(p50), "p99_ms": float(p99), "requests": len(extra)}
 
 
 def sentiment_bench(plan: Plan) -> dict:
@@ -145,22 +162,22 @@ def sentiment_bench(plan: Plan) -> dict:
     short, long = short_texts(plan.short), long_texts(plan.long)
     text = lambda t: (t.encode(), "text/plain")  # noqa: E731
 
-    log("in-process ceiling")
+    log("in-process answers and lone-text forwards")
     torch.set_num_threads(CORES)
     model = sentiment.load(str(model_dir))
-    sentiment.predict_texts(model, short[:8])
-    ceiling, reference = {}, {}
-    for batch in sorted({s[2] for s in plan.sweep}):
-        runs = [inprocess_texts(model, short, batch) for _ in range(plan.reps)]
-        ceiling[batch] = median([r[0] for r in runs])
-        reference[batch] = runs[0][1]
+    batches = sorted({s[2] for s in plan.sweep})
+    reference = {batch: inprocess_texts(model, short, batch) for batch in batches}
     lone = short[: plan.short_c1]
-    forward = {t: single_forward_ms(model, lone, t) for t in sorted({s[1] for s in plan.sweep})}
-    long_ceiling = median([inprocess_texts(model, long, 8)[0] for _ in range(plan.reps)])
-    long_reference = inprocess_texts(model, long, 8)[1]
-    quantized = sentiment.load(str(model_dir), {"quantize": True})
-    q_reference = inprocess_texts(quantized, short, 8)[1]
-    del model, quantized
+    forward = {t: single_forward_ms(model, lone, t, plan.reps) for t in sorted({s[1] for s in plan.sweep})}
+    long_reference = inprocess_texts(model, long, 8)
+    q_reference = inprocess_texts(sentiment.load(str(model_dir), {"quantize": True}), short, 8)
+    del model
+    log("in-process ceiling: 1 process x 2 threads and 2 processes x 1 thread")
+    layouts = {batch: ceiling("sentiment", str(model_dir), partial(short_texts, plan.short), batch, CORES, plan.reps)
+               for batch in batches}
+    ceilings = {batch: c["per_s"] for batch, c in layouts.items()}
+    long_ceiling = ceiling("sentiment", str(model_dir), partial(long_texts, plan.long), 8, CORES, plan.reps)["per_s"]
+    log(f"  {layouts}")
 
     url = lambda s: f"{s.inference_url}/predictions/{name}"  # noqa: E731
     log(f"sweep over {len(plan.sweep)} settings at concurrency 32, short texts")
@@ -193,6 +210,7 @@ def sentiment_bench(plan: Plan) -> dict:
             runs = [closed_loop(url(server), bodies, c, server.headers()) for _ in range(plan.reps)]
             if c == 1:
                 worker_c1 = worker_prediction_ms(server, name, since)
+                overhead_c1 = serving_overhead_ms(runs, forward[settings["threads"]])
             served[c] = summarise(runs)
             checks[f"short_c{c}"] = compare(runs[0].answers, reference[settings["batchSize"]], "scores")
             log(f"  c{c}: {served[c]}")
@@ -206,8 +224,9 @@ def sentiment_bench(plan: Plan) -> dict:
               quantize=False)
     with server_for(store).serving([name]) as server:
         warm_up(url(server), server, text(short[0]))
-        latency_c1 = summarise([closed_loop(url(server), [text(t) for t in lone], 1, server.headers())
-                                for _ in range(plan.reps)])
+        latency_runs = [closed_loop(url(server), [text(t) for t in lone], 1, server.headers())
+                        for _ in range(plan.reps)]
+    latency_c1 = summarise(latency_runs)
     log(f"  latency settings {latency}, c1: {latency_c1}")
 
     log("int8 dynamic quantization, same settings")
@@ -222,17 +241,18 @@ def sentiment_bench(plan: Plan) -> dict:
     return {
         "settings": settings,
         "sweep": sweep,
-        "inprocess_texts_per_s": {str(b): v for b, v in ceiling.items()},
+        "inprocess_texts_per_s": {str(b): v for b, v in ceilings.items()},
+        "inprocess_layouts": {str(b): v["by_layout"] for b, v in layouts.items()},
         "inprocess_single_forward": {str(t): v for t, v in forward.items()},
         "served": {str(c): v for c, v in served.items()},
-        "served_over_inprocess": c32["throughput"] / max(ceiling.values()),
+        "served_over_inprocess": c32["throughput"] / max(ceilings.values()),
         "p99_ms_c1": served[1]["p99_ms"],
         "worker_prediction_ms_c1": worker_c1,
-        # Serving's own cost at low load: the served p99 against the core's median time for
-        # one text with the same threads per worker.
-        "p99_ms_c1_minus_forward_ms": served[1]["p99_ms"] - forward[settings["threads"]]["p50_ms"],
+        # Serving's own cost at low load, request by request: served latency minus the
+        # in-process forward of the same text with the same threads per worker.
+        "overhead_ms_c1": overhead_c1,
         "latency_settings": {**latency, "c1": latency_c1,
-                             "p99_ms_c1_minus_forward_ms": latency_c1["p99_ms"] - forward[CORES]["p50_ms"]},
+                             "overhead_ms_c1": serving_overhead_ms(latency_runs, forward[CORES])},
         "long": {"inprocess_texts_per_s": long_ceiling, "served_c32": summarise(long_runs),
                  "served_over_inprocess": summarise(long_runs)["throughput"] / long_ceiling},
         "peak_worker_rss_mb": rss,
@@ -274,8 +294,8 @@ def quantized_agreement(batch: int = 8) -> dict:
     demo = MODEL_STORE / "sentiment.mar"
     model_dir = extract_archive(demo, BENCH_DIR / "demo-unpacked")
     texts = [t for t, _ in read_corpus()["test"]]
-    fp32 = inprocess_texts(sentiment.load(str(model_dir)), texts, batch)[1]
-    int8 = inprocess_texts(sentiment.load(str(model_dir), {"quantize": True}), texts, batch)[1]
+    fp32 = inprocess_texts(sentiment.load(str(model_dir)), texts, batch)
+    int8 = inprocess_texts(sentiment.load(str(model_dir), {"quantize": True}), texts, batch)
     agree = sum(a["label"] == b["label"] for a, b in zip(fp32, int8))
     return {"label_agreement": agree / len(texts), "texts": len(texts)}
 
@@ -284,7 +304,7 @@ def quantized_agreement(batch: int = 8) -> dict:
 
 
 def respiratory_split(model, bodies: list[bytes], batch: int) -> dict:
-    """In-process: decode, resample and model time per recording, and the throughput ceiling."""
+    """In-process, one process: decode, resample and model time per recording, and the answers."""
     decode = resample = forward = 0.0
     answers = []
     started = time.perf_counter()
@@ -310,35 +330,41 @@ def respiratory_bench(plan: Plan) -> dict:
     name = "respiratory"
     store = BENCH_DIR / "store"
     model_dir = unpacked(MODEL_STORE / "respiratory.mar", store, name)
-    bodies = recordings(plan.recordings)
+    make_load = partial(recording_load, plan.recordings, plan.recording_requests)
+    bodies = make_load()
     wav = lambda b: (b, "audio/wav")  # noqa: E731
     batch = 8
     torch.set_num_threads(CORES)
     model = respiratory.load(str(model_dir))
     respiratory_split(model, bodies[:batch], batch)
     splits = [respiratory_split(model, bodies, batch) for _ in range(plan.reps)]
-    reference = splits[0].pop("answers")
+    expected = splits[0].pop("answers")
     for s in splits[1:]:
         s.pop("answers")
     inprocess = {k: median([s[k] for s in splits]) for k in splits[0]}
+    del model
+    layouts = ceiling("respiratory", str(model_dir), make_load, batch, CORES, plan.reps)
+    log(f"  in-process ceiling {layouts}")
     url = lambda s: f"{s.inference_url}/predictions/{name}"  # noqa: E731
+    load = [wav(b) for b in bodies]
     results = []
     for workers, threads in ((1, 2), (2, 1)):
         configure(model_dir, workers, threads, batch, 5)
         with server_for(store).serving([name]) as server:
-            warm_up(url(server), server, wav(bodies[0]), n=96)
-            runs = {c: [closed_loop(url(server), [wav(b) for b in bodies], c, server.headers())
-                        for _ in range(plan.reps)] for c in (1, 8)}
+            warm = warm_up(url(server), server, wav(bodies[0]))
+            runs = {c: [closed_loop(url(server), load, c, server.headers()) for _ in range(plan.reps)]
+                    for c in (1, 8)}
         results.append({"workers": workers, "threads": threads, "c1": summarise(runs[1]), "c8": summarise(runs[8]),
-                        "check": compare(runs[8][0].answers, reference, "probability")})
+                        "warm_up": warm, "check": compare(runs[8][0].answers, expected, "probability")})
         log(f"  respiratory {results[-1]}")
     best = max(results, key=lambda r: r["c8"]["throughput"])
     request_ms = best["c1"]["p50_ms"]
     return {
         "inprocess": inprocess,
+        "ceiling": layouts,
         "served": results,
         "settings": {"workers": best["workers"], "threads": best["threads"], "batchSize": batch, "maxBatchDelay": 5},
-        "served_over_inprocess": best["c8"]["throughput"] / inprocess["recordings_per_s"],
+        "served_over_inprocess": best["c8"]["throughput"] / layouts["per_s"],
         "decode_resample_share_of_request": (inprocess["decode_ms"] + inprocess["resample_ms"]) / request_ms,
         "decode_resample_share_of_compute": (inprocess["decode_ms"] + inprocess["resample_ms"])
         / (inprocess["decode_ms"] + inprocess["resample_ms"] + inprocess["model_ms"]),

@@ -71,3 +71,9 @@ def recordings(n: int, seconds: float = 10.0, rate: int = 48000, seed: int = 2) 
         sf.write(buf, audio, rate, format="WAV", subtype="PCM_16")
         out.append(buf.getvalue())
     return out
+
+
+def recording_load(distinct: int, total: int) -> list[bytes]:
+    """`total` request bodies cycling through `distinct` recordings."""
+    bodies = recordings(distinct)
+    return [bodies[i % distinct] for i in range(total)]

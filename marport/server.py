@@ -178,12 +178,23 @@ class LocalTorchServe:
         workers = got.json()[0].get("workers", [])
         return any(w.get("status") == "READY" for w in workers)
 
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "tmp" / ".model_server.pid"
+
+    @property
+    def pid(self) -> int | None:
+        """The Java front end's process id while it runs (TorchServe's own pid file)."""
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
     def stop(self) -> None:
         subprocess.run([_torchserve(), "--stop"], cwd=self.run_dir, env=self.env,
                        stdout=subprocess.DEVNULL, check=False)
-        pid_file = self.run_dir / "tmp" / ".model_server.pid"
         deadline = time.monotonic() + 60
-        while pid_file.exists() and time.monotonic() < deadline:
+        while self.pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
 
     @contextlib.contextmanager
@@ -197,7 +208,7 @@ class LocalTorchServe:
             self.stop()
 
     def is_running(self) -> bool:
-        return (self.run_dir / "tmp" / ".model_server.pid").exists()
+        return self.pid_file.exists()
 
 
 def curl_example(server: LocalTorchServe, names: list[str]) -> str:

@@ -1,0 +1,92 @@
+"""The in-process ceiling: a handler core on every core of this machine, without HTTP or TorchServe.
+
+A machine's cores can be used two ways, and TorchServe can do either: one process with a torch
+thread per core, or one single-thread process per core side by side (what single-thread workers
+do). Both layouts are measured here on the same inputs in the same batches, each process started
+fresh and timed from a shared barrier; the ceiling is the faster layout, so served throughput is
+never compared with a layout that serving beats.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import statistics
+import time
+from typing import Callable
+
+RESULT_TIMEOUT_S = 1800
+
+
+def sentiment_runner(model_dir: str, batch: int) -> Callable[[list], list]:
+    import sentiment
+
+    model = sentiment.load(model_dir)
+    return lambda texts: [answer for i in range(0, len(texts), batch)
+                          for answer in sentiment.predict_texts(model, texts[i : i + batch])]
+
+
+def respiratory_runner(model_dir: str, batch: int) -> Callable[[list], list]:
+    import respiratory
+
+    model = respiratory.load(model_dir)
+
+    def run(bodies: list[bytes]) -> list:
+        answers = []
+        for i in range(0, len(bodies), batch):
+            recordings = [respiratory.prepare(*respiratory.decode_audio_file(body, model), model.audio)
+                          for body in bodies[i : i + batch]]
+            answers.extend(respiratory.predict(model, recordings))
+        return answers
+
+    return run
+
+
+RUNNERS = {"sentiment": sentiment_runner, "respiratory": respiratory_runner}
+
+
+def _one_process(core: str, model_dir: str, make_inputs: Callable[[], list], batch: int, threads: int,
+                 part: int, parts: int, reps: int, barrier, results) -> None:
+    """Runs in a fresh process: its share of the inputs, `reps` times, each start at the barrier."""
+    import torch
+
+    from marport import use_handlers
+
+    use_handlers()
+    torch.set_num_threads(threads)
+    run = RUNNERS[core](model_dir, batch)
+    items = make_inputs()[part::parts]
+    run(items[:batch])  # first-call paths, untimed
+    for rep in range(reps):
+        barrier.wait()
+        started = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+        run(items)
+        results.put((rep, started, time.perf_counter(), len(items)))
+
+
+def layout_rate(core: str, model_dir: str, make_inputs: Callable[[], list], batch: int, processes: int,
+                threads: int, reps: int) -> float:
+    """Items/s of `processes` processes x `threads` torch threads, median over `reps` timed passes."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_one_process, daemon=True,
+                         args=(core, model_dir, make_inputs, batch, threads, part, processes, reps, barrier, results))
+             for part in range(processes)]
+    for proc in procs:
+        proc.start()
+    done = [results.get(timeout=RESULT_TIMEOUT_S) for _ in range(processes * reps)]
+    for proc in procs:
+        proc.join()
+    rates = []
+    for rep in range(reps):
+        passes = [d for d in done if d[0] == rep]
+        wall = max(end for _, _, end, _ in passes) - min(start for _, start, _, _ in passes)
+        rates.append(sum(n for *_, n in passes) / wall)
+    return statistics.median(rates)
+
+
+def ceiling(core: str, model_dir: str, make_inputs: Callable[[], list], batch: int, cores: int, reps: int) -> dict:
+    """Both layouts of `cores` cores; `make_inputs` must be picklable (a module function or partial)."""
+    rates = {f"{p}x{cores // p}": layout_rate(core, model_dir, make_inputs, batch, p, cores // p, reps)
+             for p in sorted({1, cores})}
+    best = max(rates, key=rates.get)
+    return {"per_s": rates[best], "layout": best, "by_layout": rates}
