@@ -121,7 +121,7 @@ def compare(served: list, expected: list, key: str, tolerance: float | None = SC
 # --------------------------------------------------------------------------- sentiment
 
 
-def inprocess_texts(model, texts: list[str], batch: int) -> list:
+def inprocess_answers(model, texts: list[str], batch: int) -> list:
     """The handler core's answers in the same batches as served: what served answers must equal."""
     return [answer for i in range(0, len(texts), batch) for answer in sentiment.predict_texts(model, texts[i : i + batch])]
 
@@ -166,11 +166,11 @@ def sentiment_bench(plan: Plan) -> dict:
     torch.set_num_threads(CORES)
     model = sentiment.load(str(model_dir))
     batches = sorted({s[2] for s in plan.sweep})
-    reference = {batch: inprocess_texts(model, short, batch) for batch in batches}
+    reference = {batch: inprocess_answers(model, short, batch) for batch in batches}
     lone = short[: plan.short_c1]
     forward = {t: single_forward_ms(model, lone, t, plan.reps) for t in sorted({s[1] for s in plan.sweep})}
-    long_reference = inprocess_texts(model, long, 8)
-    q_reference = inprocess_texts(sentiment.load(str(model_dir), {"quantize": True}), short, 8)
+    long_reference = inprocess_answers(model, long, 8)
+    q_reference = inprocess_answers(sentiment.load(str(model_dir), {"quantize": True}), short, 8)
     del model
     log("in-process ceiling: 1 process x 2 threads and 2 processes x 1 thread")
     layouts = {batch: ceiling("sentiment", str(model_dir), partial(short_texts, plan.short), batch, CORES, plan.reps)
@@ -294,8 +294,8 @@ def quantized_agreement(batch: int = 8) -> dict:
     demo = MODEL_STORE / "sentiment.mar"
     model_dir = extract_archive(demo, BENCH_DIR / "demo-unpacked")
     texts = [t for t, _ in read_corpus()["test"]]
-    fp32 = inprocess_texts(sentiment.load(str(model_dir)), texts, batch)
-    int8 = inprocess_texts(sentiment.load(str(model_dir), {"quantize": True}), texts, batch)
+    fp32 = inprocess_answers(sentiment.load(str(model_dir)), texts, batch)
+    int8 = inprocess_answers(sentiment.load(str(model_dir), {"quantize": True}), texts, batch)
     agree = sum(a["label"] == b["label"] for a, b in zip(fp32, int8))
     return {"label_agreement": agree / len(texts), "texts": len(texts)}
 

@@ -148,6 +148,15 @@ def test_a_brought_checkpoint_serves_its_own_labels(server):
     assert set(got.json()["scores"]) == {"bad", "good"}
 
 
+def test_pid_is_the_java_front_end_whose_jit_the_benchmarks_watch(server):
+    import psutil
+
+    from bench.loadgen import jit_cpu_s
+
+    assert "org.pytorch.serve.ModelServer" in " ".join(psutil.Process(server.pid).cmdline())
+    assert jit_cpu_s(server.pid) > 0, "no JIT compiler thread found under /proc: the bench warm-up could not settle"
+
+
 def test_clean_stop(server):
     server.stop()
     assert not server.is_running()
