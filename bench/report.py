@@ -87,7 +87,8 @@ def markdown(r: dict) -> str:
                    ["run", "answers = in-process", "max |diff|", "tolerance", "label mismatches"])
     ip = resp["inprocess"]
     lat = s["latency_settings"]
-    wp = s.get("worker_prediction_ms_c1") or {}
+    where = s.get("lone_request_breakdown_ms") or {}
+    nan = float("nan")
     lat_settings = {k: lat[k] for k in ("workers", "threads", "batchSize", "maxBatchDelay")}
     forward = ", ".join(f"{v['p50_ms']:.0f} ms (p50) / {v['p99_ms']:.0f} ms (p99) on {t} thread(s)"
                         for t, v in s["inprocess_single_forward"].items())
@@ -131,13 +132,13 @@ texts/s (texts/s by batch size and layout: {layouts}). One short
 text alone takes, in-process, {forward}. Peak worker memory {s['peak_worker_rss_mb']:.0f} MB.
 With {lat_settings} instead, a lone request is served in {lat['c1']['p50_ms']:.0f} ms (p50),
 {lat['c1']['p99_ms']:.0f} ms (p99): fewer, wider workers suit low load, more single-thread workers high load.
-Where a lone request's time goes (concurrency 1, best settings): TorchServe's own PredictionTime, measured inside
-the worker, is {wp.get('p50_ms', float('nan')):.0f} ms (p50) / {wp.get('p99_ms', float('nan')):.0f} ms (p99) against
-{s['served']['1']['p50_ms']:.0f} / {s['served']['1']['p99_ms']:.0f} ms at the client, so HTTP, the Java front end
-and batching add about {s['served']['1']['p50_ms'] - wp.get('p50_ms', float('nan')):.0f} ms at the median, and the
-handler inside the worker differs from the same call in the benchmarking process by
-{wp.get('p50_ms', float('nan')) - s['inprocess_single_forward'][str(s['settings']['threads'])]['p50_ms']:+.0f} ms
-(p50, same threads).
+Where a lone request's time goes (concurrency 1, best settings, medians from TorchServe's own metrics): the
+client sees {s['served']['1']['p50_ms']:.1f} ms; the Java front end's inference latency is
+{where.get('front_end', nan):.1f} ms, of which {where.get('queue', nan):.1f} ms waiting in the queue (for a lone request,
+the batch delay), {where.get('transport', nan):.1f} ms front end to worker and back, and
+{where.get('handler', nan):.1f} ms in the handler inside the worker (PredictionTime), against
+{lone['p50_ms']:.1f} ms for the same texts through the core in the benchmarking process; the remaining
+{s['served']['1']['p50_ms'] - where.get('front_end', nan):.1f} ms are the HTTP client and loopback.
 
 {served}
 

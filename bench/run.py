@@ -126,24 +126,34 @@ def inprocess_answers(model, texts: list[str], batch: int) -> list:
     return [answer for i in range(0, len(texts), batch) for answer in sentiment.predict_texts(model, texts[i : i + batch])]
 
 
-def single_forward_ms(model, texts: list[str], threads: int, reps: int) -> dict:
-    """One text at a time through the core, as a lone served request would go, at `threads`.
-
-    Also each text's own median time: a lone text's forward grows with its length, so a
-    served request is compared with the forward of the same text.
-    """
+def forward_pass_ms(model, texts: list[str], threads: int) -> list[float]:
+    """One text at a time through the core, as a lone served request would go, at `threads`."""
     torch.set_num_threads(threads)
-    times = np.zeros((reps, len(texts)))
-    for rep in range(reps):
-        for i, text in enumerate(texts):
-            started = time.perf_counter()
-            sentiment.predict_texts(model, [text])
-            times[rep, i] = (time.perf_counter() - started) * 1000
+    times = []
+    for text in texts:
+        started = time.perf_counter()
+        sentiment.predict_texts(model, [text])
+        times.append((time.perf_counter() - started) * 1000)
     torch.set_num_threads(CORES)
-    p50, p99 = np.percentile(times, [50, 99])
-    per_text = np.median(times, axis=0)
-    return {"threads": threads, "p50_ms": float(p50), "p99_ms": float(p99), "per_text_ms": per_text.tolist(),
-            "fastest_text_ms": float(per_text.min()), "slowest_text_ms": float(per_text.max())}
+    return times
+
+
+def lone_requests(model, url: str, server: LocalTorchServe, texts: list[str], threads: int, reps: int):
+    """Lone requests served, and the same texts through the core in-process, in alternating passes.
+
+    Alternating keeps both sides on the same machine state (this one drifts by ~10% over minutes).
+    Each text's own median forward is kept: a lone text's forward grows with its length, so a served
+    request is compared with the forward of the same text.
+    """
+    passes, runs = [], []
+    for _ in range(reps):
+        passes.append(forward_pass_ms(model, texts, threads))
+        runs.append(closed_loop(url, [(t.encode(), "text/plain") for t in texts], 1, server.headers()))
+    p50, p99 = np.percentile(passes, [50, 99])
+    per_text = np.median(passes, axis=0)
+    forward = {"threads": threads, "p50_ms": float(p50), "p99_ms": float(p99), "per_text_ms": per_text.tolist(),
+               "fastest_text_ms": float(per_text.min()), "slowest_text_ms": float(per_text.max())}
+    return runs, forward
 
 
 def serving_overhead_ms(runs, forward: dict) -> dict:
@@ -162,16 +172,14 @@ def sentiment_bench(plan: Plan) -> dict:
     short, long = short_texts(plan.short), long_texts(plan.long)
     text = lambda t: (t.encode(), "text/plain")  # noqa: E731
 
-    log("in-process answers and lone-text forwards")
+    log("in-process answers")
     torch.set_num_threads(CORES)
-    model = sentiment.load(str(model_dir))
+    model = sentiment.load(str(model_dir))  # kept for the lone-request passes
     batches = sorted({s[2] for s in plan.sweep})
     reference = {batch: inprocess_answers(model, short, batch) for batch in batches}
     lone = short[: plan.short_c1]
-    forward = {t: single_forward_ms(model, lone, t, plan.reps) for t in sorted({s[1] for s in plan.sweep})}
     long_reference = inprocess_answers(model, long, 8)
     q_reference = inprocess_answers(sentiment.load(str(model_dir), {"quantize": True}), short, 8)
-    del model
     log("in-process ceiling: 1 process x 2 threads and 2 processes x 1 thread")
     layouts = {batch: ceiling("sentiment", str(model_dir), partial(short_texts, plan.short), batch, CORES, plan.reps)
                for batch in batches}
@@ -205,12 +213,13 @@ def sentiment_bench(plan: Plan) -> dict:
     with server_for(store).serving([name]) as server, WorkerMemory() as memory:
         warm_up(url(server), server, text(short[0]))
         for c in plan.concurrency:
-            bodies = [text(t) for t in (short[: plan.short_c1] if c == 1 else short)]
-            since = time.time()
-            runs = [closed_loop(url(server), bodies, c, server.headers()) for _ in range(plan.reps)]
             if c == 1:
-                worker_c1 = worker_prediction_ms(server, name, since)
-                overhead_c1 = serving_overhead_ms(runs, forward[settings["threads"]])
+                runs, forward = lone_requests(model, url(server), server, lone, settings["threads"], plan.reps)
+                where_c1 = lone_request_breakdown_ms(server, name, len(lone) * plan.reps)
+                overhead_c1 = serving_overhead_ms(runs, forward)
+            else:
+                runs = [closed_loop(url(server), [text(t) for t in short], c, server.headers())
+                        for _ in range(plan.reps)]
             served[c] = summarise(runs)
             checks[f"short_c{c}"] = compare(runs[0].answers, reference[settings["batchSize"]], "scores")
             log(f"  c{c}: {served[c]}")
@@ -224,9 +233,9 @@ def sentiment_bench(plan: Plan) -> dict:
               quantize=False)
     with server_for(store).serving([name]) as server:
         warm_up(url(server), server, text(short[0]))
-        latency_runs = [closed_loop(url(server), [text(t) for t in lone], 1, server.headers())
-                        for _ in range(plan.reps)]
+        latency_runs, latency_forward = lone_requests(model, url(server), server, lone, CORES, plan.reps)
     latency_c1 = summarise(latency_runs)
+    del model
     log(f"  latency settings {latency}, c1: {latency_c1}")
 
     log("int8 dynamic quantization, same settings")
@@ -243,16 +252,16 @@ def sentiment_bench(plan: Plan) -> dict:
         "sweep": sweep,
         "inprocess_texts_per_s": {str(b): v for b, v in ceilings.items()},
         "inprocess_layouts": {str(b): v["by_layout"] for b, v in layouts.items()},
-        "inprocess_single_forward": {str(t): v for t, v in forward.items()},
+        "inprocess_single_forward": {str(f["threads"]): f for f in (latency_forward, forward)},
         "served": {str(c): v for c, v in served.items()},
         "served_over_inprocess": c32["throughput"] / max(ceilings.values()),
         "p99_ms_c1": served[1]["p99_ms"],
-        "worker_prediction_ms_c1": worker_c1,
+        "lone_request_breakdown_ms": where_c1,
         # Serving's own cost at low load, request by request: served latency minus the
         # in-process forward of the same text with the same threads per worker.
         "overhead_ms_c1": overhead_c1,
         "latency_settings": {**latency, "c1": latency_c1,
-                             "overhead_ms_c1": serving_overhead_ms(latency_runs, forward[CORES])},
+                             "overhead_ms_c1": serving_overhead_ms(latency_runs, latency_forward)},
         "long": {"inprocess_texts_per_s": long_ceiling, "served_c32": summarise(long_runs),
                  "served_over_inprocess": summarise(long_runs)["throughput"] / long_ceiling},
         "peak_worker_rss_mb": rss,
@@ -262,21 +271,34 @@ def sentiment_bench(plan: Plan) -> dict:
     }
 
 
-def worker_prediction_ms(server: LocalTorchServe, name: str, since: float) -> dict:
-    """TorchServe's own PredictionTime (inside the worker) for the requests sent after `since`.
-
-    Served latency minus this is what HTTP, the Java front end and batching add.
-    """
+def _logged_ms(path: Path, metric: str, tag: str, last: int, scale: float = 1.0) -> list[float]:
+    """The last `last` values of one TorchServe metric logged for one model, in ms."""
     import re
 
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))
-    pattern = re.compile(r"^(\S+) - PredictionTime\.ms:([\d.]+)\|#ModelName:" + re.escape(name))
-    times = [float(m.group(2)) for line in (server.run_dir / "logs" / "model_metrics.log").read_text().splitlines()
-             if (m := pattern.match(line)) and m.group(1) >= stamp]
-    if not times:
+    pattern = re.compile(rf"^\S+ - {re.escape(metric)}:([\d.]+)\|#{tag}")
+    return [float(m.group(1)) * scale for line in path.read_text().splitlines() if (m := pattern.match(line))][-last:]
+
+
+def lone_request_breakdown_ms(server: LocalTorchServe, name: str, requests: int) -> dict:
+    """Where the last `requests` lone requests' time went, from TorchServe's own metrics (medians, ms).
+
+    front_end: the Java front end's whole inference latency; queue: waiting in the model's
+    queue, which for a lone request is the batch delay; handler: PredictionTime inside the
+    worker; transport: front end to worker and back, the rest.
+    """
+    logs = server.run_dir / "logs"
+    time.sleep(1)  # the front end logs a request's metrics after answering it
+    front = _logged_ms(logs / "ts_metrics.log", "ts_inference_latency_microseconds.Microseconds",
+                       f"model_name:{name},", requests, 1e-3)
+    queue = _logged_ms(logs / "ts_metrics.log", "ts_queue_latency_microseconds.Microseconds",
+                       f"model_name:{name},", requests, 1e-3)
+    handler = _logged_ms(logs / "model_metrics.log", "PredictionTime.ms", f"ModelName:{name},", requests)
+    if not (front and queue and handler):
         return {}
-    p50, p99 = np.percentile(times, [50, 99])
-    return {"p50_ms": float(p50), "p99_ms": float(p99), "batches": len(times)}
+    front_ms, queue_ms, handler_ms = (median(v) for v in (front, queue, handler))
+    return {"front_end": front_ms, "queue": queue_ms, "handler": handler_ms,
+            "handler_p99": float(np.percentile(handler, 99)),
+            "transport": front_ms - queue_ms - handler_ms, "requests": len(front)}
 
 
 def summarise(runs) -> dict:
