@@ -132,7 +132,8 @@ Best settings (swept below): {s['settings']}. In-process ceiling: {max(s['inproc
 texts/s (texts/s by batch size and layout: {layouts}). One short
 text alone takes, in-process, {forward}. Peak worker memory {s['peak_worker_rss_mb']:.0f} MB.
 With {lat_settings} instead, a lone request is served in {lat['c1']['p50_ms']:.0f} ms (p50),
-{lat['c1']['p99_ms']:.0f} ms (p99): fewer, wider workers suit low load, more single-thread workers high load.
+{lat['c1']['p99_ms']:.0f} ms (p99), against the same texts' in-process forward on {lat['threads']} threads:
+{lat['inprocess_single_forward']['p50_ms']:.0f} ms (p50), {lat['inprocess_single_forward']['p99_ms']:.0f} ms (p99).
 Where a lone request's time goes (concurrency 1, best settings, medians from TorchServe's own metrics): the
 client sees {s['served']['1']['p50_ms']:.1f} ms; the Java front end's inference latency is
 {where.get('front_end', nan):.1f} ms, of which {where.get('queue', nan):.1f} ms waiting in the queue (for a lone request,
