@@ -36,7 +36,6 @@ from marport.server import LocalTorchServe, free_port_overrides
 use_handlers()
 import respiratory  # noqa: E402
 import sentiment  # noqa: E402
-from serving_common import Request  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
 CORES = 2
