@@ -1,6 +1,6 @@
 """`make bench`: served throughput and latency against the model's own in-process ceiling.
 
-    python -m bench.run            # the full run (about 22 minutes on 2 cores)
+    python -m bench.run            # the full run (about 20 minutes on 2 cores)
     python -m bench.run --quick    # a smoke run of every step, small counts, one repetition
 
 Writes bench/results/latest.json, then bench/report.py turns it into BENCHMARKS.md and a plot.
@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from bench import loadgen
-from bench.ceiling import ceiling
+from bench.ceiling import ceiling, sentiment_answers
 from bench.loadgen import WorkerMemory, closed_loop
 from bench.workloads import BENCH_DIR, long_texts, realsize_checkpoint, recording_load, recordings, short_texts
 from marport import MODEL_STORE, REPO_ROOT, use_handlers
@@ -39,6 +39,7 @@ import sentiment  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
 CORES = 2
+RESPIRATORY_DELAY_MS = 5  # maxBatchDelay for the respiratory runs
 SWEEP_NOISE = 0.10  # run-to-run spread of one sweep point on a shared 2-core machine
 SCORE_TOLERANCE = 1e-4  # served vs in-process probabilities (padding differs by batch)
 
@@ -120,11 +121,6 @@ def compare(served: list, expected: list, key: str, tolerance: float | None = SC
 # --------------------------------------------------------------------------- sentiment
 
 
-def inprocess_answers(model, texts: list[str], batch: int) -> list:
-    """The handler core's answers in the same batches as served: what served answers must equal."""
-    return [answer for i in range(0, len(texts), batch) for answer in sentiment.predict_texts(model, texts[i : i + batch])]
-
-
 def forward_pass_ms(model, texts: list[str], threads: int) -> list[float]:
     """One text at a time through the core, as a lone served request would go, at `threads`."""
     torch.set_num_threads(threads)
@@ -175,10 +171,10 @@ def sentiment_bench(plan: Plan) -> dict:
     torch.set_num_threads(CORES)
     model = sentiment.load(str(model_dir))  # kept for the lone-request passes
     batches = sorted({s[2] for s in plan.sweep})
-    reference = {batch: inprocess_answers(model, short, batch) for batch in batches}
+    reference = {batch: sentiment_answers(model, short, batch) for batch in batches}
     lone = short[: plan.short_c1]
-    long_reference = inprocess_answers(model, long, 8)
-    q_reference = inprocess_answers(sentiment.load(str(model_dir), {"quantize": True}), short, 8)
+    long_reference = sentiment_answers(model, long, 8)
+    q_reference = sentiment_answers(sentiment.load(str(model_dir), {"quantize": True}), short, 8)
     log("in-process ceiling: 1 process x 2 threads and 2 processes x 1 thread")
     layouts = {batch: ceiling("sentiment", str(model_dir), partial(short_texts, plan.short), batch, CORES, plan.reps)
                for batch in batches}
@@ -246,6 +242,7 @@ def sentiment_bench(plan: Plan) -> dict:
         q_runs = [closed_loop(url(server), [text(t) for t in short], 32, server.headers()) for _ in range(plan.reps)]
         checks["quantized_short_c32"] = compare(q_runs[0].answers, q_reference, "scores", tolerance=None)
     q_served = summarise(q_runs)
+    long_served = summarise(long_runs)
     c32 = served.get(32) or served[max(served)]
     return {
         "settings": settings,
@@ -262,8 +259,8 @@ def sentiment_bench(plan: Plan) -> dict:
         "overhead_ms_c1": overhead_c1,
         "latency_settings": {**latency, "c1": latency_c1, "inprocess_single_forward": latency_forward,
                              "overhead_ms_c1": serving_overhead_ms(latency_runs, latency_forward)},
-        "long": {"inprocess_texts_per_s": long_ceiling, "served_c32": summarise(long_runs),
-                 "served_over_inprocess": summarise(long_runs)["throughput"] / long_ceiling},
+        "long": {"inprocess_texts_per_s": long_ceiling, "served_c32": long_served,
+                 "served_over_inprocess": long_served["throughput"] / long_ceiling},
         "peak_worker_rss_mb": rss,
         "quantized_served_c32": q_served,
         "quantized_speedup": q_served["throughput"] / c32["throughput"],
@@ -271,12 +268,12 @@ def sentiment_bench(plan: Plan) -> dict:
     }
 
 
-def _logged_ms(path: Path, metric: str, tag: str, last: int, scale: float = 1.0) -> list[float]:
+def _logged_ms(lines: list[str], metric: str, tag: str, last: int, scale: float = 1.0) -> list[float]:
     """The last `last` values of one TorchServe metric logged for one model, in ms."""
     import re
 
     pattern = re.compile(rf"^\S+ - {re.escape(metric)}:([\d.]+)\|#{tag}")
-    return [float(m.group(1)) * scale for line in path.read_text().splitlines() if (m := pattern.match(line))][-last:]
+    return [float(m.group(1)) * scale for line in lines if (m := pattern.match(line))][-last:]
 
 
 def lone_request_breakdown_ms(server: LocalTorchServe, name: str, requests: int) -> dict:
@@ -288,11 +285,13 @@ def lone_request_breakdown_ms(server: LocalTorchServe, name: str, requests: int)
     """
     logs = server.run_dir / "logs"
     time.sleep(1)  # the front end logs a request's metrics after answering it
-    front = _logged_ms(logs / "ts_metrics.log", "ts_inference_latency_microseconds.Microseconds",
+    front_end_log = (logs / "ts_metrics.log").read_text().splitlines()
+    worker_log = (logs / "model_metrics.log").read_text().splitlines()
+    front = _logged_ms(front_end_log, "ts_inference_latency_microseconds.Microseconds",
                        f"model_name:{name},", requests, 1e-3)
-    queue = _logged_ms(logs / "ts_metrics.log", "ts_queue_latency_microseconds.Microseconds",
+    queue = _logged_ms(front_end_log, "ts_queue_latency_microseconds.Microseconds",
                        f"model_name:{name},", requests, 1e-3)
-    handler = _logged_ms(logs / "model_metrics.log", "PredictionTime.ms", f"ModelName:{name},", requests)
+    handler = _logged_ms(worker_log, "PredictionTime.ms", f"ModelName:{name},", requests)
     if not (front and queue and handler):
         return {}
     front_ms, queue_ms, handler_ms = (median(v) for v in (front, queue, handler))
@@ -316,8 +315,8 @@ def quantized_agreement(batch: int = 8) -> dict:
     demo = MODEL_STORE / "sentiment.mar"
     model_dir = extract_archive(demo, BENCH_DIR / "demo-unpacked")
     texts = [t for t, _ in read_corpus()["test"]]
-    fp32 = inprocess_answers(sentiment.load(str(model_dir)), texts, batch)
-    int8 = inprocess_answers(sentiment.load(str(model_dir), {"quantize": True}), texts, batch)
+    fp32 = sentiment_answers(sentiment.load(str(model_dir)), texts, batch)
+    int8 = sentiment_answers(sentiment.load(str(model_dir), {"quantize": True}), texts, batch)
     agree = sum(a["label"] == b["label"] for a, b in zip(fp32, int8))
     return {"label_agreement": agree / len(texts), "texts": len(texts)}
 
@@ -371,7 +370,7 @@ def respiratory_bench(plan: Plan) -> dict:
     load = [wav(b) for b in bodies]
     results = []
     for workers, threads in ((1, 2), (2, 1)):
-        configure(model_dir, workers, threads, batch, 5)
+        configure(model_dir, workers, threads, batch, RESPIRATORY_DELAY_MS)
         with server_for(store).serving([name]) as server:
             warm = warm_up(url(server), server, wav(bodies[0]))
             runs = {c: [closed_loop(url(server), load, c, server.headers()) for _ in range(plan.reps)]
@@ -385,7 +384,8 @@ def respiratory_bench(plan: Plan) -> dict:
         "inprocess": inprocess,
         "ceiling": layouts,
         "served": results,
-        "settings": {"workers": best["workers"], "threads": best["threads"], "batchSize": batch, "maxBatchDelay": 5},
+        "settings": {"workers": best["workers"], "threads": best["threads"], "batchSize": batch,
+                     "maxBatchDelay": RESPIRATORY_DELAY_MS},
         "served_over_inprocess": best["c8"]["throughput"] / layouts["per_s"],
         "decode_resample_share_of_request": (inprocess["decode_ms"] + inprocess["resample_ms"]) / request_ms,
         "decode_resample_share_of_compute": (inprocess["decode_ms"] + inprocess["resample_ms"])
