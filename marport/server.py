@@ -21,12 +21,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import requests
 
 from marport import MODEL_STORE, REPO_ROOT
 
 CONFIG = REPO_ROOT / "config.properties"
 RUN_DIR = REPO_ROOT / "var"
+STOP_TIMEOUT_S = 60
 READY_TIMEOUT_S = 300
 
 
@@ -78,6 +80,27 @@ def write_properties(path: Path, props: dict[str, str]) -> None:
 def _torchserve() -> str:
     local = Path(sys.executable).with_name("torchserve")
     return str(local) if local.exists() else "torchserve"
+
+
+def alive(proc: psutil.Process | int) -> bool:
+    """Running, not merely exited: a zombie has exited, and whether anyone reaps it
+    (PID 1 in a container may not) is not ours to wait for."""
+    try:
+        proc = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def end_processes(procs: list[psutil.Process], timeout: float) -> None:
+    """Wait up to `timeout` for processes already told to stop, then kill what is left."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for proc in procs:
+        if alive(proc):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
 
 
 @dataclass
@@ -190,12 +213,23 @@ class LocalTorchServe:
         except (FileNotFoundError, ValueError):
             return None
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop TorchServe and wait until its Java process and workers are gone.
+
+        `torchserve --stop` removes the pid file as soon as it sends SIGTERM, while
+        Java is still shutting down; a server started next (the SageMaker toolkit
+        looks for any running TorchServe by name) would find the dying one.
+        """
+        family: list[psutil.Process] = []
+        if self.pid is not None:
+            try:
+                java = psutil.Process(self.pid)
+                family = [java, *java.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
         subprocess.run([_torchserve(), "--stop"], cwd=self.run_dir, env=self.env,
                        stdout=subprocess.DEVNULL, check=False)
-        deadline = time.monotonic() + 60
-        while self.pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        end_processes(family, timeout)
 
     @contextlib.contextmanager
     def serving(self, models: list[str] | None = None):

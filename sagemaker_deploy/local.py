@@ -10,6 +10,7 @@ with every port on 127.0.0.1:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,9 +22,10 @@ from pathlib import Path
 
 import requests
 
-from marport.server import free_port
+from marport.server import end_processes, free_port
 
 READY_TIMEOUT_S = 300
+TS_MAIN_CLASS = "org.pytorch.serve.ModelServer"
 
 
 @dataclass
@@ -35,6 +37,11 @@ class LocalEndpoint:
     env: dict[str, str] | None = None  # default: what `deploy` sets, from the archive's model-config.yaml
     port: int = 0
     process: subprocess.Popen | None = None
+
+    @property
+    def ts_config(self) -> Path:
+        """Where the toolkit writes TorchServe's config (the container writes /etc)."""
+        return self.workdir / "sagemaker-ts.properties"
 
     @property
     def url(self) -> str:
@@ -79,7 +86,7 @@ class LocalEndpoint:
         )
         log = open(self.workdir / "logs" / "toolkit.log", "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sagemaker_deploy.toolkit_entry", str(self.workdir / "sagemaker-ts.properties")],
+            [sys.executable, "-m", "sagemaker_deploy.toolkit_entry", str(self.ts_config)],
             cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
 
@@ -109,14 +116,30 @@ class LocalEndpoint:
         if not self.process or self.process.poll() is not None:
             return
         family = psutil.Process(self.process.pid).children(recursive=True)
+        java = self.torchserve_process()
+        if java is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                family += [java, *java.children(recursive=True)]
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-        _, alive = psutil.wait_procs(family, timeout=timeout)
-        for proc in alive:
-            proc.kill()
+        end_processes(family, timeout)
+
+    def torchserve_process(self):
+        """TorchServe's Java front end for this endpoint, or None.
+
+        Not the toolkit's child (`torchserve --start` detaches it): it is the
+        ModelServer started with this endpoint's config file.
+        """
+        import psutil
+
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = proc.info["cmdline"] or []
+            if TS_MAIN_CLASS in cmdline and str(self.ts_config) in cmdline:
+                return proc
+        return None
 
     def __enter__(self):
         self.start()

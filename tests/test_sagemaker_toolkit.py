@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import requests
 
+from marport.server import alive
 from sagemaker_deploy.local import LocalEndpoint
 from sagemaker_deploy.package import package
 from tests.audio_helpers import cough_like, encode, npy_bytes
@@ -115,6 +116,17 @@ def assert_bad_request_isolated_in_batches(endpoint, model, bad_body, bad_type, 
         else:
             assert response.status_code == 200, response.text
             assert numbers_close(response.json(), local_answers[model, case])
+
+
+def test_stop_ends_torchserve_and_its_workers(tmp_path):
+    """The toolkit adopts whichever TorchServe is running, so a stopped endpoint must leave none."""
+    endpoint = LocalEndpoint(package(built_archive("sentiment"), tmp_path / "model.tar.gz"), tmp_path / "run")
+    with endpoint:
+        java = endpoint.torchserve_process()
+        assert java is not None, "no TorchServe started with this endpoint's config"
+        family = [java.pid, *(c.pid for c in java.children(recursive=True))]
+        assert len(family) > 1, "no worker under TorchServe"
+    assert not [pid for pid in family if alive(pid)], "a TorchServe process outlived stop()"
 
 
 def test_sagemaker_headers_on_the_manifest_route(tmp_path):

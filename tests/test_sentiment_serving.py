@@ -13,6 +13,7 @@ import requests
 import sentiment
 from marport.build import build
 from marport.build import extract_archive
+from marport.server import alive
 from tests.conftest import built_archive, logged_batches, running_torchserve, worker_pids
 from tests.test_sentiment_unit import save_tiny_checkpoint
 
@@ -158,7 +159,11 @@ def test_pid_is_the_java_front_end_whose_jit_the_benchmarks_watch(server):
 
 
 def test_clean_stop(server):
+    """stop() returns only once Java and its workers are gone: the next server (the
+    SageMaker toolkit adopts any running TorchServe) must not find a dying one."""
+    family = [server.pid, *worker_pids(server, "sentiment")]
     server.stop()
     assert not server.is_running()
+    assert not [pid for pid in family if alive(pid)], "a TorchServe process outlived stop()"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.inference_url}/ping", timeout=5)
