@@ -109,7 +109,10 @@ normal build with `--checkpoint`: the arithmetic of the real checkpoint, which n
 texts are review-length (10-40 tokens), long ones about 256 tokens. The in-process ceiling is the same handler
 core called without HTTP or TorchServe on the same inputs in the same batches, on all {m['cores']} cores laid out
 the faster of two ways: one process with a torch thread per core, or one single-thread process per core side by
-side (written processes x threads below). Clients are closed-loop, on loopback, in the benchmarking process.
+side (written processes x threads below). Clients are closed-loop, on loopback, in the benchmarking process,
+and kept on one core while they run (`bench/loadgen.py: client_core`): they stand in for remote callers, and
+left to roam they had the kernel wake the worker beside the client that had just sent the request, which made a
+lone request's handler about 6 ms (8%) slower than the same call in-process; on one core the gap is 1-3 ms.
 Every timed server run starts after a warm-up that lasts until Java's JIT compilers use under 5% of a core: while
 the JIT still compiles the front end's request path (the first thousand or so large requests) it takes CPU from
 the model on {m['cores']} cores.

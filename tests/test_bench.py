@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 
-from bench.loadgen import LoadResult
+from bench.loadgen import LoadResult, client_core
 from bench.run import serving_overhead_ms
 
 
@@ -17,3 +20,14 @@ def test_each_served_request_is_paired_with_the_forward_of_its_own_text():
     assert got["requests"] == 4
     assert got["p50_ms"] == pytest.approx(np.percentile(extra, 50))
     assert got["p99_ms"] == pytest.approx(np.percentile(extra, 99))
+
+
+def test_clients_run_on_one_core_and_the_caller_gets_every_core_back():
+    allowed = os.sched_getaffinity(0)
+    seen = {}
+    with client_core() as core:
+        thread = threading.Thread(target=lambda: seen.update(mask=os.sched_getaffinity(0)))
+        thread.start()
+        thread.join()
+    assert seen["mask"] == {core} and core in allowed
+    assert os.sched_getaffinity(0) == allowed
