@@ -160,7 +160,7 @@ Long texts at concurrency 32: {s['long']['served_c32']['throughput']:.2f} texts/
 
 Served at concurrency 32: {s['quantized_served_c32']['throughput']:.1f} texts/s, {r['quantized']['speedup']:.2f}x
 fp32; labels agree with fp32 on {r['quantized']['label_agreement']:.1%} of the {r['quantized']['texts']} held-out
-texts (demo model, in batches of 8 as served). Dynamic quantization computes each batch's activation scale
+texts (demo model, in batches of {r['quantized'].get('batch', 8)} as served). Dynamic quantization computes each batch's activation scale
 from the whole batch, so an int8 answer moves slightly with its batch-mates: the served int8 answers are checked
 against the in-process int8 model by label, and their largest probability difference is shown.
 

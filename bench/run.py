@@ -38,7 +38,9 @@ import respiratory  # noqa: E402
 import sentiment  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
-CORES = 2
+CORES = len(os.sched_getaffinity(0))
+# Workers x torch threads that use every core: one wide worker, or one single-thread worker per core.
+LAYOUTS = tuple(sorted({(1, CORES), (CORES, 1)}))
 RESPIRATORY_DELAY_MS = 5  # maxBatchDelay for the respiratory runs
 SWEEP_NOISE = 0.10  # run-to-run spread of one sweep point on a shared 2-core machine
 SCORE_TOLERANCE = 1e-4  # served vs in-process probabilities (padding differs by batch)
@@ -53,12 +55,12 @@ class Plan:
     recordings: int = 48  # distinct recordings, sent in turn
     recording_requests: int = 480  # per timed run
     concurrency: tuple = (1, 8, 32, 64)
-    sweep: tuple = tuple((w, t, b, d) for w, t in ((1, 2), (2, 1)) for b in (8, 16) for d in (2, 20))
+    sweep: tuple = tuple((w, t, b, d) for w, t in LAYOUTS for b in (8, 16) for d in (2, 20))
     cold_starts: int = 3
 
 
 QUICK = Plan(reps=1, short=48, short_c1=8, long=8, recordings=8, recording_requests=16, concurrency=(1, 8),
-             sweep=((1, 2, 8, 2), (2, 1, 8, 2)), cold_starts=1)
+             sweep=tuple((w, t, 8, 2) for w, t in LAYOUTS), cold_starts=1)
 
 
 def median(values):
@@ -174,7 +176,6 @@ def sentiment_bench(plan: Plan) -> dict:
     reference = {batch: sentiment_answers(model, short, batch) for batch in batches}
     lone = short[: plan.short_c1]
     long_reference = sentiment_answers(model, long, 8)
-    q_reference = sentiment_answers(sentiment.load(str(model_dir), {"quantize": True}), short, 8)
     log("in-process ceiling: 1 process x 2 threads and 2 processes x 1 thread")
     layouts = {batch: ceiling("sentiment", str(model_dir), partial(short_texts, plan.short), batch, CORES, plan.reps)
                for batch in batches}
@@ -235,6 +236,7 @@ def sentiment_bench(plan: Plan) -> dict:
     log(f"  latency settings {latency}, c1: {latency_c1}")
 
     log("int8 dynamic quantization, same settings")
+    q_reference = sentiment_answers(sentiment.load(str(model_dir), {"quantize": True}), short, settings["batchSize"])
     configure(model_dir, settings["workers"], settings["threads"], settings["batchSize"],
               settings["maxBatchDelay"], quantize=True)
     with server_for(store).serving([name]) as server:
@@ -307,7 +309,7 @@ def summarise(runs) -> dict:
             for k in summaries[0]} | {"errors": sum(s["errors"] for s in summaries), "repetitions": len(runs)}
 
 
-def quantized_agreement(batch: int = 8) -> dict:
+def quantized_agreement(batch: int) -> dict:
     """Label agreement of the int8 demo model with fp32, over the project's held-out texts,
     in batches as served (int8 activation scales are computed per batch)."""
     from marport.train_sentiment import read_corpus
@@ -318,7 +320,7 @@ def quantized_agreement(batch: int = 8) -> dict:
     fp32 = sentiment_answers(sentiment.load(str(model_dir)), texts, batch)
     int8 = sentiment_answers(sentiment.load(str(model_dir), {"quantize": True}), texts, batch)
     agree = sum(a["label"] == b["label"] for a, b in zip(fp32, int8))
-    return {"label_agreement": agree / len(texts), "texts": len(texts)}
+    return {"label_agreement": agree / len(texts), "texts": len(texts), "batch": batch}
 
 
 # --------------------------------------------------------------------------- respiratory
@@ -369,7 +371,7 @@ def respiratory_bench(plan: Plan) -> dict:
     url = lambda s: f"{s.inference_url}/predictions/{name}"  # noqa: E731
     load = [wav(b) for b in bodies]
     results = []
-    for workers, threads in ((1, 2), (2, 1)):
+    for workers, threads in LAYOUTS:
         configure(model_dir, workers, threads, batch, RESPIRATORY_DELAY_MS)
         with server_for(store).serving([name]) as server:
             warm = warm_up(url(server), server, wav(bodies[0]))
@@ -428,7 +430,7 @@ def machine() -> dict:
                 if line.startswith("model name")), platform.processor())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+        "cpu": cpu, "cores": CORES, "python": platform.python_version(),
         "torch": torch.__version__, "transformers": md.version("transformers"), "torchserve": md.version("torchserve"),
         "commit": commit.stdout.strip(), "date": time.strftime("%Y-%m-%d"),
     }
@@ -444,7 +446,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {"machine": machine(), "plan": {"reps": plan.reps, "short_texts": plan.short, "long_texts": plan.long,
                                               "recordings": plan.recordings, "quick": args.quick}}
     result["sentiment"] = sentiment_bench(plan)
-    result["quantized"] = {"speedup": result["sentiment"]["quantized_speedup"], **quantized_agreement()}
+    result["quantized"] = {"speedup": result["sentiment"]["quantized_speedup"],
+                           **quantized_agreement(result["sentiment"]["settings"]["batchSize"])}
     log("respiratory")
     result["respiratory"] = respiratory_bench(plan)
     log("cold starts")
