@@ -21,10 +21,11 @@ def client_core():
     """Keep the load generator's threads on one core while they run.
 
     The clients stand in for remote callers, but here they share the server's cores.
-    Unpinned, the kernel wakes TorchServe's worker next to the client that just sent
-    the request, and a lone request's handler ran about 6 ms (8%) slower than the
-    same call in-process; with the clients on one core the gap was 1-3 ms. Threads
-    started inside inherit the mask; the caller gets every core back afterwards.
+    Unpinned, a lone request's handler ran about 6 ms (8%) slower in the worker than
+    the same call in-process (most likely the kernel placing the woken worker beside
+    the client that had just sent the request); with the clients on one core the gap
+    was 1-3 ms. Pinning the Java front end alone did not close it. Threads started
+    inside inherit the mask; the caller gets every core back afterwards.
     """
     allowed = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(allowed)})

@@ -111,8 +111,9 @@ core called without HTTP or TorchServe on the same inputs in the same batches, o
 the faster of two ways: one process with a torch thread per core, or one single-thread process per core side by
 side (written processes x threads below). Clients are closed-loop, on loopback, in the benchmarking process,
 and kept on one core while they run (`bench/loadgen.py: client_core`): they stand in for remote callers, and
-left to roam they had the kernel wake the worker beside the client that had just sent the request, which made a
-lone request's handler about 6 ms (8%) slower than the same call in-process; on one core the gap is 1-3 ms.
+left to roam they made a lone request's handler about 6 ms (8%) slower in the worker than the same call
+in-process (most likely the kernel placing the woken worker beside the client that had just sent the request);
+on one core the gap is 1-3 ms.
 Every timed server run starts after a warm-up that lasts until Java's JIT compilers use under 5% of a core: while
 the JIT still compiles the front end's request path (the first thousand or so large requests) it takes CPU from
 the model on {m['cores']} cores.

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
 import boto3
 import pytest
+import yaml
 from moto import mock_aws
 
 from sagemaker_deploy import __main__ as cli
@@ -40,7 +42,8 @@ def test_deploy_creates_model_endpoint_and_scaling_then_delete_removes_all(aws, 
     assert container["ModelDataUrl"] == made["model_data"]
     env = container["Environment"]
     assert env["SAGEMAKER_TS_BATCH_SIZE"] == "16"  # the override
-    assert env["SAGEMAKER_TS_MAX_BATCH_DELAY"] == "10"  # from the archive's model-config.yaml
+    packed = yaml.safe_load(zipfile.ZipFile(built_archive("sentiment")).read("model-config.yaml"))
+    assert env["SAGEMAKER_TS_MAX_BATCH_DELAY"] == str(packed["maxBatchDelay"])  # from the archive's config
     assert env["SAGEMAKER_TS_RESPONSE_TIMEOUT"] == "60"
     bucket, _, key = made["model_data"][len("s3://"):].partition("/")
     s3 = boto3.client("s3", region_name=REGION)
