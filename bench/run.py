@@ -176,7 +176,7 @@ def sentiment_bench(plan: Plan) -> dict:
     reference = {batch: sentiment_answers(model, short, batch) for batch in batches}
     lone = short[: plan.short_c1]
     long_reference = sentiment_answers(model, long, 8)
-    log("in-process ceiling: 1 process x 2 threads and 2 processes x 1 thread")
+    log(f"in-process ceiling: layouts (processes x threads) {LAYOUTS}")
     layouts = {batch: ceiling("sentiment", str(model_dir), partial(short_texts, plan.short), batch, CORES, plan.reps)
                for batch in batches}
     ceilings = {batch: c["per_s"] for batch, c in layouts.items()}
