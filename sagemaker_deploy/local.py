@@ -113,18 +113,23 @@ class LocalEndpoint:
         """
         import psutil
 
-        if not self.process or self.process.poll() is not None:
+        if not self.process:
             return
-        family = psutil.Process(self.process.pid).children(recursive=True)
-        java = self.torchserve_process()
+        family = []
+        java = self.torchserve_process()  # may outlive a toolkit that died
         if java is not None:
             with contextlib.suppress(psutil.NoSuchProcess):
                 family += [java, *java.children(recursive=True)]
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        if self.process.poll() is None:
+            family += psutil.Process(self.process.pid).children(recursive=True)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        elif java is not None:  # no toolkit left to pass SIGTERM on
+            with contextlib.suppress(psutil.NoSuchProcess):
+                java.terminate()
         end_processes(family, timeout)
 
     def torchserve_process(self):
