@@ -172,8 +172,17 @@ class LocalTorchServe:
             "--ts-config", str(self.run_dir / "config.properties"),
             "--model-store", props["model_store"],
         ]
-        subprocess.run(cmd, cwd=self.run_dir, env=self.env, check=True,
-                       stdout=subprocess.DEVNULL)
+        # The Java daemon inherits these streams: pointed at the caller's, it would hold
+        # a pipe (`make serve | tee`) open until TorchServe stops. Its stdout repeats
+        # the rotated logs in logs/, so only stderr is kept.
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        errors = self.run_dir / "logs" / "stderr.log"
+        with open(errors, "wb") as err:
+            started = subprocess.run(cmd, cwd=self.run_dir, env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=err, check=False)
+        if started.returncode != 0:
+            raise RuntimeError(f"torchserve --start failed ({started.returncode}); see {errors} and "
+                               f"{self.run_dir / 'logs' / 'ts_log.log'}: {errors.read_text(errors='replace')[-2000:]}")
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> list[str]:
         """Block until every registered model has a READY worker; return their names."""

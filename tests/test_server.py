@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 import pytest
 
-from marport.server import LocalTorchServe, free_port_overrides, read_properties
+from marport.server import LocalTorchServe, alive, free_port_overrides, read_properties
 from marport import REPO_ROOT
 
 
@@ -35,3 +37,22 @@ def test_shipped_config_is_safe_by_default():
     assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "false"
     assert props["allowed_urls"].startswith("file://")
     assert int(props["max_request_size"]) > 0 and int(props["max_response_size"]) > 0
+
+
+def test_starting_leaves_the_callers_output_streams_free(tmp_path):
+    """`make serve | tee log` must end: the Java daemon may not inherit the caller's pipes."""
+    script = (
+        "import sys; from pathlib import Path; from marport.server import LocalTorchServe, free_port_overrides;"
+        f"LocalTorchServe(run_dir=Path({str(tmp_path)!r}), overrides=free_port_overrides(),"
+        f" model_store=Path({str(tmp_path)!r})).start([])"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    server = LocalTorchServe(run_dir=tmp_path, model_store=tmp_path)
+    try:
+        launcher.communicate(timeout=120)  # EOF on both pipes once the launcher itself exits
+        assert launcher.returncode == 0
+        assert server.pid is not None and alive(server.pid), "TorchServe did not start"
+    finally:
+        launcher.kill()
+        server.stop()
