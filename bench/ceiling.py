@@ -13,7 +13,7 @@ import importlib
 import multiprocessing as mp
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 RESULT_TIMEOUT_S = 1800
 
@@ -82,9 +82,9 @@ def layout_rate(core: str, model_dir: str, make_inputs: Callable[[], list], batc
     return statistics.median(rates)
 
 
-def ceiling(core: str, model_dir: str, make_inputs: Callable[[], list], batch: int, cores: int, reps: int) -> dict:
-    """Both layouts of `cores` cores; `make_inputs` must be picklable (a module function or partial)."""
-    rates = {f"{p}x{cores // p}": layout_rate(core, model_dir, make_inputs, batch, p, cores // p, reps)
-             for p in sorted({1, cores})}
+def ceiling(core: str, model_dir: str, make_inputs: Callable[[], list], batch: int,
+            layouts: Iterable[tuple[int, int]], reps: int) -> dict:
+    """The faster of `layouts` (processes x threads); `make_inputs` must be picklable (a module function or partial)."""
+    rates = {f"{p}x{t}": layout_rate(core, model_dir, make_inputs, batch, p, t, reps) for p, t in layouts}
     best = max(rates, key=rates.get)
     return {"per_s": rates[best], "layout": best, "by_layout": rates}

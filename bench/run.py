@@ -177,10 +177,10 @@ def sentiment_bench(plan: Plan) -> dict:
     lone = short[: plan.short_c1]
     long_reference = sentiment_answers(model, long, 8)
     log(f"in-process ceiling: layouts (processes x threads) {LAYOUTS}")
-    layouts = {batch: ceiling("sentiment", str(model_dir), partial(short_texts, plan.short), batch, CORES, plan.reps)
+    layouts = {batch: ceiling("sentiment", str(model_dir), partial(short_texts, plan.short), batch, LAYOUTS, plan.reps)
                for batch in batches}
     ceilings = {batch: c["per_s"] for batch, c in layouts.items()}
-    long_ceiling = ceiling("sentiment", str(model_dir), partial(long_texts, plan.long), 8, CORES, plan.reps)["per_s"]
+    long_ceiling = ceiling("sentiment", str(model_dir), partial(long_texts, plan.long), 8, LAYOUTS, plan.reps)["per_s"]
     log(f"  {layouts}")
 
     url = lambda s: f"{s.inference_url}/predictions/{name}"  # noqa: E731
@@ -366,7 +366,7 @@ def respiratory_bench(plan: Plan) -> dict:
         s.pop("answers")
     inprocess = {k: median([s[k] for s in splits]) for k in splits[0]}
     del model
-    layouts = ceiling("respiratory", str(model_dir), make_load, batch, CORES, plan.reps)
+    layouts = ceiling("respiratory", str(model_dir), make_load, batch, LAYOUTS, plan.reps)
     log(f"  in-process ceiling {layouts}")
     url = lambda s: f"{s.inference_url}/predictions/{name}"  # noqa: E731
     load = [wav(b) for b in bodies]

@@ -29,6 +29,7 @@ from marport import MODEL_STORE, REPO_ROOT
 CONFIG = REPO_ROOT / "config.properties"
 RUN_DIR = REPO_ROOT / "var"
 STOP_TIMEOUT_S = 60
+TS_MAIN_CLASS = "org.pytorch.serve.ModelServer"  # how TorchServe's Java front end shows in a process list
 READY_TIMEOUT_S = 300
 
 
@@ -90,6 +91,17 @@ def alive(proc: psutil.Process | int) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def process_family(proc: psutil.Process | int | None) -> list[psutil.Process]:
+    """A process and all its descendants; empty if it is gone."""
+    if proc is None:
+        return []
+    try:
+        proc = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def end_processes(procs: list[psutil.Process], timeout: float) -> None:
@@ -229,13 +241,7 @@ class LocalTorchServe:
         Java is still shutting down; a server started next (the SageMaker toolkit
         looks for any running TorchServe by name) would find the dying one.
         """
-        family: list[psutil.Process] = []
-        if self.pid is not None:
-            try:
-                java = psutil.Process(self.pid)
-                family = [java, *java.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
+        family = process_family(self.pid)
         subprocess.run([_torchserve(), "--stop"], cwd=self.run_dir, env=self.env,
                        stdout=subprocess.DEVNULL, check=False)
         end_processes(family, timeout)

@@ -20,12 +20,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import requests
 
-from marport.server import end_processes, free_port
+from marport.server import TS_MAIN_CLASS, end_processes, free_port, process_family
 
 READY_TIMEOUT_S = 300
-TS_MAIN_CLASS = "org.pytorch.serve.ModelServer"
 
 
 @dataclass
@@ -111,17 +111,12 @@ class LocalEndpoint:
 
         Waits for TorchServe and its workers too, so that the next server may start.
         """
-        import psutil
-
         if not self.process:
             return
-        family = []
         java = self.torchserve_process()  # may outlive a toolkit that died
-        if java is not None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                family += [java, *java.children(recursive=True)]
+        family = process_family(java)
         if self.process.poll() is None:
-            family += psutil.Process(self.process.pid).children(recursive=True)
+            family += process_family(self.process.pid)[1:]  # its descendants; Popen waits for it
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
@@ -132,14 +127,12 @@ class LocalEndpoint:
                 java.terminate()
         end_processes(family, timeout)
 
-    def torchserve_process(self):
+    def torchserve_process(self) -> psutil.Process | None:
         """TorchServe's Java front end for this endpoint, or None.
 
         Not the toolkit's child (`torchserve --start` detaches it): it is the
         ModelServer started with this endpoint's config file.
         """
-        import psutil
-
         for proc in psutil.process_iter(["cmdline"]):
             cmdline = proc.info["cmdline"] or []
             if TS_MAIN_CLASS in cmdline and str(self.ts_config) in cmdline:

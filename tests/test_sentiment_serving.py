@@ -13,7 +13,7 @@ import requests
 import sentiment
 from marport.build import build
 from marport.build import extract_archive
-from marport.server import alive
+from marport.server import TS_MAIN_CLASS, alive
 from tests.conftest import built_archive, logged_batches, running_torchserve, worker_pids
 from tests.test_sentiment_unit import save_tiny_checkpoint
 
@@ -154,7 +154,7 @@ def test_pid_is_the_java_front_end_whose_jit_the_benchmarks_watch(server):
 
     from bench.loadgen import jit_cpu_s
 
-    assert "org.pytorch.serve.ModelServer" in " ".join(psutil.Process(server.pid).cmdline())
+    assert TS_MAIN_CLASS in psutil.Process(server.pid).cmdline()
     assert jit_cpu_s(server.pid) > 0, "no JIT compiler thread found under /proc: the bench warm-up could not settle"
 
 

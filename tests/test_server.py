@@ -42,7 +42,7 @@ def test_shipped_config_is_safe_by_default():
 def test_starting_leaves_the_callers_output_streams_free(tmp_path):
     """`make serve | tee log` must end: the Java daemon may not inherit the caller's pipes."""
     script = (
-        "import sys; from pathlib import Path; from marport.server import LocalTorchServe, free_port_overrides;"
+        "from pathlib import Path; from marport.server import LocalTorchServe, free_port_overrides;"
         f"LocalTorchServe(run_dir=Path({str(tmp_path)!r}), overrides=free_port_overrides(),"
         f" model_store=Path({str(tmp_path)!r})).start([])"
     )
