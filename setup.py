@@ -44,7 +44,7 @@ setup(
         "sagemaker": SAGEMAKER,
         # The notebooks: a Jupyter kernel, and librosa for mel spectrograms.
         "notebooks": NOTEBOOKS,
-        "dev": ["pytest>=8", "moto[s3,sagemaker,sts]>=5", "nbclient>=0.10", *SAGEMAKER, *NOTEBOOKS],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "moto[s3,sagemaker,sts]>=5", "nbclient>=0.10", *SAGEMAKER, *NOTEBOOKS],
     },
     entry_points={"console_scripts": ["marport-build=marport.build:main", "marport-serve=marport.server:main"]},
 )

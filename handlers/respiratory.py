@@ -22,7 +22,7 @@ import soxr
 import torch
 from torch import nn
 
-from serving_common import Request, RequestError, as_bytes, checkpoint_dir
+from serving_common import Request, RequestError, as_bytes, check_body_size, checkpoint_dir
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -32,6 +32,8 @@ SILENCE_PEAK = 1e-4  # below this peak amplitude a recording is treated as silen
 LABELS = ("healthy", "unhealthy")
 TRUNCATED_DATA = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
 STREAMING_SIZES = (0, 0xFFFFFFFF)  # data sizes streaming writers use for "unknown"
+RATES = (100, 384_000)  # sample rates accepted, in Hz: a header outside this range is lying or broken
+LIMITS = ("max_duration_s", "max_channels", "max_body_bytes", "batch_windows")
 
 
 @dataclass
@@ -90,10 +92,21 @@ class RespiratoryCNN(nn.Module):
 
 @dataclass
 class RespiratoryModel:
+    """The CNN, its audio settings, and what one request or forward pass may ask of it.
+
+    Shipped limits (model-config.yaml) come from measurements: see the README's caps table.
+    """
+
     net: RespiratoryCNN
     audio: AudioConfig
-    max_duration_s: float = 600.0
+    max_duration_s: float = 600.0  # seconds of audio per request
     max_channels: int = 8
+    max_body_bytes: int = 64 * 1024 * 1024  # refused before decoding
+    batch_windows: int = 32  # windows per forward pass: bounds activation memory
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
 
 
 @dataclass
@@ -134,18 +147,20 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None) -> Respirato
     net = RespiratoryCNN()
     net.load_state_dict(load_file(os.path.join(path, WEIGHTS_FILE)))
     net.eval()
-    return RespiratoryModel(
-        net=net,
-        audio=audio,
-        max_duration_s=float(settings.get("max_duration_s", 600.0)),
-        max_channels=int(settings.get("max_channels", 8)),
-    )
+    limits = {k: type(getattr(RespiratoryModel, k))(settings[k]) for k in LIMITS if k in settings}
+    return RespiratoryModel(net=net, audio=audio, **limits)
 
 
 # --------------------------------------------------------------------------- decoding
 
 
 def _check_limits(frames: int, rate: int, channels: int, model: RespiratoryModel) -> None:
+    if not RATES[0] <= rate <= RATES[1]:
+        raise RequestError(
+            f"sample rate {rate} Hz is outside {RATES[0]}-{RATES[1]} Hz", kind="invalid_sample_rate"
+        )
+    if channels < 1:
+        raise RequestError("recording declares no channels", kind="corrupt_audio")
     if channels > model.max_channels:
         raise RequestError(
             f"recording has {channels} channels; at most {model.max_channels} are accepted",
@@ -155,7 +170,7 @@ def _check_limits(frames: int, rate: int, channels: int, model: RespiratoryModel
         raise RequestError("recording has no samples (zero-length audio)", kind="empty_audio")
     if frames / rate > model.max_duration_s:
         raise RequestError(
-            f"recording lasts {frames / rate:.1f}s; at most {model.max_duration_s:.0f}s are accepted",
+            f"recording lasts {frames / rate:.1f}s; at most {model.max_duration_s:g}s are accepted (max_duration_s)",
             kind="audio_too_long",
             code=413,
         )
@@ -190,26 +205,51 @@ def decode_audio_file(data: bytes, model: RespiratoryModel) -> tuple[np.ndarray,
     return samples, rate
 
 
+def _npy_header(data: bytes) -> tuple[tuple, np.dtype, bool, int]:
+    """Shape, dtype, order and data offset from a .npy header, read without touching the data.
+
+    np.load would allocate the array the header promises before reading it: a few
+    bytes claiming a terabyte-sized shape must be refused first.
+    """
+    from numpy.lib import format as npy_format
+
+    stream = io.BytesIO(data)
+    try:
+        version = npy_format.read_magic(stream)
+        # Version 3 only adds UTF-8 field names, i.e. structured arrays, which are never samples.
+        readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported; use 1.0")
+        shape, fortran, dtype = readers[version](stream)
+    except Exception as exc:  # numpy raises several types for a damaged header
+        message = str(exc)
+        if "allow_pickle" in message or "Object arrays" in message:
+            raise RequestError(
+                "the .npy holds Python objects (a pickle); only numeric arrays are accepted", kind="pickled_array"
+            ) from None
+        raise RequestError(f"body is not a valid .npy array: {message}", kind="invalid_npy") from None
+    return shape, dtype, fortran, stream.tell()
+
+
 def decode_npy(data: bytes, rate: Any, model: RespiratoryModel) -> tuple[np.ndarray, int]:
     """A .npy float array, never unpickled; the sample rate comes with the request."""
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise RequestError(
-                "the .npy holds Python objects (a pickle); only numeric arrays are accepted",
-                kind="pickled_array",
-            ) from None
-        raise RequestError(f"body is not a valid .npy array: {exc}", kind="invalid_npy") from None
-    except Exception as exc:  # numpy raises several types for a damaged header
-        raise RequestError(f"body is not a valid .npy array: {exc}", kind="invalid_npy") from None
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise RequestError(f"the .npy has dtype {array.dtype}; send float or integer samples", kind="invalid_npy")
-    if array.size == 0:
-        raise RequestError("the .npy holds no samples (zero-length audio)", kind="empty_audio")
-    if array.ndim not in (1, 2):
+    shape, dtype, fortran, offset = _npy_header(data)
+    if dtype.hasobject:
         raise RequestError(
-            f"the .npy has shape {array.shape}; send (samples,) or (samples, channels)", kind="invalid_npy"
+            "the .npy holds Python objects (a pickle); only numeric arrays are accepted", kind="pickled_array"
+        )
+    if dtype.names or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise RequestError(f"the .npy has dtype {dtype}; send float or integer samples", kind="invalid_npy")
+    if len(shape) not in (1, 2):
+        raise RequestError(f"the .npy has shape {shape}; send (samples,) or (samples, channels)", kind="invalid_npy")
+    count = int(np.prod(shape, dtype=object))
+    if count == 0:
+        raise RequestError("the .npy holds no samples (zero-length audio)", kind="empty_audio")
+    if count * dtype.itemsize != len(data) - offset:
+        raise RequestError(
+            f"the .npy header promises shape {shape} of {dtype} ({count * dtype.itemsize} bytes) "
+            f"but {len(data) - offset} bytes follow it",
+            kind="invalid_npy",
         )
     if rate is None:
         raise RequestError(
@@ -218,12 +258,16 @@ def decode_npy(data: bytes, rate: Any, model: RespiratoryModel) -> tuple[np.ndar
         )
     try:
         rate = int(rate)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         rate = 0
-    if not 100 <= rate <= 384_000:
-        raise RequestError("sample_rate must be a whole number of Hz between 100 and 384000", kind="invalid_sample_rate")
-    samples = array.reshape(len(array), -1)
-    _check_limits(samples.shape[0], rate, samples.shape[1], model)
+    if not RATES[0] <= rate <= RATES[1]:
+        raise RequestError(
+            f"sample_rate must be a whole number of Hz between {RATES[0]} and {RATES[1]}", kind="invalid_sample_rate"
+        )
+    channels = shape[1] if len(shape) == 2 else 1
+    _check_limits(shape[0], rate, channels, model)
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    samples = array.reshape(shape, order="F" if fortran else "C").reshape(shape[0], -1)
     if np.issubdtype(samples.dtype, np.integer):
         samples = samples / float(np.iinfo(samples.dtype).max)
     return samples.astype(np.float32), rate
@@ -246,6 +290,11 @@ def prepare(samples: np.ndarray, rate: int, audio: AudioConfig) -> Recording:
     """Decoded samples -> a normalised mono waveform at the model's rate."""
     if not np.isfinite(samples).all():
         raise RequestError("recording contains NaN or infinite samples", kind="non_finite_audio")
+    # Scale huge (finite) samples down before mixing: summing channels near float32's
+    # maximum would overflow to infinity. Loudness is normalised away below anyway.
+    source_peak = float(np.abs(samples).max())
+    if source_peak > 1.0:
+        samples = (samples / source_peak).astype(np.float32)
     waveform = to_model_rate(samples, rate, audio)
     duration = samples.shape[0] / rate
     flags = []
@@ -277,6 +326,7 @@ def parse_request(request: Request, model: RespiratoryModel) -> Recording:
     """One request -> a Recording, or a RequestError saying what is wrong."""
     if request.body is None:
         raise RequestError("request body is empty; send the recording's bytes", kind="empty_body")
+    check_body_size(request.body, model.max_body_bytes)
     data = as_bytes(request.body)
     if not data:
         raise RequestError("request body is empty; send the recording's bytes", kind="empty_body")
@@ -298,9 +348,13 @@ def preprocess(model: RespiratoryModel, recordings: Sequence[Recording]) -> tupl
 
 
 def forward(model: RespiratoryModel, batch: torch.Tensor) -> torch.Tensor:
-    """Probability of 'unhealthy' for each window."""
+    """Probability of 'unhealthy' for each window, batch_windows at a time (bounded memory)."""
+    out = []
     with torch.inference_mode():
-        return torch.softmax(model.net(batch).float(), dim=-1)[:, 1]
+        for chunk in torch.split(batch, model.batch_windows):
+            logits = model.net(chunk.to(model.device)).float()
+            out.append(torch.softmax(logits, dim=-1)[:, 1].cpu())
+    return torch.cat(out) if out else torch.empty(0)
 
 
 def postprocess(model: RespiratoryModel, probs: torch.Tensor, index: list, recordings: Sequence[Recording]) -> list:

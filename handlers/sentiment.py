@@ -8,17 +8,39 @@ call these same functions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import unicodedata
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from serving_common import JSON_TYPE, Request, RequestError, as_json, as_text, checkpoint_dir
+from serving_common import JSON_TYPE, Request, RequestError, as_json, as_text, check_body_size, checkpoint_dir
 
-DEFAULT_MAX_CHARS = 5000
-DEFAULT_MAX_ITEMS = 64
+log = logging.getLogger(__name__)
+
 TEXT_TYPES = ("text/plain", "")  # an absent Content-Type is read as text
+# Categories of characters a reader cannot see: spaces, controls, format marks (zero-width, BOM, bidi).
+INVISIBLE = ("Zs", "Zl", "Zp", "Cc", "Cf")
+
+
+@dataclass
+class TextLimits:
+    """What one request may ask of the model, and how much one forward pass may hold.
+
+    Shipped values (model-config.yaml) come from measurements: see the README's caps table.
+    """
+
+    max_body_bytes: int = 4 * 1024 * 1024  # refused before decoding
+    max_chars: int = 5000  # per text: bounds tokenisation work before it starts
+    max_items: int = 64  # texts per {"inputs": [...]} request
+    max_tokens: int = 2048  # per request, counted after tokenisation (and truncation to the model's length)
+    batch_tokens: int = 2048  # padded tokens per forward pass: texts run in length-sorted micro-batches
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> "TextLimits":
+        return cls(**{k: int(settings[k]) for k in cls.__dataclass_fields__ if k in settings})
 
 
 @dataclass
@@ -26,15 +48,34 @@ class SentimentModel:
     tokenizer: Any
     model: torch.nn.Module
     labels: list[str]
-    max_length: int
-    max_chars: int = DEFAULT_MAX_CHARS
-    max_items: int = DEFAULT_MAX_ITEMS
+    max_length: int  # tokens per text, special tokens included; longer texts are truncated
+    limits: TextLimits = field(default_factory=TextLimits)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
 
 @dataclass
 class TextRequest:
     texts: list[str]
     single: bool  # answer with one object rather than a list
+    ids: list[list[int]] = field(default_factory=list)  # token ids per text, truncated to max_length
+    truncated: list[bool] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(i) for i in self.ids)
+
+
+@dataclass
+class MicroBatch:
+    """Texts of similar length, padded together for one forward pass."""
+
+    rows: list[int]  # positions in the flat list of texts of the handler call
+    inputs: dict  # input_ids and attention_mask tensors
+    real_tokens: int
+    padded_tokens: int
 
 
 def load(model_dir: str, settings: Mapping[str, Any] | None = None) -> SentimentModel:
@@ -53,115 +94,159 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None) -> Sentiment
         int(tokenizer.model_max_length or 512),
         int(getattr(model.config, "max_position_embeddings", 514)) - 2,
     )
-    return SentimentModel(
-        tokenizer=tokenizer,
-        model=model,
-        labels=labels,
-        max_length=limit,
-        max_chars=int(settings.get("max_chars", DEFAULT_MAX_CHARS)),
-        max_items=int(settings.get("max_items", DEFAULT_MAX_ITEMS)),
-    )
+    limits = TextLimits.from_settings(settings)
+    if limits.batch_tokens < limit:
+        raise ValueError(f"batch_tokens ({limits.batch_tokens}) must hold one text of {limit} tokens")
+    return SentimentModel(tokenizer=tokenizer, model=model, labels=labels, max_length=limit, limits=limits)
 
 
 def _check_text(text: Any, where: str, max_chars: int) -> str:
     if not isinstance(text, str):
-        raise RequestError(
-            f"{where} must be a string, got {type(text).__name__}", kind="invalid_type"
-        )
-    if not text.strip():
-        raise RequestError(f"{where} is empty; send non-blank text", kind="empty_text")
+        raise RequestError(f"{where} must be a string, got {type(text).__name__}", kind="invalid_type")
     if len(text) > max_chars:
         raise RequestError(
-            f"{where} has {len(text)} characters; at most {max_chars} are accepted",
+            f"{where} has {len(text)} characters; at most {max_chars} are accepted (max_chars)",
             kind="text_too_long",
             code=413,
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            f"{where} has an unpaired surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}; "
+            "send valid Unicode text",
+            kind="invalid_text",
+        ) from None
+    if all(unicodedata.category(ch) in INVISIBLE for ch in text):
+        raise RequestError(f"{where} has no visible characters; send non-blank text", kind="empty_text")
     return text
 
 
-def parse_request(request: Request, model: SentimentModel) -> TextRequest:
-    """Accept text/plain, {"text": "..."} or {"inputs": ["...", ...]}."""
-    body = request.body
+def _texts(request: Request, model: SentimentModel) -> tuple[list[str], bool]:
+    """The request's texts and whether it asked for one answer (not a list)."""
+    body, limits = request.body, model.limits
     if body is None or (isinstance(body, (bytes, bytearray, str)) and len(body) == 0):
         raise RequestError(
             'request body is empty; send text/plain, {"text": "..."} or {"inputs": [...]}',
             kind="empty_body",
         )
+    check_body_size(body, limits.max_body_bytes)
     is_json = request.media_type == JSON_TYPE or isinstance(body, (dict, list))
     if not is_json:
         if request.media_type not in TEXT_TYPES:
             raise RequestError(
-                f"unsupported content type {request.media_type!r}; "
-                "use text/plain or application/json",
+                f"unsupported content type {request.media_type!r}; use text/plain or application/json",
                 kind="unsupported_media_type",
                 code=415,
             )
-        return TextRequest([_check_text(as_text(body), "text", model.max_chars)], single=True)
+        return [_check_text(as_text(body, request.content_type), "text", limits.max_chars)], True
 
-    doc = as_json(body)
+    doc = as_json(body, request.content_type)
     if isinstance(doc, dict) and "text" in doc:
-        return TextRequest([_check_text(doc["text"], '"text"', model.max_chars)], single=True)
+        return [_check_text(doc["text"], '"text"', limits.max_chars)], True
     if isinstance(doc, dict) and "inputs" in doc:
         items = doc["inputs"]
         if isinstance(items, str):  # SageMaker/HF style single input
-            return TextRequest([_check_text(items, '"inputs"', model.max_chars)], single=True)
+            return [_check_text(items, '"inputs"', limits.max_chars)], True
         if not isinstance(items, list):
-            raise RequestError(
-                f'"inputs" must be a list of strings, got {type(items).__name__}',
-                kind="invalid_type",
-            )
+            raise RequestError(f'"inputs" must be a list of strings, got {type(items).__name__}', kind="invalid_type")
         if not items:
             raise RequestError('"inputs" is an empty list', kind="empty_text")
-        if len(items) > model.max_items:
+        if len(items) > limits.max_items:
             raise RequestError(
-                f'"inputs" has {len(items)} texts; at most {model.max_items} per request',
+                f'"inputs" has {len(items)} texts; at most {limits.max_items} per request (max_items)',
                 kind="too_many_inputs",
                 code=413,
             )
-        texts = [_check_text(t, f'"inputs"[{i}]', model.max_chars) for i, t in enumerate(items)]
-        return TextRequest(texts, single=False)
+        return [_check_text(t, f'"inputs"[{i}]', limits.max_chars) for i, t in enumerate(items)], False
     raise RequestError(
         'JSON body must be an object with "text" (a string) or "inputs" (a list of strings)',
         kind="invalid_json_shape",
     )
 
 
-def preprocess(model: SentimentModel, requests: Sequence[TextRequest]) -> dict:
-    """Tokenise every text of every request in one call, padded to the longest."""
-    texts = [t for r in requests for t in r.texts]
-    return model.tokenizer(
-        texts,
-        padding="longest",
-        truncation=True,
-        max_length=model.max_length,
-        return_tensors="pt",
-    )
+def tokenize(model: SentimentModel, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
+    """Token ids per text, truncated to the model's length, and which texts were truncated."""
+    try:
+        enc = model.tokenizer(list(texts), truncation=True, max_length=model.max_length)
+    except Exception as exc:  # the Rust tokenizer raises TypeError/ValueError/its own types
+        raise RequestError(f"text could not be tokenised: {exc}", kind="untokenizable_text") from None
+    truncated = [bool(e.overflowing) for e in enc.encodings] if enc.encodings else [False] * len(texts)
+    return list(enc["input_ids"]), truncated
 
 
-def forward(model: SentimentModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Class probabilities, one row per text."""
+def text_request(model: SentimentModel, texts: Sequence[str], single: bool) -> TextRequest:
+    """Texts already checked, tokenised for the model."""
+    ids, truncated = tokenize(model, texts)
+    return TextRequest(list(texts), single=single, ids=ids, truncated=truncated)
+
+
+def parse_request(request: Request, model: SentimentModel) -> TextRequest:
+    """Accept text/plain, {"text": "..."} or {"inputs": ["...", ...]}; tokenise and check the token cap."""
+    parsed = text_request(model, *_texts(request, model))
+    if parsed.tokens > model.limits.max_tokens:
+        raise RequestError(
+            f"request has {parsed.tokens} tokens; at most {model.limits.max_tokens} per request (max_tokens); "
+            "split it into smaller requests",
+            kind="too_many_tokens",
+            code=413,
+        )
+    return parsed
+
+
+def micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Group texts, shortest first, so that each group's padded size (count x longest) fits the budget.
+
+    Sorting means a short text is never padded to a long one's length beyond its
+    neighbour's; every text fits alone because load() checks budget >= max_length.
+    """
+    groups: list[list[int]] = []
+    for row in sorted(range(len(lengths)), key=lengths.__getitem__):
+        # Sorted ascending, so this text is the longest of its group so far.
+        if groups and (len(groups[-1]) + 1) * lengths[row] <= budget:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
+def preprocess(model: SentimentModel, requests: Sequence[TextRequest]) -> list[MicroBatch]:
+    """Every text of every request, in length-sorted micro-batches under the token budget."""
+    ids = [i for r in requests for i in r.ids]
+    lengths = [len(i) for i in ids]
+    batches = []
+    for rows in micro_batches(lengths, model.limits.batch_tokens):
+        padded = model.tokenizer.pad({"input_ids": [ids[r] for r in rows]}, return_tensors="pt")
+        inputs = {k: padded[k].to(model.device) for k in ("input_ids", "attention_mask")}
+        batches.append(MicroBatch(rows, inputs, sum(lengths[r] for r in rows), len(rows) * max(lengths[r] for r in rows)))
+    return batches
+
+
+def forward(model: SentimentModel, batch: MicroBatch) -> torch.Tensor:
+    """Class probabilities, one row per text of the micro-batch."""
     with torch.inference_mode():
-        logits = model.model(**batch).logits
-    return torch.softmax(logits.float(), dim=-1)
+        logits = model.model(**batch.inputs).logits
+    return torch.softmax(logits.float(), dim=-1).cpu()
 
 
-def postprocess(
-    model: SentimentModel, probs: torch.Tensor, requests: Sequence[TextRequest]
-) -> list:
-    """Split the batch back into one answer per request, in order."""
+def padding_efficiency(batches: Sequence[MicroBatch]) -> float:
+    """Real tokens over computed (padded) tokens: 1.0 means no padding was computed."""
+    padded = sum(b.padded_tokens for b in batches)
+    return sum(b.real_tokens for b in batches) / padded if padded else 1.0
+
+
+def postprocess(model: SentimentModel, probs: torch.Tensor, requests: Sequence[TextRequest]) -> list:
+    """Split the flat rows back into one answer per request, in order."""
     rows = probs.tolist()
     answers, start = [], 0
     for req in requests:
         results = []
-        for row in rows[start : start + len(req.texts)]:
+        for row, truncated in zip(rows[start : start + len(req.texts)], req.truncated or [False] * len(req.texts)):
             best = max(range(len(row)), key=row.__getitem__)
-            results.append(
-                {
-                    "label": model.labels[best],
-                    "score": row[best],
-                    "scores": dict(zip(model.labels, row)),
-                }
-            )
+            result = {"label": model.labels[best], "score": row[best], "scores": dict(zip(model.labels, row))}
+            if truncated:
+                result["truncated"] = True  # only the first max_length tokens were read
+            results.append(result)
         start += len(req.texts)
         answers.append(results[0] if req.single else results)
     return answers
@@ -171,9 +256,17 @@ def predict(model: SentimentModel, requests: Sequence[TextRequest]) -> list:
     """The whole pipeline for already-parsed requests."""
     if not requests:
         return []
-    return postprocess(model, forward(model, preprocess(model, requests)), requests)
+    batches = preprocess(model, requests)
+    probs = torch.empty(sum(len(r.texts) for r in requests), len(model.labels))
+    for batch in batches:
+        probs[batch.rows] = forward(model, batch)
+    log.info(
+        "%d texts, %d tokens in %d micro-batches, padding efficiency %.2f",
+        len(probs), sum(b.real_tokens for b in batches), len(batches), padding_efficiency(batches),
+    )
+    return postprocess(model, probs, requests)
 
 
 def predict_texts(model: SentimentModel, texts: Sequence[str]) -> list[dict]:
     """Convenience for notebooks and benchmarks: plain strings in, answers out."""
-    return predict(model, [TextRequest([t], single=True) for t in texts])
+    return predict(model, [text_request(model, [t], single=True) for t in texts])

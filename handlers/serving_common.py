@@ -6,10 +6,11 @@ imports nothing from the project: only the standard library, numpy and torch.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
@@ -18,6 +19,17 @@ CHECKPOINT_SUBDIR = "checkpoint"  # where an archive keeps its weights and their
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 JSON_ACCEPTS = {"", "*/*", "application/*", JSON_TYPE}
 THREADS_ENV = "MARPORT_TORCH_THREADS"
+BOM_CHAR = "\ufeff"
+# Python codecs that are not character sets a client could mean (escapes, IDNA, a codec that always fails).
+PSEUDO_CODECS = {"undefined", "unicode-escape", "raw-unicode-escape", "punycode", "idna", "mbcs", "oem"}
+# Byte-order marks, longest first: UTF-32's little-endian mark begins with UTF-16's.
+BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 class RequestError(Exception):
@@ -31,6 +43,20 @@ class RequestError(Exception):
 
     def payload(self) -> dict:
         return {"code": self.code, "type": self.kind, "message": self.message}
+
+
+class ModelCore(Protocol):
+    """What a model core module (sentiment.py, respiratory.py) provides to the runtime adapters.
+
+    `parse_request` does all per-request validation and refuses with RequestError;
+    `predict` runs already-parsed requests together and answers each in order.
+    """
+
+    def load(self, model_dir: str, settings: Mapping[str, Any] | None = None) -> Any: ...
+
+    def parse_request(self, request: "Request", model: Any) -> Any: ...
+
+    def predict(self, model: Any, parsed: Sequence[Any]) -> list: ...
 
 
 @dataclass
@@ -89,35 +115,89 @@ def as_bytes(body: Any) -> bytes:
     if isinstance(body, (bytes, bytearray, memoryview)):
         return bytes(body)
     if isinstance(body, str):
-        return body.encode("utf-8")
+        try:
+            return body.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RequestError(f"body has an unpaired surrogate at character {exc.start}", kind="invalid_encoding") from None
     raise RequestError(f"expected a raw request body, got {type(body).__name__}")
 
 
-def as_text(body: Any) -> str:
-    """Decode a text body strictly; invalid UTF-8 is the caller's error."""
-    if isinstance(body, str):
-        return body
-    try:
-        return as_bytes(body).decode("utf-8")
-    except UnicodeDecodeError as exc:
+def check_body_size(body: Any, limit: int) -> None:
+    """Refuse an over-size body before any decoding work is spent on it."""
+    size = len(body) if isinstance(body, (bytes, bytearray, memoryview, str)) else 0
+    if size > limit:
         raise RequestError(
-            f"request body is not valid UTF-8 (byte {exc.start}); send UTF-8 text",
+            f"request body has {size} bytes; at most {limit} are accepted (max_body_bytes)",
+            kind="body_too_large",
+            code=413,
+        )
+
+
+def _charset(content_type: str) -> str | None:
+    return _pairs(content_type.partition(";")[2], ";").get("charset") or None
+
+
+def as_text(body: Any, content_type: str = "") -> str:
+    """Decode a text body strictly: the declared charset, else a BOM, else UTF-8.
+
+    Invalid bytes for the encoding are the caller's error (400); an unknown or
+    non-text charset is a 415.
+    """
+    if isinstance(body, str):
+        return body.removeprefix(BOM_CHAR)
+    data = as_bytes(body)
+    declared = _charset(content_type)
+    if declared:
+        try:
+            codec = codecs.lookup(declared)
+        except LookupError:
+            codec = None
+        if codec is None or codec.name in PSEUDO_CODECS or not getattr(codec, "_is_text_encoding", True):
+            raise RequestError(
+                f"unsupported charset {declared!r}; send UTF-8 (or name a text encoding such as utf-16)",
+                kind="unsupported_charset",
+                code=415,
+            )
+        encoding = codec.name
+    else:
+        encoding = next((enc for bom, enc in BOMS if data.startswith(bom)), "utf-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeError as exc:
+        where = f" (byte {exc.start})" if isinstance(exc, UnicodeDecodeError) else ""
+        raise RequestError(
+            f"request body is not valid {encoding}{where}; send UTF-8 text",
             kind="invalid_encoding",
         ) from None
+    # A BOM says how the bytes are encoded; it is not part of the text.
+    return text.removeprefix(BOM_CHAR)
 
 
-def as_json(body: Any) -> Any:
-    """Parse a JSON body unless the runtime already did."""
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def as_json(body: Any, content_type: str = "") -> Any:
+    """Parse a JSON body strictly (RFC 8259: no NaN/Infinity) unless the runtime already did."""
     if isinstance(body, (dict, list)):
         return body
-    text = as_text(body)
+    text = as_text(body, content_type)
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise RequestError(
             f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
             kind="invalid_json",
         ) from None
+    except RecursionError:
+        raise RequestError("JSON nests too deeply; send a flat document", kind="json_too_deep") from None
+    except ValueError as exc:  # NaN/Infinity literals, integers past Python's digit limit
+        raise RequestError(f"invalid JSON: {exc}", kind="invalid_json") from None
+
+
+def to_json(answer: Any) -> str:
+    """Strict JSON (no NaN or Infinity): what every answer is sent as."""
+    return json.dumps(answer, allow_nan=False, ensure_ascii=False)
 
 
 def checkpoint_dir(model_dir: str) -> str:

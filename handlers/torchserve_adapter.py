@@ -1,9 +1,9 @@
 """TorchServe adapter over a model core (sentiment.py, respiratory.py).
 
-A core module provides `load(model_dir, settings)`, `parse_request(Request, model)`
-and `predict(model, parsed_requests) -> answers`. This adapter turns TorchServe's
-batch into Requests, answers each bad request with its own 4xx and JSON error
-body, and runs every good request of the batch through the model together.
+A core module (serving_common.ModelCore) provides `load`, `parse_request` and
+`predict`. This adapter turns TorchServe's batch into Requests and hands them to
+isolation.answer_batch, which answers each request on its own (a bad one with its
+own 4xx JSON error) and runs the good ones through the model together.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import logging
 import time
 from typing import Any, Mapping
 
-from serving_common import JSON_TYPE, Request, RequestError, check_accept, configure_threads, read_settings
+from isolation import answer_batch
+from serving_common import JSON_TYPE, Request, check_accept, configure_threads, read_settings
 
 log = logging.getLogger(__name__)
 
@@ -66,36 +67,22 @@ class CoreHandler:
         threads = configure_threads(settings)
         started = time.perf_counter()
         self.model = self.core.load(model_dir, settings)
-        log.info(
-            "%s loaded in %.2fs with %d torch threads",
-            self.core.__name__,
-            time.perf_counter() - started,
-            threads,
-        )
+        log.info("%s loaded in %.2fs with %d torch threads", self.core.__name__, time.perf_counter() - started, threads)
         self.initialized = True
 
     def handle(self, data, context) -> list:
-        answers: list = [None] * len(data)
-        parsed, positions = [], []
-        for idx, row in enumerate(data):
-            try:
-                request = to_request(row, context.get_all_request_header(idx))
-                check_accept(request.headers.get("accept"))
-                parsed.append(self.core.parse_request(request, self.model))
-                positions.append(idx)
-            except RequestError as err:
-                answers[idx] = self._reject(context, idx, err)
-        # One line per batch: operators (and the tests) can see batching at work.
-        log.info("batch of %d requests, %d rejected", len(data), len(data) - len(parsed))
-        if parsed:
-            for idx, answer in zip(positions, self.core.predict(self.model, parsed)):
-                answers[idx] = answer
-                context.set_response_content_type(idx, JSON_TYPE)
-        return answers
+        """One answer per request, each strict JSON with its own status; never raises."""
 
-    @staticmethod
-    def _reject(context, idx: int, err: RequestError) -> dict:
-        log.info("request %d rejected: %s (%s)", idx, err.kind, err.message)
-        context.set_response_status(code=err.code, phrase=err.kind, idx=idx)
-        context.set_response_content_type(idx, JSON_TYPE)
-        return err.payload()
+        def read(idx: int) -> Request:
+            request = to_request(data[idx], context.get_all_request_header(idx))
+            check_accept(request.headers.get("accept"))
+            return request
+
+        outcomes, report = answer_batch(self.core, self.model, len(data), read, context.get_request_id)
+        for idx, outcome in enumerate(outcomes):
+            context.set_response_content_type(idx, JSON_TYPE)
+            if outcome.status != 200:
+                context.set_response_status(code=outcome.status, phrase=outcome.kind, idx=idx)
+        # One line per batch: operators (and the tests) can see batching and rejections at work.
+        log.info(report.line())
+        return [outcome.body for outcome in outcomes]

@@ -25,7 +25,7 @@ from marport import BUILD_DIR, HANDLERS_DIR, MODEL_STORE, __version__, use_handl
 use_handlers()
 from serving_common import CHECKPOINT_SUBDIR  # noqa: E402  (the handlers' own name for it)
 
-COMMON_MODULES = ("serving_common.py", "torchserve_adapter.py")
+COMMON_MODULES = ("serving_common.py", "isolation.py", "torchserve_adapter.py")
 DEMO_CHECKPOINT = "demo-checkpoint"  # build/<model>/demo-checkpoint, as the Makefile builds it
 
 

@@ -47,7 +47,7 @@ def package(mar: Path, out: Path, manifest: bool = True) -> Path:
             if name.endswith("/") or (name == MANIFEST and not manifest):
                 continue
             _add(tar, name, archive.read(name))
-        _add(tar, f"code/{TOOLKIT_ENTRY}", (HANDLERS_DIR / "sagemaker_inference.py").read_bytes())
+        _add(tar, f"code/{TOOLKIT_ENTRY}", (HANDLERS_DIR / "sagemaker_adapter.py").read_bytes())
         _add(tar, "code/requirements.txt", CONTAINER_REQUIREMENTS.encode())
     return out
 

@@ -35,8 +35,17 @@ def run_batch(handler, rows):
     headers = [{"body": {"content-type": ct}, "Content-Type": ct} for _, ct in rows]
     context = ts_context(handler.model_dir, headers)
     answers = handler.handle([{"body": body} for body, _ in rows], context)
-    statuses = [context.get_response_status(i)[0] for i in range(len(rows))]
-    return answers, statuses
+    statuses = [context.get_response_status(i)[0] or 200 for i in range(len(rows))]
+    return [strict_json(a) for a in answers], statuses
+
+
+def strict_json(text: str):
+    """Parse an answer the way a strict client would: NaN or Infinity is an error."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    assert isinstance(text, str), f"the handler returned {type(text).__name__}, not serialised JSON"
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_initialize_sets_threads_from_model_config(handler):
@@ -73,4 +82,5 @@ def test_decoded_input_is_accepted_too(handler):
     """With decode_input_request=true TorchServe hands over str / parsed JSON."""
     context = ts_context(handler.model_dir, [{"Content-Type": "text/plain"}, {"Content-Type": "application/json"}])
     answers = handler.handle([{"body": "Lovely place"}, {"body": {"inputs": ["Lovely place"]}}], context)
+    answers = [strict_json(a) for a in answers]
     assert answers[0]["label"] == answers[1][0]["label"]

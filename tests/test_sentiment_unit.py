@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
@@ -82,22 +85,53 @@ def test_bad_requests_raise_clear_errors(demo, body, content_type, kind, code):
     assert payload["code"] == code and payload["type"] == kind and len(payload["message"]) > 10
 
 
-def test_dynamic_padding_and_truncation(demo):
-    short = sentiment.TextRequest(["tiny"], single=True)
-    longer = sentiment.TextRequest(["a somewhat longer sentence about a hotel room"], single=True)
-    batch = sentiment.preprocess(demo, [short, longer])
-    lengths = batch["attention_mask"].sum(dim=1).tolist()
-    # Padded to the longest text of this batch, not to a fixed length.
-    assert batch["input_ids"].shape == (2, max(lengths))
-    assert lengths[0] < lengths[1]
-    huge = sentiment.TextRequest(["word " * 1000], single=True)
-    assert sentiment.preprocess(demo, [huge])["input_ids"].shape[1] == demo.max_length
+def test_length_sorted_micro_batches_and_truncation(demo):
+    texts = ["tiny", "a somewhat longer sentence about a hotel room", "ok", "word " * 1000]
+    requests = [parse(demo, {"inputs": texts[:3]}), parse(demo, {"text": texts[3][:200]})]
+    assert requests[1].truncated == [False]
+    model = dataclasses.replace(demo, limits=dataclasses.replace(demo.limits, batch_tokens=64))
+    batches = sentiment.preprocess(model, requests)
+    assert sorted(r for b in batches for r in b.rows) == [0, 1, 2, 3]
+    for batch in batches:
+        ids = batch.inputs["input_ids"]
+        real = batch.inputs["attention_mask"].sum(dim=1).tolist()
+        # Padded to the longest text of its own micro-batch, within the token budget.
+        assert ids.shape == (len(batch.rows), max(real))
+        assert ids.numel() <= model.limits.batch_tokens or len(batch.rows) == 1
+    # The short texts share a micro-batch; the long one is not padded with them.
+    assert sorted(next(b.rows for b in batches if 0 in b.rows)) == [0, 1, 2]
+    assert next(b.rows for b in batches if 3 in b.rows) == [3]
+    assert sentiment.padding_efficiency(batches) > 0.8
+    long_one = sentiment.predict_texts(demo, ["word " * 1000])[0]
+    assert long_one["truncated"] is True
+    assert "truncated" not in sentiment.predict_texts(demo, ["short"])[0]
+
+
+def test_token_cap_is_counted_after_tokenisation(demo):
+    model = dataclasses.replace(demo, limits=dataclasses.replace(demo.limits, max_tokens=30))
+    ok = parse(model, {"inputs": ["good food"] * 4})
+    assert ok.tokens == sum(len(i) for i in ok.ids) <= 30
+    with pytest.raises(RequestError) as caught:
+        parse(model, {"inputs": ["a rather long sentence about the hotel and its staff"] * 4})
+    assert caught.value.code == 413 and caught.value.kind == "too_many_tokens"
+    assert "max_tokens" in caught.value.message and "30" in caught.value.message
+
+
+@given(st.lists(st.integers(1, 512), max_size=80), st.integers(512, 4096))
+def test_micro_batches_cover_every_text_once_within_budget(lengths, budget):
+    groups = sentiment.micro_batches(lengths, budget)
+    assert sorted(r for g in groups for r in g) == list(range(len(lengths)))
+    for group in groups:
+        assert len(group) * max(lengths[r] for r in group) <= budget
+    # Length-sorted: every text of a group is at least as long as every text of the group before.
+    for before, after in zip(groups, groups[1:]):
+        assert max(lengths[r] for r in before) <= min(lengths[r] for r in after)
 
 
 def test_answers_are_well_formed_and_in_order(demo):
     reqs = [
-        sentiment.TextRequest(["The food was wonderful"], single=True),
-        sentiment.TextRequest(["Awful, it broke", "The box is blue"], single=False),
+        sentiment.text_request(demo, ["The food was wonderful"], single=True),
+        sentiment.text_request(demo, ["Awful, it broke", "The box is blue"], single=False),
     ]
     answers = sentiment.predict(demo, reqs)
     assert isinstance(answers[0], dict) and isinstance(answers[1], list) and len(answers[1]) == 2

@@ -1,0 +1,129 @@
+"""Answer a batch of requests so that one request can only hurt itself.
+
+Both runtime adapters (TorchServe's handler, SageMaker's `code/inference.py`) hand
+their requests to `answer_batch`, which
+
+- parses each request on its own: a RequestError becomes that request's 4xx, any
+  other exception is our bug and becomes that request's 500 with its request id
+  (logged with the traceback);
+- runs the parsed requests through the model together, and if that fails, finds
+  the request(s) responsible by re-running the batch in halves, so the rest are
+  still answered;
+- serialises every answer as strict JSON (no NaN or Infinity): an answer that
+  cannot be is a 500 for that request alone.
+
+Packed flat into each `.mar`; imports only the standard library and serving_common.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from serving_common import ModelCore, Request, RequestError, to_json
+
+log = logging.getLogger(__name__)
+
+INTERNAL = "internal_error"
+
+
+@dataclass
+class Outcome:
+    status: int
+    body: str  # strict JSON, ready to send
+    kind: str | None = None  # the error type; None for an answer
+
+
+@dataclass
+class BatchReport:
+    """What one handler call did, for the log line (and the operator metrics)."""
+
+    requests: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # error type -> count
+    parse_ms: float = 0.0
+    predict_ms: float = 0.0
+    predict_calls: int = 0  # more than 1 when a failing batch was split to find the culprit
+
+    def line(self) -> str:
+        bad = sum(self.rejected.values())
+        kinds = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected.items()))
+        return (f"batch of {self.requests} requests, {bad} rejected{f' ({kinds})' if kinds else ''}; "
+                f"parse {self.parse_ms:.1f} ms, model {self.predict_ms:.1f} ms in {self.predict_calls} call(s)")
+
+
+def rejection(err: RequestError, request_id: str | None) -> Outcome:
+    payload = err.payload()
+    if request_id:
+        payload["request_id"] = request_id
+    return Outcome(err.code, to_json(payload), err.kind)
+
+
+def internal_error(request_id: str | None, stage: str) -> Outcome:
+    """Our own failure on one request: logged with its traceback, answered with its id."""
+    log.exception("request %s failed while %s", request_id, stage)
+    message = f"the server failed while {stage} this request; quote request_id {request_id} when reporting it"
+    payload = {"code": 500, "type": INTERNAL, "message": message, "request_id": request_id}
+    return Outcome(500, to_json(payload), INTERNAL)
+
+
+def _serialise(answer: Any, request_id: str | None) -> Outcome:
+    try:
+        return Outcome(200, to_json(answer))
+    except (ValueError, TypeError):  # NaN/Infinity, or a value JSON has no form for
+        return internal_error(request_id, "serialising the answer to")
+
+
+def answer_batch(
+    core: ModelCore,
+    model: Any,
+    count: int,
+    read: Callable[[int], Request],
+    request_id: Callable[[int], str | None],
+) -> tuple[list[Outcome], BatchReport]:
+    """Outcomes for requests 0..count-1, in order; `read(i)` builds request i (and may refuse it)."""
+    report = BatchReport(requests=count)
+    outcomes: list[Outcome | None] = [None] * count
+    parsed: list[tuple[int, Any]] = []
+    started = time.perf_counter()
+    for idx in range(count):
+        try:
+            parsed.append((idx, core.parse_request(read(idx), model)))
+        except RequestError as err:
+            outcomes[idx] = rejection(err, request_id(idx))
+        except Exception:  # noqa: BLE001 - anything else is our bug, confined to this request
+            outcomes[idx] = internal_error(request_id(idx), "reading")
+    report.parse_ms = (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    _predict_isolated(core, model, parsed, outcomes, request_id, report)
+    report.predict_ms = (time.perf_counter() - started) * 1000
+    for outcome in outcomes:
+        if outcome.kind:
+            report.rejected[outcome.kind] = report.rejected.get(outcome.kind, 0) + 1
+    return outcomes, report
+
+
+def _predict_isolated(core, model, items: Sequence[tuple[int, Any]], outcomes: list, request_id, report) -> None:
+    """Predict items together; on failure, split in halves until the failing requests are alone."""
+    if not items:
+        return
+    report.predict_calls += 1
+    try:
+        answers = core.predict(model, [p for _, p in items])
+    except RequestError as err:
+        if len(items) == 1:
+            outcomes[items[0][0]] = rejection(err, request_id(items[0][0]))
+            return
+    except Exception:  # noqa: BLE001
+        if len(items) == 1:
+            outcomes[items[0][0]] = internal_error(request_id(items[0][0]), "predicting")
+            return
+    else:
+        for (idx, _), answer in zip(items, answers):
+            outcomes[idx] = _serialise(answer, request_id(idx))
+        return
+    log.warning("a batch of %d requests failed together; retrying it in halves to find the culprit", len(items))
+    half = len(items) // 2
+    _predict_isolated(core, model, items[:half], outcomes, request_id, report)
+    _predict_isolated(core, model, items[half:], outcomes, request_id, report)
