@@ -22,6 +22,7 @@ from sagemaker_deploy.local import LocalEndpoint
 from sagemaker_deploy.package import package
 from tests.audio_helpers import cough_like, encode, npy_bytes
 from tests.conftest import built_archive, running_torchserve
+from tests.hostile import Case, respiratory_cases, sentiment_cases, strict_json
 
 pytestmark = pytest.mark.integration
 
@@ -91,12 +92,35 @@ def test_toolkit_serves_what_local_torchserve_serves(model, route, local_answers
         if route == "manifest":
             assert_bad_request_isolated_in_batches(endpoint, model, body, content_type, status, kind, local_answers)
         else:
-            # The toolkit's own handler answers one request at a time; its error body is
-            # our JSON on the first line, then the toolkit's traceback.
+            # The toolkit's own handler answers one request at a time, with our JSON error.
             got = requests.post(f"{endpoint.url}/invocations", data=body, headers={"Content-Type": content_type},
                                 timeout=60)
             assert got.status_code == status
-            assert json.loads(got.text.split("\n", 1)[0])["type"] == kind
+            assert strict_json(got.text)["type"] == kind
+        assert_hostile_bodies_get_json_4xx(endpoint, model, tmp_path)
+
+
+HOSTILE = {
+    "sentiment": {"deep-array", "nan-literal", "huge-integer", "lone-surrogate-escape", "lone-surrogate-bytes",
+                  "zero-width-only", "charset-unknown", "charset-lies", "too-many-tokens", "not-acceptable"},
+    "respiratory": {"random-bytes", "wav-1000-channels", "wav-truncated", "npy-absurd-shape", "npy-nan",
+                    "npy-object", "too-long", "not-acceptable"},
+}
+
+
+def assert_hostile_bodies_get_json_4xx(endpoint, model, tmp_path):
+    """Both routes answer hostile bodies with strict JSON 4xx errors, never the toolkit's traceback."""
+    cases = sentiment_cases() if model == "sentiment" else respiratory_cases(str(tmp_path / "canary"))
+    extra = [Case("json-not-utf8", b'{"text": "caf\xe9"}', {"Content-Type": "application/json"}, "invalid_encoding")]
+    for case in [c for c in cases if c.name in HOSTILE[model]] + (extra if model == "sentiment" else []):
+        headers = dict(case.headers)
+        if "X-Sample-Rate" in headers:  # SageMaker passes no custom headers: the rate rides in the media type
+            headers["Content-Type"] += f"; sample_rate={headers.pop('X-Sample-Rate')}"
+        got = requests.post(f"{endpoint.url}/invocations", data=case.body, headers=headers, timeout=60)
+        answer = strict_json(got.text)
+        assert 400 <= got.status_code < 500 and answer["code"] == got.status_code, (case.name, got.text[:300])
+        assert case.expect == "4xx" or answer["type"] == case.expect, (case.name, answer)
+    assert not (tmp_path / "canary").exists()
 
 
 def assert_bad_request_isolated_in_batches(endpoint, model, bad_body, bad_type, status, kind, local_answers):
