@@ -183,6 +183,50 @@ against the in-process int8 model by label, and their largest probability differ
 ## Cold start
 
 `torchserve --start` to the first successful prediction: {cold}.
+
+{reliability(r)}"""
+
+
+def reliability(r: dict) -> str:
+    rel = r.get("reliability")
+    if not rel:
+        return ""
+    call, mix, kill, st = rel["largest_call"], rel["heavy_mix"], rel["worker_kill"], rel["settings"]
+    caps = st["caps"]
+    new_answer = kill["seconds_to_new_answer"]
+    return f"""## Reliability: caps, heavy traffic, a killed worker
+
+Measured at commit {r['machine'].get('reliability_commit', r['machine']['commit'])} (`python -m bench.run --only reliability`;
+`make bench` runs it as its last step). With the shipped `handlers/config/sentiment.yaml` (batchSize {st['batchSize']}, responseTimeout
+{st['responseTimeout']} s, max_tokens {caps['max_tokens']}, batch_tokens {caps['batch_tokens']}) at roberta-base size,
+fp32, {caps['threads']} threads.
+
+**The largest handler call.** {call['requests']} requests at the token cap ({call['tokens']} tokens of 5,000-character
+texts cut at 512 tokens) took {call['seconds']:.1f} s in-process ({call['tokens_per_s']:.0f} tokens/s), against a
+budget of half of responseTimeout, {call['budget_s']:.0f} s: {'within' if call['within_budget'] else '**over**'}.
+At that speed the cap that fills half of responseTimeout would be {call['derived_max_tokens']} tokens per request;
+{caps['max_tokens']} ships, leaving room for the respiratory worker on the same cores.
+
+**Heavy mix.** For {mix['seconds']:.0f} s, 4 clients sent requests at the cap ({mix['heavy_texts_per_request']} texts
+of 5,000 characters each) while 4 clients sent review-length texts, closed-loop:
+
+| | value |
+|---|---|
+| 5xx or failed connections | {mix['server_errors']} |
+| answers that are not strict JSON | {mix['non_json']} |
+| worker restarts | {mix['worker_restarts']} |
+| heavy requests answered / refused up front (413) | {mix['heavy_answered']} / {mix['heavy_refused_413']} of {mix['heavy_requests']} |
+| heavy throughput | {mix['heavy_texts_per_s']:.1f} texts/s |
+| light requests answered | {mix['statuses'].get('200', 0) - mix['heavy_answered']} of {mix['light_requests']} |
+| light latency p50 / p99 | {mix['light_p50_ms'] / 1000:.1f} s / {mix['light_p99_ms'] / 1000:.1f} s |
+
+One worker on 2 cores serves one handler call at a time: a light text that arrives while a heavy call runs waits
+for it, so light latency under this mix is set by the heavy calls' length, not by the light text.
+
+**A killed worker.** Under light load (4 clients), the worker was killed with SIGKILL: {kill['failed']} request(s)
+in flight failed ({kill['failed_statuses']}, every body JSON: {'yes' if kill['failed_non_json'] == 0 else '**no**'}),
+the rest waited in TorchServe's queue, and a new worker answered
+{f'{new_answer:.1f} s' if new_answer is not None else '**never**'} after the kill (model load included).
 """
 
 

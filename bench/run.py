@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import time
@@ -57,10 +58,11 @@ class Plan:
     concurrency: tuple = (1, 8, 32, 64)
     sweep: tuple = tuple((w, t, b, d) for w, t in LAYOUTS for b in (8, 16) for d in (2, 20))
     cold_starts: int = 3
+    quick: bool = False
 
 
 QUICK = Plan(reps=1, short=48, short_c1=8, long=8, recordings=8, recording_requests=16, concurrency=(1, 8),
-             sweep=tuple((w, t, 8, 2) for w, t in LAYOUTS), cold_starts=1)
+             sweep=tuple((w, t, 8, 2) for w, t in LAYOUTS), cold_starts=1, quick=True)
 
 
 def median(values):
@@ -77,8 +79,9 @@ def log(message: str) -> None:
 def unpacked(mar: Path, store: Path, name: str) -> Path:
     """The archive extracted into the bench model store, so each sweep point can edit its model-config.yaml."""
     target = store / name
-    if not (target / "MAR-INF").exists():
-        extract_archive(mar, target)
+    if target.exists():  # never serve handler modules left from an older archive
+        shutil.rmtree(target)
+    extract_archive(mar, target)
     return target
 
 
@@ -440,9 +443,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Benchmark served models against their in-process ceiling.")
     parser.add_argument("--quick", action="store_true", help="small counts, one repetition: checks the harness")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", choices=["reliability"],
+                        help="run one step and merge it into the existing results (e.g. after changing the caps)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
     started = time.perf_counter()
+    from bench.reliability import reliability_bench
+
+    if args.only:
+        result = json.loads(args.out.read_text())
+        result["reliability"] = reliability_bench(plan, log)
+        result["machine"]["reliability_commit"] = machine()["commit"]
+        return _write(result, args)
     result = {"machine": machine(), "plan": {"reps": plan.reps, "short_texts": plan.short, "long_texts": plan.long,
                                               "recordings": plan.recordings, "quick": args.quick}}
     result["sentiment"] = sentiment_bench(plan)
@@ -457,13 +469,19 @@ def main(argv: list[str] | None = None) -> None:
         "sentiment_base": cold_start(store, "sentiment_base", ("Lovely staff".encode(), "text/plain"), plan.cold_starts),
         "respiratory": cold_start(store, "respiratory", (recordings(1)[0], "audio/wav"), plan.cold_starts),
     }
+    log("reliability")
+    result["reliability"] = reliability_bench(plan, log)
     result["seconds"] = time.perf_counter() - started
+    _write(result, args)
+
+
+def _write(result: dict, args) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    log(f"wrote {args.out} in {result['seconds'] / 60:.1f} min")
+    log(f"wrote {args.out} ({result['seconds'] / 60:.1f} min for the whole run)")
     from bench.report import write_report
 
-    if args.quick:  # a smoke run never replaces the published report
+    if result["plan"]["quick"]:  # a smoke run never replaces the published report
         print(write_report(result, BENCH_DIR / "BENCHMARKS-quick.md", BENCH_DIR / "throughput-quick.png"))
     else:
         print(write_report(result))

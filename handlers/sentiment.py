@@ -1,9 +1,11 @@
 """RoBERTa sentiment: the model core, free of any serving runtime.
 
-`parse_request` turns one request into texts (or raises RequestError), then
-`preprocess` -> `forward` -> `postprocess` run a whole batch of parsed requests
-at once. The TorchServe and SageMaker adapters, the tests and the benchmarks all
-call these same functions.
+`parse_request` turns one request into tokenised texts (or raises RequestError,
+so every cap, the token cap included, is checked before any model work); then
+`preprocess` sorts a handler call's texts into length-sorted micro-batches under
+a padded-token budget, `forward` runs one micro-batch and `postprocess` splits
+the rows back into one answer per request. The TorchServe and SageMaker
+adapters, the tests and the benchmarks all call these same functions.
 """
 
 from __future__ import annotations
