@@ -45,3 +45,19 @@ def logged_batches(server: LocalTorchServe) -> list[tuple[int, int]]:
 
     log = (server.run_dir / "logs" / "model_log.log").read_text()
     return [(int(n), int(r)) for n, r in re.findall(r"batch of (\d+) requests, (\d+) rejected", log)]
+
+
+def send_together(jobs: list, send) -> list:
+    """send(job) for every job at the same moment (one thread each, released by a barrier), so that
+    TorchServe batches them together; the responses come back in job order."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate = threading.Barrier(len(jobs))
+
+    def released(job):
+        gate.wait()
+        return send(job)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(released, jobs))

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
@@ -25,7 +23,7 @@ import sentiment
 from bench.mixed import derive_max_tokens, kill_worker_under_load, mixed_load
 from marport.build import extract_archive
 from marport.server import read_properties, CONFIG
-from tests.conftest import built_archive, running_torchserve, worker_pids
+from tests.conftest import built_archive, send_together, running_torchserve, worker_pids
 from tests.hostile import GOOD_TEXT, respiratory_cases, sentiment_cases, strict_json
 from tests.test_hostile_inputs import GOOD, close
 
@@ -93,14 +91,7 @@ def test_hostile_corpus_in_batches_of_good_requests(server, tmp_path):
     alone = {m: post(server, m, *GOOD[m]).json() for m in GOOD}
     jobs = [(m, c.body, c.headers, c) for m, c in corpus] + [(m, *GOOD[m], None) for m in GOOD for _ in range(12)]
     jobs = jobs * 2  # twice over, shuffled by the barrier: hostile and good requests share batches
-    gate = threading.Barrier(len(jobs))
-
-    def send(job):
-        gate.wait()
-        return post(server, job[0], job[1], job[2])
-
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        responses = list(pool.map(send, jobs))
+    responses = send_together(jobs, lambda job: post(server, job[0], job[1], job[2]))
     for (model, _, _, case), response in zip(jobs, responses):
         answer = strict_json(response.text)
         if case is None:

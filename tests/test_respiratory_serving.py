@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import respiratory
 from serving_common import Request
 from tests.audio_helpers import cough_like, encode, npy_bytes, pickle_canary_npy, tone
 from marport.build import extract_archive
-from tests.conftest import built_archive, logged_batches, running_torchserve, worker_pids
+from tests.conftest import built_archive, send_together, logged_batches, running_torchserve, worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -106,14 +104,7 @@ def test_mixed_batch_with_bad_recordings_and_no_unpickling(server, reference, tm
     ]
     good = [(b, ct, h, 200, name) for name, (b, ct, h) in GOOD.items()]
     jobs = (good + bad) * 2
-    gate = threading.Barrier(len(jobs))
-
-    def send(job):
-        gate.wait()
-        return post(server, job[0], job[1], job[2])
-
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        responses = list(pool.map(send, jobs))
+    responses = send_together(jobs, lambda job: post(server, job[0], job[1], job[2]))
     for (_, _, _, status, name), response in zip(jobs, responses):
         assert response.status_code == status, (name, response.text)
         if status == 200:

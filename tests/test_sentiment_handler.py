@@ -11,6 +11,7 @@ from ts.context import Context, RequestProcessor
 from sentiment_handler import SentimentHandler
 from marport.build import extract_archive
 from tests.conftest import built_archive
+from tests.hostile import strict_json
 
 
 def ts_context(model_dir, rows_headers):
@@ -37,15 +38,6 @@ def run_batch(handler, rows):
     answers = handler.handle([{"body": body} for body, _ in rows], context)
     statuses = [context.get_response_status(i)[0] or 200 for i in range(len(rows))]
     return [strict_json(a) for a in answers], statuses
-
-
-def strict_json(text: str):
-    """Parse an answer the way a strict client would: NaN or Infinity is an error."""
-    def refuse(name):
-        raise ValueError(f"{name} is not JSON")
-
-    assert isinstance(text, str), f"the handler returned {type(text).__name__}, not serialised JSON"
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_initialize_sets_threads_from_model_config(handler):
