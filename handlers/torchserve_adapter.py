@@ -31,9 +31,16 @@ def to_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> Request:
     headers = _lower_keys(headers)
     name = next((f for f in BODY_FIELDS if row.get(f) is not None), None)
     if name is None:
-        # A multipart upload under some other field name: take its one binary part.
+        # A multipart upload under some other field name: take its one file part. Raw
+        # bodies are bytes whatever the part, so plain form fields (no type, or text/*)
+        # are told apart by their part's content type.
+        def part_type_of(key):
+            part = headers.get(str(key).lower())
+            return (part.get("content-type") or "") if isinstance(part, Mapping) else ""
+
         binary = [k for k, v in row.items() if isinstance(v, (bytes, bytearray))]
-        name = binary[0] if len(binary) == 1 else None
+        files = [k for k in binary if part_type_of(k) and not part_type_of(k).startswith("text/")]
+        name = files[0] if len(files) == 1 else (binary[0] if len(binary) == 1 else None)
     body = row.get(name) if name else None
     part = headers.get(name.lower()) if name else None
     part_type = (part.get("content-type") or "") if isinstance(part, Mapping) else ""

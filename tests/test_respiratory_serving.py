@@ -81,6 +81,15 @@ def test_multipart_upload(server, reference):
     )
     assert got.status_code == 200, got.text
     assert_matches(got.json(), reference["flac-16k"])
+    # Any file field name, with the .npy's rate as a plain form field beside it.
+    npy, _, _ = GOOD["npy-8k"]
+    named = requests.post(
+        f"{server.inference_url}/predictions/respiratory",
+        files={"recording": ("cough.npy", npy, "application/x-npy")}, data={"sample_rate": "8000"},
+        headers=server.headers(), timeout=120,
+    )
+    assert named.status_code == 200, named.text
+    assert_matches(named.json(), reference["npy-8k"])
 
 
 def test_silence_is_answered_and_flagged(server):
