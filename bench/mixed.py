@@ -64,9 +64,11 @@ class MixResult:
         }
 
 
-def _strict(text: str):
+def strict_json(text: str):
+    """Parse an answer as a strict client would: NaN or Infinity is an error (ValueError)."""
+
     def refuse(name):
-        raise ValueError(name)
+        raise ValueError(f"{name} is not JSON")
 
     return json.loads(text, parse_constant=refuse)
 
@@ -79,7 +81,7 @@ def _send(session, url, body, headers, kind, timeout) -> Reply:
         return Reply(kind, 0, (time.perf_counter() - started) * 1000, False)
     latency = (time.perf_counter() - started) * 1000
     try:
-        doc = _strict(got.text)
+        doc = strict_json(got.text)
     except ValueError:
         return Reply(kind, got.status_code, latency, False)
     error = doc.get("type") if isinstance(doc, dict) and got.status_code != 200 else None

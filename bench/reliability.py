@@ -18,10 +18,9 @@ import torch
 import yaml
 
 from bench.mixed import TIMEOUT_SHARE, derive_max_tokens, kill_worker_under_load, mixed_load, worker_pids
-from bench.workloads import BENCH_DIR, realsize_checkpoint, short_texts
+from bench.workloads import BENCH_DIR, LONG_TEXT, realsize_checkpoint, short_texts
 from marport.build import build, model_config_path
 
-LONG_TEXT = ("The room was clean, the staff were kind and breakfast was generous. " * 80)[:5000]
 
 
 def shipped_config() -> dict:

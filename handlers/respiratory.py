@@ -205,6 +205,12 @@ def decode_audio_file(data: bytes, model: RespiratoryModel) -> tuple[np.ndarray,
     return samples, rate
 
 
+def _pickled() -> RequestError:
+    return RequestError(
+        "the .npy holds Python objects (a pickle); only numeric arrays are accepted", kind="pickled_array"
+    )
+
+
 def _npy_header(data: bytes) -> tuple[tuple, np.dtype, bool, int]:
     """Shape, dtype, order and data offset from a .npy header, read without touching the data.
 
@@ -224,9 +230,7 @@ def _npy_header(data: bytes) -> tuple[tuple, np.dtype, bool, int]:
     except Exception as exc:  # numpy raises several types for a damaged header
         message = str(exc)
         if "allow_pickle" in message or "Object arrays" in message:
-            raise RequestError(
-                "the .npy holds Python objects (a pickle); only numeric arrays are accepted", kind="pickled_array"
-            ) from None
+            raise _pickled() from None
         raise RequestError(f"body is not a valid .npy array: {message}", kind="invalid_npy") from None
     return shape, dtype, fortran, stream.tell()
 
@@ -235,9 +239,7 @@ def decode_npy(data: bytes, rate: Any, model: RespiratoryModel) -> tuple[np.ndar
     """A .npy float array, never unpickled; the sample rate comes with the request."""
     shape, dtype, fortran, offset = _npy_header(data)
     if dtype.hasobject:
-        raise RequestError(
-            "the .npy holds Python objects (a pickle); only numeric arrays are accepted", kind="pickled_array"
-        )
+        raise _pickled()
     if dtype.names or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
         raise RequestError(f"the .npy has dtype {dtype}; send float or integer samples", kind="invalid_npy")
     if len(shape) not in (1, 2):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import yaml
 
+from bench.mixed import strict_json as bench_strict_json
+
 from tests.audio_helpers import cough_like, encode, npy_bytes, pickle_canary_npy
 
 GOOD_TEXT = "The staff were friendly and the room was spotless"
@@ -127,12 +129,8 @@ def respiratory_cases(canary_path: str) -> list[Case]:
 
 def strict_json(text):
     """Parse an answer as a strict client would: NaN or Infinity is an error."""
-
-    def refuse(name):
-        raise ValueError(f"{name} is not JSON")
-
     assert isinstance(text, str), f"the handler returned {type(text).__name__}, not serialised JSON"
-    return json.loads(text, parse_constant=refuse)
+    return bench_strict_json(text)
 
 
 @dataclass

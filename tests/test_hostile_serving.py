@@ -21,6 +21,7 @@ import yaml
 
 import sentiment
 from bench.mixed import derive_max_tokens, kill_worker_under_load, mixed_load
+from bench.workloads import LONG_TEXT
 from marport.build import extract_archive
 from marport.server import read_properties, CONFIG
 from tests.conftest import built_archive, send_together, running_torchserve, worker_pids
@@ -33,8 +34,6 @@ TIGHT = "sentiment_tight"
 TIGHT_TIMEOUT_S = 2
 TIGHT_BATCH = 8
 LIGHT_TEXTS = ["Lovely staff", "The soup was cold", "Open from nine", "Never again", "Great value for money"]
-# A text at max_chars that the tokenizer cuts at the model's 512 tokens: the costliest kind per token.
-LONG_TEXT = ("The room was clean, the staff were kind and breakfast was generous. " * 80)[:5000]
 
 
 def tight_caps(model_dir) -> dict:
