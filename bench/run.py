@@ -315,11 +315,11 @@ def summarise(runs) -> dict:
 def quantized_agreement(batch: int) -> dict:
     """Label agreement of the int8 demo model with fp32, over the project's held-out texts,
     in batches as served (int8 activation scales are computed per batch)."""
-    from marport.train_sentiment import read_corpus
+    from marport.sentiment_data import load_splits
 
     demo = MODEL_STORE / "sentiment.mar"
     model_dir = extract_archive(demo, BENCH_DIR / "demo-unpacked")
-    texts = [t for t, _ in read_corpus()["test"]]
+    texts = [e.text for e in load_splits()["test"]]
     fp32 = sentiment_answers(sentiment.load(str(model_dir)), texts, batch)
     int8 = sentiment_answers(sentiment.load(str(model_dir), {"quantize": True}), texts, batch)
     agree = sum(a["label"] == b["label"] for a, b in zip(fp32, int8))

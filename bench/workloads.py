@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from marport import BUILD_DIR
-from marport.train_sentiment import read_corpus
+from marport.sentiment_data import LABELS, load_splits
 
 BENCH_DIR = BUILD_DIR / "bench"
 
@@ -18,19 +18,19 @@ ROBERTA_BASE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num
 
 
 def realsize_checkpoint(out: Path = BENCH_DIR / "roberta-base-random") -> Path:
-    """A randomly initialised roberta-base classifier with the demo tokenizer.
+    """A randomly initialised roberta-base classifier with the demo model's tokenizer.
 
     Random weights do the same arithmetic as trained ones; no hub is reachable to
-    fetch the real checkpoint. The demo tokenizer's ids all fall inside the vocabulary.
+    fetch the real checkpoint. The demo tokenizer (a WordPiece vocabulary trained on
+    English Wikipedia and books) splits real text into as many tokens as a real
+    model's would, and its ids all fall inside roberta-base's vocabulary.
     """
-    if (out / "config.json").exists():
+    demo = BUILD_DIR / "sentiment" / "demo-checkpoint"
+    if (out / "config.json").exists() and _same_file(out / "tokenizer.json", demo / "tokenizer.json"):
         return out
     import torch
     from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
 
-    from marport.train_sentiment import LABELS
-
-    demo = BUILD_DIR / "sentiment" / "demo-checkpoint"
     tokenizer = AutoTokenizer.from_pretrained(demo)
     torch.manual_seed(0)
     config = RobertaConfig(**ROBERTA_BASE, num_labels=3, id2label=dict(enumerate(LABELS)),
@@ -41,6 +41,10 @@ def realsize_checkpoint(out: Path = BENCH_DIR / "roberta-base-random") -> Path:
     return out
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and a.read_bytes() == b.read_bytes()
+
+
 # A review at the sentiment cap of 5,000 characters, which RoBERTa's tokenizer cuts at 512 tokens:
 # the costliest text per token, used wherever a request sits at the caps.
 LONG_TEXT = ("The room was clean, the staff were kind and breakfast was generous. " * 80)[:5000]
@@ -49,15 +53,18 @@ LONG_TEXT = ("The room was clean, the staff were kind and breakfast was generous
 def short_texts(n: int, seed: int = 0) -> list[str]:
     """Product-review length: one or two corpus sentences, 10-40 tokens."""
     rng = random.Random(seed)
-    pool = [t for split in read_corpus().values() for t, _ in split]
-    return [" ".join(rng.sample(pool, rng.choice([1, 1, 2]))) for _ in range(n)]
+    return [" ".join(rng.sample(_pool(), rng.choice([1, 1, 2]))) for _ in range(n)]
 
 
 def long_texts(n: int, seed: int = 1, sentences: int = 18) -> list[str]:
     """About 256 tokens: a long review stitched from corpus sentences."""
     rng = random.Random(seed)
-    pool = [t for split in read_corpus().values() for t, _ in split]
-    return [" ".join(rng.sample(pool, sentences)) for _ in range(n)]
+    return [" ".join(rng.sample(_pool(), sentences)) for _ in range(n)]
+
+
+def _pool() -> list[str]:
+    """Every corpus sentence, in a fixed order (the split is by hash, so this order is stable)."""
+    return [e.text for rows in load_splits().values() for e in rows]
 
 
 def recordings(n: int, seconds: float = 10.0, rate: int = 48000, seed: int = 2) -> list[bytes]:

@@ -45,6 +45,7 @@ class AudioConfig:
     window_s: float = 20.0  # the CNN's window; shorter recordings are zero-padded
     hop_s: float = 10.0  # windows overlap on longer recordings
     threshold: float = 0.5  # decision threshold, chosen on a validation split
+    temperature: float = 1.0  # logits are divided by it: fitted on validation so probabilities are calibrated
     aggregate: str = "mean"  # how window probabilities combine: mean or max
 
     @property
@@ -355,7 +356,7 @@ def forward(model: RespiratoryModel, batch: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         for chunk in torch.split(batch, model.batch_windows):
             logits = model.net(chunk.to(model.device)).float()
-            out.append(torch.softmax(logits, dim=-1)[:, 1].cpu())
+            out.append(torch.softmax(logits / model.audio.temperature, dim=-1)[:, 1].cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 

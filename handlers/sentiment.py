@@ -80,6 +80,18 @@ class MicroBatch:
     padded_tokens: int
 
 
+def position_limit(config: Any) -> int:
+    """Tokens the position table can hold: a longer input would index past it.
+
+    RoBERTa-family models number positions from pad_token_id + 1 (2 for roberta-base,
+    whose 514-row table holds 512 tokens); BERT-style models from 0.
+    """
+    table = int(getattr(config, "max_position_embeddings", 512))
+    if "roberta" in str(getattr(config, "model_type", "")) or "camembert" in str(getattr(config, "model_type", "")):
+        return table - int(getattr(config, "pad_token_id", 1) or 0) - 1
+    return table
+
+
 def load(model_dir: str, settings: Mapping[str, Any] | None = None) -> SentimentModel:
     """Load any Hugging Face sequence-classification checkpoint saved with save_pretrained."""
     settings = settings or {}
@@ -91,11 +103,7 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None) -> Sentiment
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     id2label = model.config.id2label
     labels = [str(id2label[i]).lower() for i in range(len(id2label))]
-    # Positions past the model's embedding table would index out of range.
-    limit = min(
-        int(tokenizer.model_max_length or 512),
-        int(getattr(model.config, "max_position_embeddings", 514)) - 2,
-    )
+    limit = min(int(tokenizer.model_max_length or 512), position_limit(model.config))
     limits = TextLimits.from_settings(settings)
     if limits.batch_tokens < limit:
         raise ValueError(f"batch_tokens ({limits.batch_tokens}) must hold one text of {limit} tokens")

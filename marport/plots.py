@@ -62,3 +62,19 @@ def label_distribution(answers: list[dict], out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def confusion_plot(matrix: list[list[int]], labels, out: Path, title: str) -> Path:
+    """Confusion matrix with counts and row-normalised colours (rows: truth, columns: answer)."""
+    counts = np.asarray(matrix)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), layout="constrained")
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, f"{n}\n{share[i, j]:.0%}", ha="center", va="center",
+                color="white" if share[i, j] > 0.5 else "black", fontsize=9)
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
+           xlabel="answer", ylabel="truth", title=f"{title} ({counts.sum()} sentences)")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

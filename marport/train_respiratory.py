@@ -174,6 +174,43 @@ def scores(model, recordings) -> np.ndarray:
     return np.array(out)
 
 
+def window_logits(model, recordings) -> list[np.ndarray]:
+    """Per recording, the CNN's raw logit margin (unhealthy minus healthy) for each window."""
+    out = []
+    with torch.inference_mode():
+        for recording in recordings:
+            batch, _ = respiratory.preprocess(model, [recording])
+            logits = model.net(batch).float()
+            out.append((logits[:, 1] - logits[:, 0]).numpy().astype(np.float64))
+    return out
+
+
+def aggregate_probs(margins: list[np.ndarray], temperature: float, aggregate: str) -> np.ndarray:
+    """What the served model answers at this temperature: softmax(logits / T), combined over windows."""
+    reduce = np.max if aggregate == "max" else np.mean
+    return np.array([reduce(1.0 / (1.0 + np.exp(-m / temperature))) for m in margins])
+
+
+def fit_temperature(margins: list[np.ndarray], labels: np.ndarray, aggregate: str) -> float:
+    """Temperature scaling (Guo et al. 2017): the one T that minimises validation log loss.
+
+    Oversampled, confidently-fitted CNNs squeeze probabilities towards 0 and 1; one
+    scalar fixes that without changing which windows score higher.
+    """
+    from scipy.optimize import minimize_scalar
+    from sklearn.metrics import log_loss
+
+    if len(set(labels)) < 2:
+        return 1.0
+
+    def loss(log_t: float) -> float:
+        probs = np.clip(aggregate_probs(margins, float(np.exp(log_t)), aggregate), 1e-7, 1 - 1e-7)
+        return log_loss(labels, probs, labels=[0, 1])
+
+    best = minimize_scalar(loss, bounds=(np.log(0.05), np.log(100.0)), method="bounded")
+    return float(np.exp(best.x))
+
+
 def threshold_for_sensitivity(labels: np.ndarray, probs: np.ndarray, target: float) -> float:
     """The highest threshold whose validation sensitivity reaches the target."""
     from sklearn.metrics import roc_curve
@@ -186,7 +223,9 @@ def threshold_for_sensitivity(labels: np.ndarray, probs: np.ndarray, target: flo
 
 
 def evaluate(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
-    from sklearn.metrics import confusion_matrix, f1_score, fbeta_score, precision_score, recall_score, roc_auc_score
+    from sklearn.metrics import (
+        brier_score_loss, confusion_matrix, f1_score, fbeta_score, precision_score, recall_score, roc_auc_score,
+    )
 
     predicted = (probs >= threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
@@ -199,20 +238,22 @@ def evaluate(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
         "f1": float(f1_score(labels, predicted, zero_division=0)),
         "f2": float(fbeta_score(labels, predicted, beta=2, zero_division=0)),
         "threshold": threshold,
+        # Mean squared error of the probability: 0 is perfect, 0.25 is a constant 0.5.
+        "brier": float(brier_score_loss(labels, probs, pos_label=1)) if both else None,
         "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
         "n": int(len(labels)),
         "positives": int(labels.sum()),
     }
 
 
-def plot(labels: np.ndarray, probs: np.ndarray, metrics: dict, path: Path) -> None:
+def plot(labels: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, uncalibrated: np.ndarray | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-    fig, (roc_ax, cm_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, (roc_ax, cm_ax, rel_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
     if len(set(labels)) == 2:
         RocCurveDisplay.from_predictions(labels, probs, ax=roc_ax, name="test split")
     roc_ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
@@ -222,9 +263,27 @@ def plot(labels: np.ndarray, probs: np.ndarray, metrics: dict, path: Path) -> No
         display_labels=list(respiratory.LABELS), ax=cm_ax, colorbar=False,
     )
     cm_ax.set_title(f"threshold {metrics['threshold']:.3f}")
+    reliability(labels, probs, rel_ax, "calibrated", uncalibrated)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def reliability(labels: np.ndarray, probs: np.ndarray, ax, name: str, before: np.ndarray | None = None) -> None:
+    """Reliability diagram: mean predicted probability against the observed rate, per bin."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss
+
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated")
+    bins = max(2, min(10, len(labels) // 5))
+    for values, label, style in ((before, "before scaling", "o:"), (probs, name, "s-")):
+        if values is None or len(set(labels)) < 2:
+            continue
+        observed, predicted = calibration_curve(labels, values, n_bins=bins, strategy="quantile")
+        ax.plot(predicted, observed, style, label=f"{label} (Brier {brier_score_loss(labels, values):.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed unhealthy rate",
+           title="reliability (test split)")
+    ax.legend(loc="upper left", fontsize=8)
 
 
 def train(examples: list[Example], out: Path, options: TrainOptions = None) -> dict:
@@ -243,12 +302,21 @@ def train(examples: list[Example], out: Path, options: TrainOptions = None) -> d
     def labels_of(split):
         return np.array([e.label for e in loaded[split][0]])
 
+    # Calibrate first, then pick the threshold on the calibrated validation probabilities.
+    val_margins = window_logits(model, loaded["validation"][1])
+    model.audio.temperature = fit_temperature(val_margins, labels_of("validation"), model.audio.aggregate)
     val_probs = scores(model, loaded["validation"][1])
     model.audio.threshold = threshold_for_sensitivity(labels_of("validation"), val_probs, options.target_sensitivity)
     test_probs = scores(model, loaded["test"][1])
+    raw_test = aggregate_probs(window_logits(model, loaded["test"][1]), 1.0, model.audio.aggregate)
     metrics = {
         "test": evaluate(labels_of("test"), test_probs, model.audio.threshold),
         "validation": evaluate(labels_of("validation"), val_probs, model.audio.threshold),
+        "calibration": {
+            "temperature": model.audio.temperature,
+            "fitted_on": "validation split (log loss)",
+            "test_brier_before": evaluate(labels_of("test"), raw_test, model.audio.threshold)["brier"],
+        },
         "target_sensitivity": options.target_sensitivity,
         "participants": {k: len({e.participant for e in v[0]}) for k, v in loaded.items()},
         "epochs": options.epochs,
@@ -256,7 +324,7 @@ def train(examples: list[Example], out: Path, options: TrainOptions = None) -> d
     }
     respiratory.save_checkpoint(str(out), model.net, model.audio)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plot(labels_of("test"), test_probs, metrics["test"], out / "evaluation.png")
+    plot(labels_of("test"), test_probs, metrics["test"], out / "evaluation.png", uncalibrated=raw_test)
     return metrics
 
 
@@ -272,7 +340,9 @@ def build_default(out: Path, participants: int = 80, epochs: int = TrainOptions.
 def report(metrics: dict, out: Path) -> None:
     t = metrics["test"]
     print(f"test split ({t['n']} recordings): AUC {t['roc_auc']:.3f}, sensitivity {t['sensitivity']:.3f}, "
-          f"specificity {t['specificity']:.3f}, F2 {t['f2']:.3f} at threshold {t['threshold']:.3f}")
+          f"specificity {t['specificity']:.3f}, F2 {t['f2']:.3f} at threshold {t['threshold']:.3f}; "
+          f"Brier {t['brier']:.3f} after temperature {metrics['calibration']['temperature']:.2f} "
+          f"({metrics['calibration']['test_brier_before']:.3f} before)")
     print(f"checkpoint, metrics.json and evaluation.png in {out}")
 
 
