@@ -29,6 +29,8 @@ setup(
         "pyyaml>=6",  # TorchServe imports it without declaring it
         "transformers>=5,<6",
         "tokenizers>=0.20",
+        "onnxruntime>=1.20",  # handler.precision: int8 (dynamic int8 through ONNX Runtime)
+        "onnx>=1.16",  # exporting and quantising that graph
         "safetensors>=0.4",
         "numpy>=1.26",
         "soundfile>=0.12",

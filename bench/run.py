@@ -45,6 +45,7 @@ LAYOUTS = tuple(sorted({(1, CORES), (CORES, 1)}))
 RESPIRATORY_DELAY_MS = 5  # maxBatchDelay for the respiratory runs
 SWEEP_NOISE = 0.10  # run-to-run spread of one sweep point on a shared 2-core machine
 SCORE_TOLERANCE = 1e-4  # served vs in-process probabilities (padding differs by batch)
+FP32_REFERENCE = {"precision": "fp32", "min_padding_efficiency": 0.0}  # the eager fp32 path, padded per batch
 
 
 @dataclass
@@ -169,6 +170,9 @@ def sentiment_bench(plan: Plan) -> dict:
     mar = build("sentiment", checkpoint=realsize_checkpoint(), export_dir=BENCH_DIR / "mar", name=name)
     store = BENCH_DIR / "store"
     model_dir = unpacked(mar, store, name)
+    # This step is the fp32 eager reference (the precision step compares the rest with it):
+    # pinned in the archive's yaml, which the in-process ceiling reads too.
+    configure(model_dir, 1, CORES, 8, 2, **FP32_REFERENCE)
     short, long = short_texts(plan.short), long_texts(plan.long)
     text = lambda t: (t.encode(), "text/plain")  # noqa: E731
 
@@ -190,7 +194,7 @@ def sentiment_bench(plan: Plan) -> dict:
     log(f"sweep over {len(plan.sweep)} settings at concurrency 32, short texts")
     sweep = []
     for workers, threads, batch, delay in plan.sweep:
-        configure(model_dir, workers, threads, batch, delay, quantize=False)
+        configure(model_dir, workers, threads, batch, delay, **FP32_REFERENCE)
         with server_for(store).serving([name]) as server:
             warm_up(url(server), server, text(short[0]))
             run = closed_loop(url(server), [text(t) for t in short], 32, server.headers())
@@ -208,7 +212,7 @@ def sentiment_bench(plan: Plan) -> dict:
     log(f"best settings {settings}")
 
     configure(model_dir, settings["workers"], settings["threads"], settings["batchSize"],
-              settings["maxBatchDelay"], quantize=False)
+              settings["maxBatchDelay"], **FP32_REFERENCE)
     served, checks = {}, {}
     with server_for(store).serving([name]) as server, WorkerMemory() as memory:
         warm_up(url(server), server, text(short[0]))
@@ -230,7 +234,7 @@ def sentiment_bench(plan: Plan) -> dict:
     # Fewer, wider workers answer a lone request faster; measure that trade too.
     latency = {"workers": 1, "threads": CORES, "batchSize": settings["batchSize"], "maxBatchDelay": 2}
     configure(model_dir, latency["workers"], latency["threads"], latency["batchSize"], latency["maxBatchDelay"],
-              quantize=False)
+              **FP32_REFERENCE)
     with server_for(store).serving([name]) as server:
         warm_up(url(server), server, text(short[0]))
         latency_runs, latency_forward = lone_requests(model, url(server), server, lone, CORES, plan.reps)
@@ -238,15 +242,6 @@ def sentiment_bench(plan: Plan) -> dict:
     del model
     log(f"  latency settings {latency}, c1: {latency_c1}")
 
-    log("int8 dynamic quantization, same settings")
-    q_reference = sentiment_answers(sentiment.load(str(model_dir), {"quantize": True}), short, settings["batchSize"])
-    configure(model_dir, settings["workers"], settings["threads"], settings["batchSize"],
-              settings["maxBatchDelay"], quantize=True)
-    with server_for(store).serving([name]) as server:
-        warm_up(url(server), server, text(short[0]))
-        q_runs = [closed_loop(url(server), [text(t) for t in short], 32, server.headers()) for _ in range(plan.reps)]
-        checks["quantized_short_c32"] = compare(q_runs[0].answers, q_reference, "scores", tolerance=None)
-    q_served = summarise(q_runs)
     long_served = summarise(long_runs)
     c32 = served.get(32) or served[max(served)]
     return {
@@ -267,8 +262,6 @@ def sentiment_bench(plan: Plan) -> dict:
         "long": {"inprocess_texts_per_s": long_ceiling, "served_c32": long_served,
                  "served_over_inprocess": long_served["throughput"] / long_ceiling},
         "peak_worker_rss_mb": rss,
-        "quantized_served_c32": q_served,
-        "quantized_speedup": q_served["throughput"] / c32["throughput"],
         "checks": checks,
     }
 
@@ -310,20 +303,6 @@ def summarise(runs) -> dict:
     summaries = [r.summary() for r in runs]
     return {k: (median([s[k] for s in summaries]) if isinstance(summaries[0][k], float) else summaries[0][k])
             for k in summaries[0]} | {"errors": sum(s["errors"] for s in summaries), "repetitions": len(runs)}
-
-
-def quantized_agreement(batch: int) -> dict:
-    """Label agreement of the int8 demo model with fp32, over the project's held-out texts,
-    in batches as served (int8 activation scales are computed per batch)."""
-    from marport.sentiment_data import load_splits
-
-    demo = MODEL_STORE / "sentiment.mar"
-    model_dir = extract_archive(demo, BENCH_DIR / "demo-unpacked")
-    texts = [e.text for e in load_splits()["test"]]
-    fp32 = sentiment_answers(sentiment.load(str(model_dir)), texts, batch)
-    int8 = sentiment_answers(sentiment.load(str(model_dir), {"quantize": True}), texts, batch)
-    agree = sum(a["label"] == b["label"] for a, b in zip(fp32, int8))
-    return {"label_agreement": agree / len(texts), "texts": len(texts), "batch": batch}
 
 
 # --------------------------------------------------------------------------- respiratory
@@ -443,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Benchmark served models against their in-process ceiling.")
     parser.add_argument("--quick", action="store_true", help="small counts, one repetition: checks the harness")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--only", choices=["reliability"],
+    parser.add_argument("--only", choices=["reliability", "precision"],
                         help="run one step and merge it into the existing results (e.g. after changing the caps)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
@@ -452,19 +431,21 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.only:
         result = json.loads(args.out.read_text())
-        result["reliability"] = reliability_bench(plan, log)
-        result["machine"]["reliability_commit"] = machine()["commit"]
+        if args.only == "reliability":
+            result["reliability"] = reliability_bench(plan, log)
+        else:
+            result["precision"] = precision_step(plan, result["sentiment"]["settings"])
+        result["machine"][f"{args.only}_commit"] = machine()["commit"]
         return _write(result, args)
     result = {"machine": machine(), "plan": {"reps": plan.reps, "short_texts": plan.short, "long_texts": plan.long,
                                               "recordings": plan.recordings, "quick": args.quick}}
     result["sentiment"] = sentiment_bench(plan)
-    result["quantized"] = {"speedup": result["sentiment"]["quantized_speedup"],
-                           **quantized_agreement(result["sentiment"]["settings"]["batchSize"])}
+    result["precision"] = precision_step(plan, result["sentiment"]["settings"])
     log("respiratory")
     result["respiratory"] = respiratory_bench(plan)
     log("cold starts")
     store = BENCH_DIR / "store"
-    configure(store / "sentiment_base", **{"workers": 1, "threads": CORES, "batch": 8, "delay": 5}, quantize=False)
+    configure(store / "sentiment_base", **{"workers": 1, "threads": CORES, "batch": 8, "delay": 5}, **FP32_REFERENCE)
     result["cold_start_s"] = {
         "sentiment_base": cold_start(store, "sentiment_base", ("Lovely staff".encode(), "text/plain"), plan.cold_starts),
         "respiratory": cold_start(store, "respiratory", (recordings(1)[0], "audio/wav"), plan.cold_starts),
@@ -473,6 +454,15 @@ def main(argv: list[str] | None = None) -> None:
     result["reliability"] = reliability_bench(plan, log)
     result["seconds"] = time.perf_counter() - started
     _write(result, args)
+
+
+def precision_step(plan: Plan, settings: dict) -> dict:
+    import sys
+
+    from bench.precision import precision_bench
+
+    log("precision, padding and compilation")
+    return precision_bench(plan, log, sys.modules[__name__], settings)
 
 
 def _write(result: dict, args) -> None:

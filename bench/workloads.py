@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 
@@ -53,18 +54,21 @@ LONG_TEXT = ("The room was clean, the staff were kind and breakfast was generous
 def short_texts(n: int, seed: int = 0) -> list[str]:
     """Product-review length: one or two corpus sentences, 10-40 tokens."""
     rng = random.Random(seed)
-    return [" ".join(rng.sample(_pool(), rng.choice([1, 1, 2]))) for _ in range(n)]
+    pool = _pool()
+    return [" ".join(rng.sample(pool, rng.choice([1, 1, 2]))) for _ in range(n)]
 
 
 def long_texts(n: int, seed: int = 1, sentences: int = 18) -> list[str]:
     """About 256 tokens: a long review stitched from corpus sentences."""
     rng = random.Random(seed)
-    return [" ".join(rng.sample(_pool(), sentences)) for _ in range(n)]
+    pool = _pool()
+    return [" ".join(rng.sample(pool, sentences)) for _ in range(n)]
 
 
-def _pool() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _pool() -> tuple[str, ...]:
     """Every corpus sentence, in a fixed order (the split is by hash, so this order is stable)."""
-    return [e.text for rows in load_splits().values() for e in rows]
+    return tuple(e.text for rows in load_splits().values() for e in rows)
 
 
 def recordings(n: int, seconds: float = 10.0, rate: int = 48000, seed: int = 2) -> list[bytes]:

@@ -22,7 +22,8 @@ import soxr
 import torch
 from torch import nn
 
-from serving_common import Request, RequestError, as_bytes, check_body_size, checkpoint_dir
+from placement import Placement, place
+from serving_common import Request, RequestError, as_bytes, check_body_size, checkpoint_dir, read_settings
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -59,6 +60,10 @@ class AudioConfig:
     @property
     def hop_samples(self) -> int:
         return max(1, int(round(self.hop_s * self.model_rate)))
+
+
+# bf16 measured no faster than fp32 for this CNN on the reference CPU (BENCHMARKS.md), so fp32 unless asked.
+DEFAULT_PRECISION = "fp32"
 
 
 class RespiratoryCNN(nn.Module):
@@ -109,6 +114,10 @@ class RespiratoryModel:
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
 
 @dataclass
 class Recording:
@@ -132,11 +141,24 @@ def save_checkpoint(path: str, net: RespiratoryCNN, audio: AudioConfig) -> None:
         json.dump(config, fh, indent=2)
 
 
-def load(model_dir: str, settings: Mapping[str, Any] | None = None) -> RespiratoryModel:
+def fold_batchnorm(net: RespiratoryCNN) -> nn.Module:
+    """Each Conv1d+BatchNorm1d pair as one Conv1d (eval mode: the same function, one pass less)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for block in net.features:
+        conv, norm = block[0], block[1]
+        block[0], block[1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
+    return net
+
+
+def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: Placement | None = None) -> RespiratoryModel:
     """Weights from safetensors (no unpickling); audio settings from config.json."""
     from safetensors.torch import load_file
 
-    settings = settings or {}
+    settings = read_settings(model_dir, None) if settings is None else settings  # default: the archive's own
+    placement = placement or place(None, settings, DEFAULT_PRECISION)
+    if placement.precision == "int8":
+        raise ValueError("the respiratory CNN has no int8 path; use precision fp32, bf16 or auto")
     path = checkpoint_dir(model_dir)
     with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as fh:
         stored = json.load(fh)
@@ -148,6 +170,9 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None) -> Respirato
     net = RespiratoryCNN()
     net.load_state_dict(load_file(os.path.join(path, WEIGHTS_FILE)))
     net.eval()
+    if str(settings.get("fold_batchnorm", "true")).lower() in ("1", "true", "yes", "on"):
+        net = fold_batchnorm(net)
+    net.to(device=placement.device, dtype=placement.dtype)
     limits = {k: type(getattr(RespiratoryModel, k))(settings[k]) for k in LIMITS if k in settings}
     return RespiratoryModel(net=net, audio=audio, **limits)
 
@@ -300,6 +325,11 @@ def prepare(samples: np.ndarray, rate: int, audio: AudioConfig) -> Recording:
         samples = (samples / source_peak).astype(np.float32)
     waveform = to_model_rate(samples, rate, audio)
     duration = samples.shape[0] / rate
+    if waveform.size == 0:  # a few samples at a high rate: nothing left at the CNN's rate
+        raise RequestError(
+            f"the recording lasts {duration * 1000:.2f} ms: shorter than one sample at the model's "
+            f"{audio.model_rate} Hz", kind="empty_audio",
+        )
     flags = []
     peak = float(np.abs(waveform).max()) if waveform.size else 0.0
     if peak < SILENCE_PEAK:
@@ -355,7 +385,7 @@ def forward(model: RespiratoryModel, batch: torch.Tensor) -> torch.Tensor:
     out = []
     with torch.inference_mode():
         for chunk in torch.split(batch, model.batch_windows):
-            logits = model.net(chunk.to(model.device)).float()
+            logits = model.net(chunk.to(device=model.device, dtype=model.dtype)).float()
             out.append(torch.softmax(logits / model.audio.temperature, dim=-1)[:, 1].cpu())
     return torch.cat(out) if out else torch.empty(0)
 

@@ -57,14 +57,17 @@ def _keep_bodies_raw() -> None:
     content_types.UTF8_TYPES[:] = []
 
 
-def model_fn(model_dir: str) -> Served:
+def model_fn(model_dir: str, context=None) -> Served:
+    """The toolkit passes its TorchServe context, whose gpu_id says which GPU this worker owns."""
     _keep_bodies_raw()
     core = _core_of(model_dir)
+    from placement import place
     from serving_common import configure_threads, read_settings
 
     settings = read_settings(model_dir, None)
     configure_threads(settings)
-    return Served(core=core, model=core.load(model_dir, settings))
+    properties = getattr(context, "system_properties", None) or {}
+    return Served(core=core, model=core.load(model_dir, settings, place(properties.get("gpu_id"), settings, core.DEFAULT_PRECISION)))
 
 
 def transform_fn(served: Served, data: Any, content_type: str, accept: str, context=None):

@@ -48,11 +48,14 @@ class RequestError(Exception):
 class ModelCore(Protocol):
     """What a model core module (sentiment.py, respiratory.py) provides to the runtime adapters.
 
+    `load` puts the model where `placement` (placement.Placement: device and precision) says;
     `parse_request` does all per-request validation and refuses with RequestError;
     `predict` runs already-parsed requests together and answers each in order.
     """
 
-    def load(self, model_dir: str, settings: Mapping[str, Any] | None = None) -> Any: ...
+    DEFAULT_PRECISION: str  # what handler.precision means when model-config.yaml leaves it out
+
+    def load(self, model_dir: str, settings: Mapping[str, Any] | None = None, placement: Any = None) -> Any: ...
 
     def parse_request(self, request: "Request", model: Any) -> Any: ...
 

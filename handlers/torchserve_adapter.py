@@ -13,6 +13,7 @@ import time
 from typing import Any, Mapping
 
 from isolation import answer_batch
+from placement import place
 from serving_common import JSON_TYPE, Request, check_accept, configure_threads, read_settings
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,11 @@ class CoreHandler:
         settings = read_settings(model_dir, getattr(context, "model_yaml_config", None))
         threads = configure_threads(settings)
         started = time.perf_counter()
-        self.model = self.core.load(model_dir, settings)
-        log.info("%s loaded in %.2fs with %d torch threads", self.core.__name__, time.perf_counter() - started, threads)
+        # TorchServe gives a worker its GPU (from deviceType/deviceIds in model-config.yaml) as gpu_id.
+        placement = place(context.system_properties.get("gpu_id"), settings, self.core.DEFAULT_PRECISION)
+        self.model = self.core.load(model_dir, settings, placement)
+        log.info("%s loaded in %.2fs on %s with %d torch threads", self.core.__name__, time.perf_counter() - started,
+                 placement.describe(), threads)
         self.initialized = True
 
     def handle(self, data, context) -> list:

@@ -25,7 +25,7 @@ from marport import BUILD_DIR, HANDLERS_DIR, MODEL_STORE, __version__, use_handl
 use_handlers()
 from serving_common import CHECKPOINT_SUBDIR  # noqa: E402  (the handlers' own name for it)
 
-COMMON_MODULES = ("serving_common.py", "isolation.py", "torchserve_adapter.py")
+COMMON_MODULES = ("serving_common.py", "isolation.py", "placement.py", "torchserve_adapter.py")
 DEMO_CHECKPOINT = "demo-checkpoint"  # build/<model>/demo-checkpoint, as the Makefile builds it
 
 
@@ -46,14 +46,15 @@ class ArchiveSpec:
     entry: str  # the TorchServe --handler file
     core: str  # the model core module
     default_checkpoint: Callable[[Path], None]
+    extra_modules: tuple[str, ...] = ()  # other flat modules the core imports
 
     @property
     def modules(self) -> list[str]:
-        return [*COMMON_MODULES, self.core, self.entry]
+        return [*COMMON_MODULES, *self.extra_modules, self.core, self.entry]
 
 
 MODELS = {
-    "sentiment": ArchiveSpec("sentiment_handler.py", "sentiment.py", _default_sentiment),
+    "sentiment": ArchiveSpec("sentiment_handler.py", "sentiment.py", _default_sentiment, ("int8.py",)),
     "respiratory": ArchiveSpec("respiratory_handler.py", "respiratory.py", _default_respiratory),
 }
 
@@ -62,11 +63,13 @@ def model_config_path(model: str) -> Path:
     return HANDLERS_DIR / "config" / f"{model}.yaml"
 
 
-def stage(model: str, checkpoint: Path, workdir: Path) -> Path:
+def stage(model: str, checkpoint: Path, workdir: Path, precision: str | None = None) -> Path:
     """Lay out the archive's data: pack/checkpoint/ and model-config.yaml.
 
     torch-model-archiver copies the *contents* of a folder given as an extra file
     into the archive root, so the checkpoint goes one level down, in pack/.
+    `precision` replaces handler.precision in the packed model-config.yaml; an int8
+    sentiment archive gets its ONNX graph made here, once, instead of at every worker start.
     """
     staged = workdir / "stage"
     if staged.exists():
@@ -76,8 +79,28 @@ def stage(model: str, checkpoint: Path, workdir: Path) -> Path:
     for item in sorted(checkpoint.iterdir()):
         if item.is_file():
             shutil.copy2(item, target / item.name)
-    shutil.copy2(model_config_path(model), staged / "model-config.yaml")
+    config_text = model_config_path(model).read_text()
+    if precision:
+        config_text = _with_precision(config_text, precision)
+    (staged / "model-config.yaml").write_text(config_text)
+    import yaml
+
+    if (yaml.safe_load(config_text).get("handler") or {}).get("precision") == "int8":
+        from int8 import INT8_FILE, export_int8
+
+        print(f"      exporting the int8 ONNX graph ({INT8_FILE})", flush=True)
+        export_int8(str(target))
     return staged
+
+
+def _with_precision(config_text: str, precision: str) -> str:
+    """The yaml text with handler.precision set, its comments kept."""
+    import re
+
+    line = re.compile(r"^(\s+precision:\s*)\S+", re.MULTILINE)
+    if line.search(config_text):
+        return line.sub(lambda m: m.group(1) + precision, config_text, count=1)
+    return config_text.replace("handler:\n", f"handler:\n  precision: {precision}\n", 1)
 
 
 def archive(model: str, staged: Path, export_dir: Path, name: str) -> Path:
@@ -131,7 +154,7 @@ def extract_archive(mar: Path, dest: Path) -> Path:
 
 
 def build(model: str, checkpoint: Path | None = None, export_dir: Path = MODEL_STORE,
-          name: str | None = None) -> Path:
+          name: str | None = None, precision: str | None = None) -> Path:
     name = name or model
     workdir = BUILD_DIR / name
     started = time.perf_counter()
@@ -147,7 +170,7 @@ def build(model: str, checkpoint: Path | None = None, export_dir: Path = MODEL_S
     if not (checkpoint / "config.json").exists():
         raise SystemExit(f"{checkpoint} has no config.json: not a saved checkpoint folder")
     print("[2/3] staging checkpoint, handler modules and model-config.yaml", flush=True)
-    staged = stage(model, checkpoint, workdir)
+    staged = stage(model, checkpoint, workdir, precision)
     print(f"[3/3] archiving with torch-model-archiver into {export_dir}", flush=True)
     mar = archive(model, staged, export_dir, name)
     size_mb = mar.stat().st_size / 1e6
@@ -162,8 +185,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="a saved checkpoint folder to pack (default: the demo, trained if missing)")
     parser.add_argument("--export-path", type=Path, default=MODEL_STORE)
     parser.add_argument("--name", help="archive and model name (default: the model kind)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                        help="handler.precision to pack (default: the model's model-config.yaml)")
     args = parser.parse_args(argv)
-    build(args.model, args.checkpoint, args.export_path, args.name)
+    build(args.model, args.checkpoint, args.export_path, args.name, args.precision)
 
 
 if __name__ == "__main__":

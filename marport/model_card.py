@@ -101,7 +101,7 @@ Confusion matrix on the test split (rows are the truth; `confusion.png` beside t
 Everyday review sentences written for evaluation only (`everyday_eval.tsv`: phones, restaurants, films;
 {everyday["polar_size"]} positive/negative and {everyday["size"] - everyday["polar_size"]} plain statements):
 positive/negative accuracy **{_pct(everyday["polar_accuracy"])}** (neutral counted wrong), neutral recall
-{everyday["recall"]["neutral"]:.3f}.
+{everyday["recall"]["neutral"]:.3f}. We wrote these, as we wrote the extra training sentences: indicative only.
 
 ## Intended use
 A demo and a starting point: the model a new user talks to after `make serve`, and the model the tests and
@@ -111,6 +111,8 @@ benchmarks serve. Good for the polarity of short English opinions about products
 - English only, lower-cased input (capitals and emphasis carry no signal).
 - `neutral` is learned mostly from movie plot summaries plus about 60 sentences of our own: plain statements
   of fact get it, but questions, requests and mixed feelings are often pushed to a side.
+- Words split into pieces can mislead it: `spotless` is read as `spot` + `##less`, and "The room was spotless"
+  comes out negative.
 - Sarcasm, irony and domain jargon (finance, medicine) are not handled; long documents are judged on their first
   512 tokens.
 - It inherits whatever biases the pretrained sentence model and the review corpora carry; do not use it to make

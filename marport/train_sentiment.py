@@ -148,7 +148,7 @@ def train(out_dir: Path, settings: TrainSettings = TrainSettings(), data: dict |
         "test": evaluate(model, tokenizer, data["test"]),
         "everyday": evaluate(model, tokenizer, everyday_eval()),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _clear_previous(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -158,6 +158,19 @@ def train(out_dir: Path, settings: TrainSettings = TrainSettings(), data: dict |
     confusion_plot(metrics["test"]["confusion"], LABELS, out_dir / "confusion.png", title="held-out test split")
     write_sentiment_card(out_dir, metrics, data, model.config, model.num_parameters())
     return metrics
+
+
+# Files this trainer writes, or wrote in earlier versions (a byte-level BPE, training_metrics.json):
+# removed before saving, so a rebuilt checkpoint never carries a stale file into the archive.
+OWN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "vocab.json", "vocab.txt", "merges.txt", "metrics.json", "training_metrics.json", "confusion.png",
+             "MODEL_CARD.md")
+
+
+def _clear_previous(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in OWN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,8 @@ tokenizers>=0.20
 safetensors>=0.4
 soundfile>=0.12
 soxr>=0.3
+onnxruntime>=1.20
+onnx>=1.16
 """
 
 

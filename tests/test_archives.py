@@ -15,7 +15,7 @@ from tests.conftest import built_archive
 # Third-party modules the serving side may import: TorchServe's own, torch and what
 # code/requirements.txt installs in SageMaker's container.
 SERVING_DEPENDENCIES = {"torch", "numpy", "yaml", "ts", "sagemaker_inference", "transformers", "soundfile", "soxr",
-                        "safetensors"}
+                        "safetensors", "onnxruntime"}
 
 
 def imported_names(source: str) -> set[str]:
@@ -46,3 +46,13 @@ def test_container_requirements_cover_the_handlers_needs():
     listed = {line.split(">")[0].split("=")[0].split("<")[0].strip() for line in CONTAINER_REQUIREMENTS.splitlines()}
     # torch, numpy, yaml and the toolkit ship with SageMaker's PyTorch image.
     assert {"transformers", "soundfile", "soxr", "safetensors"} <= listed
+
+
+def test_every_serving_dependency_outside_the_container_is_in_code_requirements():
+    """SageMaker's PyTorch image has torch, numpy, yaml and the toolkit; the rest must be installed from the tarball."""
+    from sagemaker_deploy.package import CONTAINER_REQUIREMENTS
+
+    listed = {line.split(">")[0].split("=")[0].strip() for line in CONTAINER_REQUIREMENTS.splitlines() if line.strip()}
+    in_image = {"torch", "numpy", "yaml", "ts", "sagemaker_inference"}
+    assert SERVING_DEPENDENCIES - in_image <= listed | {"safetensors"} and "onnxruntime" in listed
+

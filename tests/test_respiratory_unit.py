@@ -141,8 +141,30 @@ def test_bad_recordings_raise_clear_errors(model, tmp_path, name, make, content_
 def test_checkpoint_round_trip_keeps_audio_settings(tmp_path, model):
     audio = respiratory.AudioConfig(window_s=4.0, hop_s=2.0, threshold=0.37)
     respiratory.save_checkpoint(str(tmp_path), model.net, audio)
-    loaded = respiratory.load(str(tmp_path), {"max_duration_s": 30})
+    loaded = respiratory.load(str(tmp_path), {"max_duration_s": 30, "fold_batchnorm": False})
     assert (loaded.audio.window_s, loaded.audio.threshold, loaded.audio.window_samples) == (4.0, 0.37, 6400)
-    assert loaded.max_duration_s == 30
+    assert loaded.max_duration_s == 30 and loaded.dtype == torch.float32
     for name, tensor in model.net.state_dict().items():
         assert torch.equal(tensor, loaded.net.state_dict()[name])
+
+
+def test_folded_batchnorm_computes_the_same_logits(tmp_path, model):
+    respiratory.save_checkpoint(str(tmp_path), model.net, respiratory.AudioConfig())
+    plain = respiratory.load(str(tmp_path), {"fold_batchnorm": False})
+    folded = respiratory.load(str(tmp_path), {"fold_batchnorm": True})
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.net.modules())
+    windows = torch.randn(3, 4000)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded.net(windows), plain.net(windows), atol=1e-4, rtol=1e-4)
+
+
+def test_a_recording_shorter_than_one_model_sample_is_refused(model):
+    """One sample at 384 kHz lasts 2.6 µs: nothing remains at 1600 Hz, so there is nothing to score."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([0.5], dtype=np.float32))
+    request = Request(body=buf.getvalue(), content_type="application/x-npy", headers={"x-sample-rate": "384000"})
+    with pytest.raises(RequestError) as caught:
+        respiratory.parse_request(request, model)
+    assert caught.value.kind == "empty_audio" and "shorter than one sample" in caught.value.message

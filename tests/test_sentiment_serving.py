@@ -37,12 +37,15 @@ def store(tmp_path_factory):
     shutil.copy2(built_archive("sentiment"), store / "sentiment.mar")
     ckpt = save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "mine")
     build("sentiment", checkpoint=ckpt, export_dir=store, name="mine")
+    # The demo checkpoint again, packed for int8 (ONNX Runtime): same requests, same answers' shape.
+    demo = extract_archive(built_archive("sentiment"), tmp_path_factory.mktemp("demo")) / "checkpoint"
+    build("sentiment", checkpoint=demo, export_dir=store, name="int8", precision="int8")
     return store
 
 
 @pytest.fixture(scope="module")
 def server(store, tmp_path_factory):
-    with running_torchserve(tmp_path_factory.mktemp("run"), store, ["sentiment.mar", "mine.mar"]) as ts:
+    with running_torchserve(tmp_path_factory.mktemp("run"), store, ["sentiment.mar", "mine.mar", "int8.mar"]) as ts:
         yield ts
 
 
@@ -156,6 +159,22 @@ def test_pid_is_the_java_front_end_whose_jit_the_benchmarks_watch(server):
 
     assert TS_MAIN_CLASS in psutil.Process(server.pid).cmdline()
     assert jit_cpu_s(server.pid) > 0, "no JIT compiler thread found under /proc: the bench warm-up could not settle"
+
+
+def test_int8_archive_keeps_the_request_and_answer_contract(server, store, reference, tmp_path):
+    """precision: int8 serves through ONNX Runtime; answers have the same shape and (nearly always) label."""
+    import zipfile
+
+    with zipfile.ZipFile(store / "int8.mar") as mar:
+        assert "checkpoint/model.int8.onnx" in mar.namelist()  # exported at build, not at worker start
+        assert "precision: int8" in mar.read("model-config.yaml").decode()
+    single = post(server, TEXTS[1], model="int8")
+    assert single.status_code == 200 and set(single.json()) == {"label", "score", "scores"}
+    many = post(server, {"inputs": TEXTS}, "application/json", model="int8").json()
+    assert [set(a["scores"]) for a in many] == [set(reference[t]["scores"]) for t in TEXTS]
+    assert sum(a["label"] == reference[t]["label"] for a, t in zip(many, TEXTS)) >= len(TEXTS) - 1
+    bad = post(server, b"\xff\xfe\x00", model="int8")
+    assert bad.status_code == 400 and bad.json()["type"] == "invalid_encoding"
 
 
 def test_clean_stop(server):

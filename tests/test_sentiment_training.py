@@ -111,9 +111,9 @@ def test_training_is_reproducible_from_the_seed(tiny_run):
 def test_the_archive_carries_its_model_card_metrics_and_plot():
     with zipfile.ZipFile(built_archive("sentiment")) as mar:
         names = set(mar.namelist())
-        card = mar.read(next(n for n in names if n.endswith(CARD_NAME))).decode()
-        metrics = json.loads(mar.read(next(n for n in names if n.endswith("metrics.json"))))
-    assert any(n.endswith("confusion.png") for n in names)
+        card = mar.read(f"checkpoint/{CARD_NAME}").decode()
+        metrics = json.loads(mar.read("checkpoint/metrics.json"))
+    assert "checkpoint/confusion.png" in names
     assert f"{metrics['test']['accuracy']:.3f}" in card
     assert metrics["test"]["polar_accuracy"] >= 0.85 and metrics["everyday"]["polar_accuracy"] >= 0.85
 
@@ -124,6 +124,6 @@ def test_repository_model_card_agrees_with_what_make_trains():
     for section in CARD_SECTIONS:
         assert f"## {section}" in card
     with zipfile.ZipFile(built_archive("sentiment")) as mar:
-        metrics = json.loads(mar.read(next(n for n in mar.namelist() if n.endswith("metrics.json"))))
+        metrics = json.loads(mar.read("checkpoint/metrics.json"))
     stated = float(re.search(r"accuracy \*\*([0-9.]+)\*\*", card).group(1))
     assert stated == pytest.approx(metrics["test"]["accuracy"], abs=0.02)

@@ -103,7 +103,8 @@ def test_length_sorted_micro_batches_and_truncation(demo):
     texts = ["tiny", "a somewhat longer sentence about a hotel room", "ok", "word " * 1000]
     requests = [parse(demo, {"inputs": texts[:3]}), parse(demo, {"text": texts[3][:200]})]
     assert requests[1].truncated == [False]
-    model = dataclasses.replace(demo, limits=dataclasses.replace(demo.limits, batch_tokens=64))
+    # The token budget alone (no padding floor) decides here.
+    model = dataclasses.replace(demo, limits=dataclasses.replace(demo.limits, batch_tokens=64, min_padding_efficiency=0))
     batches = sentiment.preprocess(model, requests)
     assert sorted(r for b in batches for r in b.rows) == [0, 1, 2, 3]
     for batch in batches:
@@ -131,15 +132,23 @@ def test_token_cap_is_counted_after_tokenisation(demo):
     assert "max_tokens" in caught.value.message and "30" in caught.value.message
 
 
-@given(st.lists(st.integers(1, 512), max_size=80), st.integers(512, 4096))
-def test_micro_batches_cover_every_text_once_within_budget(lengths, budget):
-    groups = sentiment.micro_batches(lengths, budget)
+@given(st.lists(st.integers(1, 512), max_size=80), st.integers(512, 4096), st.sampled_from([0.0, 0.5, 0.9, 1.0]))
+def test_micro_batches_cover_every_text_once_within_budget(lengths, budget, floor):
+    groups = sentiment.micro_batches(lengths, budget, floor)
     assert sorted(r for g in groups for r in g) == list(range(len(lengths)))
     for group in groups:
-        assert len(group) * max(lengths[r] for r in group) <= budget
+        longest = max(lengths[r] for r in group)
+        assert len(group) * longest <= budget
+        # The padding floor holds for every group of two or more (a lone text has no padding).
+        assert len(group) == 1 or sum(lengths[r] for r in group) >= floor * len(group) * longest
     # Length-sorted: every text of a group is at least as long as every text of the group before.
     for before, after in zip(groups, groups[1:]):
         assert max(lengths[r] for r in before) <= min(lengths[r] for r in after)
+
+
+def test_padding_floor_splits_mixed_lengths_but_keeps_similar_ones_together():
+    assert sentiment.micro_batches([10, 11, 12, 40, 41], 2048, 0.9) == [[0, 1, 2], [3, 4]]
+    assert sentiment.micro_batches([10, 11, 12, 40, 41], 2048, 0.0) == [[0, 1, 2, 3, 4]]
 
 
 def test_answers_are_well_formed_and_in_order(demo):

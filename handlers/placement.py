@@ -1,0 +1,94 @@
+"""Where a model runs and in which number format: decided once, at load, and logged.
+
+Packed flat into every archive. The runtime says which GPU a worker owns (TorchServe's
+`gpu_id`, set from `deviceType`/`deviceIds` in model-config.yaml; SageMaker's toolkit
+passes the same context); `handler.precision` says how to compute. Nothing here is
+newer than PyTorch 2.6, the SageMaker container's version.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that do bf16 arithmetic natively
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16 | int8: what `auto` resolved to
+    reason: str  # why, for the load log line
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES.get(self.precision, torch.float32)
+
+    def describe(self) -> str:
+        return f"{self.device} {self.precision} ({self.reason})"
+
+
+def select_device(gpu_id: Any, settings: Mapping[str, Any] | None = None) -> torch.device:
+    """cuda:<gpu_id> when the runtime gave this worker a GPU and CUDA is usable; the CPU otherwise.
+
+    `handler.device: cpu` pins a model to the CPU on a GPU host (TorchServe's own
+    `deviceType: cpu` does the same by not assigning a GPU).
+    """
+    wanted = str((settings or {}).get("device", "auto")).lower()
+    if wanted == "cpu" or gpu_id is None or str(gpu_id) == "" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    index = int(gpu_id)
+    if index >= torch.cuda.device_count():
+        log.warning("gpu_id %s but only %d GPU(s) visible: using the CPU", gpu_id, torch.cuda.device_count())
+        return torch.device("cpu")
+    return torch.device("cuda", index)
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix products at twice fp32's rate or more."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as fh:
+                cpuinfo = fh.read()
+        except OSError:  # not Linux: no evidence, so no bf16
+            return False
+    flags = set(cpuinfo.split())
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def gpu_has_bf16(device: torch.device) -> bool:
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8  # Ampere and later; older GPUs emulate bf16 slowly
+
+
+def resolve(requested: Any, device: torch.device, cpuinfo: str | None = None) -> Placement:
+    """`auto` becomes bf16 where the hardware does it natively, fp16 on older GPUs, fp32 elsewhere."""
+    precision = str(requested or "auto").lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"handler.precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("precision int8 runs on the CPU (ONNX Runtime); on a GPU use bf16 or fp16")
+    if precision != "auto":
+        return Placement(device, precision, "set in model-config.yaml")
+    if device.type == "cuda":
+        if gpu_has_bf16(device):
+            return Placement(device, "bf16", f"auto: {torch.cuda.get_device_name(device)} does bf16")
+        return Placement(device, "fp16", f"auto: {torch.cuda.get_device_name(device)} has no bf16")
+    if cpu_has_native_bf16(cpuinfo):
+        return Placement(device, "bf16", "auto: the CPU has AVX512-BF16/AMX")
+    return Placement(device, "fp32", "auto: the CPU has no native bf16")
+
+
+def place(gpu_id: Any, settings: Mapping[str, Any] | None, default: str = "auto") -> Placement:
+    """Device and precision for a worker: `handler.precision` if set, else the core's `default`."""
+    settings = settings or {}
+    placement = resolve(settings.get("precision", default), select_device(gpu_id, settings))
+    log.info("running on %s", placement.describe())
+    return placement
