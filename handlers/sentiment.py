@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 # bf16 where the hardware has it: labels agree with fp32 on 99.9% of held-out texts (BENCHMARKS.md).
 DEFAULT_PRECISION = "auto"
+# Padding floors per device (measured, BENCHMARKS.md): on 2 CPU cores every padded token costs as much as a
+# real one, so micro-batches keep 90% real tokens; on a GPU a kernel launch costs more than padding does, and
+# the floor cut an H100's throughput at batch 64 by three quarters, so there micro-batches are cut by size only.
+CPU_PADDING_FLOOR = 0.9
+GPU_PADDING_FLOOR = 0.0
 TEXT_TYPES = ("text/plain", "")  # an absent Content-Type is read as text
 # Categories of characters a reader cannot see: spaces, controls, format marks (zero-width, BOM, bidi).
 INVISIBLE = ("Zs", "Zl", "Zp", "Cc", "Cf")
@@ -45,12 +50,16 @@ class TextLimits:
     max_tokens: int = 2048  # per request, counted after tokenisation (and truncation to the model's length)
     batch_tokens: int = 2048  # padded tokens per forward pass: texts run in length-sorted micro-batches
     # A micro-batch closes rather than drop below this share of real tokens (README, "No padding waste").
-    min_padding_efficiency: float = 0.9
+    min_padding_efficiency: float = CPU_PADDING_FLOOR
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> "TextLimits":
+    def from_settings(cls, settings: Mapping[str, Any], device: torch.device = torch.device("cpu")) -> "TextLimits":
+        """`min_padding_efficiency: auto` (or absent) is the floor for the device the model runs on."""
         kinds = {k: type(getattr(cls, k)) for k in cls.__dataclass_fields__}
-        return cls(**{k: kinds[k](settings[k]) for k in kinds if k in settings})
+        given = {k: settings[k] for k in kinds if k in settings}
+        if str(given.get("min_padding_efficiency", "auto")).lower() == "auto":
+            given["min_padding_efficiency"] = CPU_PADDING_FLOOR if device.type == "cpu" else GPU_PADDING_FLOOR
+        return cls(**{k: kinds[k](v) for k, v in given.items()})
 
 
 @dataclass
@@ -123,7 +132,7 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
     config = model.config
     labels = [str(config.id2label[i]).lower() for i in range(len(config.id2label))]
     limit = min(int(tokenizer.model_max_length or 512), position_limit(config))
-    limits = TextLimits.from_settings(settings)
+    limits = TextLimits.from_settings(settings, placement.device)
     if limits.batch_tokens < limit:
         raise ValueError(f"batch_tokens ({limits.batch_tokens}) must hold one text of {limit} tokens")
     loaded = SentimentModel(tokenizer=tokenizer, model=model, labels=labels, max_length=limit, limits=limits,
