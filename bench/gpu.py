@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from bench.ceiling import sentiment_answers
 from marport import use_handlers
 
 use_handlers()
@@ -32,7 +33,7 @@ BATCH = 8
 
 
 def _answers(model, texts: list[str], batch: int = BATCH) -> list[dict]:
-    return [a for i in range(0, len(texts), batch) for a in sentiment.predict_texts(model, texts[i : i + batch])]
+    return sentiment_answers(model, texts, batch)
 
 
 def _texts_per_s(model, texts: list[str], batch: int = BATCH, reps: int = 3) -> float:

@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 from placement import Placement, place
-from serving_common import Request, RequestError, as_bytes, check_body_size, checkpoint_dir, read_settings
+from serving_common import (
+    Request, RequestError, as_bytes, check_body_size, checkpoint_dir, read_settings, setting_flag,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -170,7 +172,7 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
     net = RespiratoryCNN()
     net.load_state_dict(load_file(os.path.join(path, WEIGHTS_FILE)))
     net.eval()
-    if str(settings.get("fold_batchnorm", "true")).lower() in ("1", "true", "yes", "on"):
+    if setting_flag(settings, "fold_batchnorm", True):
         net = fold_batchnorm(net)
     net.to(device=placement.device, dtype=placement.dtype)
     limits = {k: type(getattr(RespiratoryModel, k))(settings[k]) for k in LIMITS if k in settings}

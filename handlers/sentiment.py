@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from placement import Placement, place
 from serving_common import (
-    JSON_TYPE, Request, RequestError, as_json, as_text, check_body_size, checkpoint_dir, read_settings,
+    JSON_TYPE, Request, RequestError, as_json, as_text, check_body_size, checkpoint_dir, read_settings, setting_flag,
 )
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
     else:
         model = AutoModelForSequenceClassification.from_pretrained(path)
         model.to(device=placement.device, dtype=placement.dtype).eval()
-        if _flag(settings.get("compile")):
+        if setting_flag(settings, "compile"):
             model = torch.compile(model, dynamic=True)
     config = model.config
     labels = [str(config.id2label[i]).lower() for i in range(len(config.id2label))]
@@ -139,10 +139,6 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
                             device=placement.device, precision=placement.precision)
     warm_up(loaded)
     return loaded
-
-
-def _flag(value: Any) -> bool:
-    return str(value).lower() in ("1", "true", "yes", "on")
 
 
 WARM_UP_LENGTHS = (8, 32, 128, 512)  # tokens: compiled graphs and oneDNN kernels are made per shape family

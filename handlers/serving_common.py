@@ -220,6 +220,12 @@ def configure_threads(settings: Mapping[str, Any]) -> int:
     return torch.get_num_threads()
 
 
+def setting_flag(settings: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """A yes/no handler setting, whether YAML parsed it as a bool or an environment gave a string."""
+    value = settings.get(key, default)
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
 def read_settings(model_dir: str, yaml_config: Mapping[str, Any] | None) -> dict:
     """The `handler:` section of model-config.yaml.
 

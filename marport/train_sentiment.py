@@ -24,8 +24,12 @@ import torch
 from sklearn.metrics import confusion_matrix, f1_score, recall_score
 from tqdm import tqdm
 
+from marport import use_handlers
 from marport.pretrained import SOURCE, pretrained_roberta
 from marport.sentiment_data import LABELS, Example, everyday_eval, load_splits
+
+use_handlers()
+from placement import cpu_has_native_bf16  # noqa: E402  (the serving code's own test for native bf16)
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,6 @@ class TrainSettings:
     freeze_word_embeddings: bool = True  # keeps the pretrained meaning of words the corpus never shows
     bf16: bool = True  # autocast where the CPU does bf16 natively; ignored elsewhere
     pool_batches: int = 64  # length-sort within pools of this many batches: little padding, still shuffled
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _batches(lengths: list[int], settings: TrainSettings, rng: random.Random) -> list[list[int]]:
@@ -120,7 +116,7 @@ def train(out_dir: Path, settings: TrainSettings = TrainSettings(), data: dict |
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
     )
-    use_bf16 = settings.bf16 and cpu_has_bf16()
+    use_bf16 = settings.bf16 and cpu_has_native_bf16()
     model.train()
     with tqdm(total=steps, desc="fine-tuning sentiment", unit="batch") as bar:
         for batches in plan:
