@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+MARPORT := $(VENV)/bin/marport
 STAMP := $(VENV)/.installed-stamp
 HANDLER_FILES := $(wildcard handlers/*.py handlers/config/*.yaml)
 
@@ -21,35 +22,36 @@ $(STAMP): setup.py marport/pretrained.py
 # Demo weights are trained once (about 4 minutes for sentiment on 2 cores); archives are rebuilt whenever a handler changes.
 SENTIMENT_TRAINING := marport/train_sentiment.py marport/sentiment_data.py marport/pretrained.py marport/model_card.py \
 	$(wildcard marport/data/sentiment/marport/*.tsv)
+# The repo root is the `marport` workspace: build/, model_store/ and var/ below it.
 build/sentiment/demo-checkpoint/config.json: $(STAMP) $(SENTIMENT_TRAINING)
-	$(PY) -m marport.train_sentiment --seed 13 --out build/sentiment/demo-checkpoint
+	$(MARPORT) train sentiment --seed 13
 
-model_store/sentiment.mar: build/sentiment/demo-checkpoint/config.json $(HANDLER_FILES) marport/build.py
-	$(PY) -m marport.build sentiment --checkpoint build/sentiment/demo-checkpoint
+model_store/sentiment.mar: build/sentiment/demo-checkpoint/config.json $(HANDLER_FILES) marport/build.py marport/registry.py
+	$(MARPORT) build sentiment
 
 build/respiratory/demo-checkpoint/config.json: $(STAMP) marport/train_respiratory.py marport/synth_audio.py handlers/respiratory.py
-	$(PY) -m marport.train_respiratory --synthetic --out build/respiratory/demo-checkpoint
+	$(MARPORT) train respiratory
 
-model_store/respiratory.mar: build/respiratory/demo-checkpoint/config.json $(HANDLER_FILES) marport/build.py
-	$(PY) -m marport.build respiratory --checkpoint build/respiratory/demo-checkpoint
+model_store/respiratory.mar: build/respiratory/demo-checkpoint/config.json $(HANDLER_FILES) marport/build.py marport/registry.py
+	$(MARPORT) build respiratory
 
 models: model_store/sentiment.mar model_store/respiratory.mar
 
 serve: models
-	$(PY) -m marport.server start
+	$(MARPORT) serve
 
 stop:
-	@if [ -x $(PY) ]; then $(PY) -m marport.server stop; fi
+	@if [ -x $(MARPORT) ]; then $(MARPORT) stop; fi
 
 test: models
 	$(PY) -m pytest
 
-# Speed lives here, not in the tests: about 20 minutes on 2 cores; writes BENCHMARKS.md.
+# Speed lives here, not in the tests: about 25 minutes on 2 cores; writes BENCHMARKS.md.
 bench: models
-	$(PY) -m bench.run
+	$(MARPORT) bench
 
 bench-quick: models
-	$(PY) -m bench.run --quick --out build/bench/quick.json
+	$(MARPORT) bench --quick --out build/bench/quick.json
 
 clean:
 	rm -rf build var model_store/*.mar

@@ -10,6 +10,9 @@ SAGEMAKER = [
     "psutil>=5.9",
 ]
 
+# Repo folder -> the package it installs as.
+PARTS = {"marport.handlers": "handlers", "marport.sagemaker_deploy": "sagemaker_deploy", "marport.bench": "bench"}
+
 NOTEBOOKS = ["ipykernel>=6", "nbformat>=5", "librosa>=0.10"]
 
 setup(
@@ -19,8 +22,16 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["marport", "marport.*", "sagemaker_deploy", "sagemaker_deploy.*"]),
-    package_data={"marport": ["data/*"]},
+    # The repo shows the architecture (handlers/ packed into archives, sagemaker_deploy/ deploys,
+    # bench/ measures, marport/ is the tooling); the wheel installs them under one name, marport,
+    # so nothing generic like `bench` lands in site-packages. Tools find handlers/ and the data
+    # through importlib.resources (marport/resources.py), never relative to a checkout.
+    packages=[*find_packages(include=["marport", "marport.*"]), *PARTS],
+    package_dir={"marport": "marport", **PARTS},
+    package_data={
+        "marport": ["data/**/*", "templates/*"],
+        "marport.handlers": ["config/*.yaml"],
+    },
     install_requires=[
         # The CPU build is on disk here; a loose pin pulls a multi-GB CUDA build.
         "torch==2.13.0",
@@ -48,5 +59,5 @@ setup(
         "notebooks": NOTEBOOKS,
         "dev": ["pytest>=8", "hypothesis>=6.100", "moto[s3,sagemaker,sts]>=5", "nbclient>=0.10", *SAGEMAKER, *NOTEBOOKS],
     },
-    entry_points={"console_scripts": ["marport-build=marport.build:main", "marport-serve=marport.server:main"]},
+    entry_points={"console_scripts": ["marport=marport.cli:main"]},
 )

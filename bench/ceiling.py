@@ -46,7 +46,7 @@ def _one_process(core: str, model_dir: str, make_inputs: Callable[[], list], bat
     """Runs in a fresh process: its share of the inputs, `reps` times, each start at the barrier."""
     import torch
 
-    from marport import use_handlers
+    from marport.resources import use_handlers
 
     use_handlers()
     torch.set_num_threads(threads)

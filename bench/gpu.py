@@ -1,6 +1,6 @@
 """GPU figures for BENCHMARKS.md, run on a host with a CUDA GPU (no TorchServe needed there).
 
-    python -m bench.gpu --demo DIR --respiratory DIR --out bench/results/gpu.json
+    python -m marport.bench.gpu --demo DIR --respiratory DIR --out bench/results/gpu.json
 
 The handler cores run in-process on `cuda:0`, placed by the same `placement.place`
 that TorchServe's `gpu_id` drives, and the TorchServe adapter is driven once with a
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from bench.ceiling import sentiment_answers
-from marport import use_handlers
+from .ceiling import sentiment_answers
+from marport.resources import use_handlers
 
 use_handlers()
 import placement  # noqa: E402
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         sys.exit("no CUDA device")
     from marport.sentiment_data import load_splits
-    from bench.workloads import ROBERTA_BASE, short_texts
+    from .workloads import ROBERTA_BASE, short_texts
 
     device = torch.cuda.get_device_name(0)
     result = {"device": device, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "batch": BATCH,

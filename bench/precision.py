@@ -1,6 +1,6 @@
 """Precision, padding and compilation at roberta-base size: what each setting buys, and what it costs in labels.
 
-    python -m bench.run --only precision     # merges into bench/results/latest.json, rewrites BENCHMARKS.md
+    marport bench --only precision     # merges into bench/results/latest.json, rewrites BENCHMARKS.md
 
 Speed is measured served (TorchServe, concurrency 32, the same texts for every setting in
 one run) on the random-initialised roberta-base checkpoint; labels are compared on the
@@ -14,12 +14,14 @@ import re
 import time
 from pathlib import Path
 
-from bench.ceiling import sentiment_answers
-from bench.loadgen import closed_loop
-from bench.workloads import BENCH_DIR, realsize_checkpoint, short_texts
-from marport import MODEL_STORE
 from marport.build import build, extract_archive
 from marport.sentiment_data import load_splits
+from marport.workspace import current
+
+from .ceiling import sentiment_answers
+from .loadgen import closed_loop
+from .served import cold_start, configure, log, server_for, summarise, unpacked, warm_up
+from .workloads import bench_dir, realsize_checkpoint, short_texts
 
 # (name, handler settings, whose worker/batch settings): the reference, then the shipped configuration
 # (handlers/config/sentiment.yaml as packed) and variations of it.
@@ -45,11 +47,11 @@ def _padding(log_path: Path, since: int) -> float:
     return real / padded if padded else float("nan")
 
 
-def label_agreement(batch: int, log) -> dict:
+def label_agreement(batch: int) -> dict:
     """Share of held-out test sentences whose label matches fp32's, per precision, in served-size batches."""
     import sentiment
 
-    model_dir = extract_archive(MODEL_STORE / "sentiment.mar", BENCH_DIR / "demo-unpacked")
+    model_dir = extract_archive(current().model_store / "sentiment.mar", bench_dir() / "demo-unpacked")
     texts = [e.text for e in load_splits()["test"]]
     fp32 = sentiment_answers(sentiment.load(str(model_dir), {"precision": "fp32"}), texts, batch)
     out = {"texts": len(texts), "batch": batch}
@@ -70,7 +72,7 @@ RESPIRATORY_VARIANTS = (
 )
 
 
-def respiratory_variants(log, reps: int = 7) -> dict:
+def respiratory_variants(reps: int = 7) -> dict:
     """The CNN's windows/s per variant on real (synthetic-generator) recordings, and how far answers move.
 
     channels_last is a layout of 4-D (N, C, H, W) tensors; this CNN's Conv1d works on
@@ -79,9 +81,9 @@ def respiratory_variants(log, reps: int = 7) -> dict:
     import placement
     import respiratory
 
-    from bench.workloads import recordings
+    from .workloads import recordings
 
-    model_dir = extract_archive(MODEL_STORE / "respiratory.mar", BENCH_DIR / "respiratory-unpacked")
+    model_dir = extract_archive(current().model_store / "respiratory.mar", bench_dir() / "respiratory-unpacked")
     bodies = recordings(8)
     out, reference = {}, None
     for name, settings in RESPIRATORY_VARIANTS:
@@ -137,22 +139,19 @@ def _max_mhz() -> float:
     return max(speeds) if speeds else 0.0
 
 
-def precision_bench(plan, log, run, settings: dict) -> dict:
+def precision_bench(plan, settings: dict) -> dict:
     """Served throughput per setting at c32 on the same texts, padding, cold start, labels.
 
-    `run` is bench.run (its server, configuration and summary helpers); `settings` the
-    workers/threads/batch the main sweep chose.
+    `settings`: the workers/threads/batch the main sweep chose.
     """
-    configure, unpacked, server_for, warm_up, summarise = (
-        run.configure, run.unpacked, run.server_for, run.warm_up, run.summarise)
     from transformers import AutoConfig, AutoTokenizer
 
     log("precision: label agreement on the demo model (held-out test split)")
-    agreement = label_agreement(settings["batchSize"], log)
+    agreement = label_agreement(settings["batchSize"])
 
     name = "sentiment_precision"
-    mar = build("sentiment", checkpoint=realsize_checkpoint(), export_dir=BENCH_DIR / "mar", name=name)
-    store = BENCH_DIR / "store"
+    mar = build("sentiment", checkpoint=realsize_checkpoint(), export_dir=bench_dir() / "mar", name=name)
+    store = bench_dir() / "store"
     model_dir = unpacked(mar, store, name)
     short = short_texts(plan.short)
     body = [(t.encode(), "text/plain") for t in short]
@@ -197,7 +196,7 @@ def precision_bench(plan, log, run, settings: dict) -> dict:
         (model_dir / "model-config.yaml").write_text(yaml.safe_dump(shipped_yaml))
         configure(model_dir, shipped["workers"], shipped["threads"], shipped["batchSize"],
                   shipped["maxBatchDelay"], compile=compiled)
-        cold["compiled" if compiled else "eager"] = run.cold_start(store, name, body[0], max(1, plan.cold_starts // 2))
+        cold["compiled" if compiled else "eager"] = cold_start(store, name, body[0], max(1, plan.cold_starts // 2))
         log(f"  compile={compiled}: {cold['compiled' if compiled else 'eager']:.1f} s")
     (model_dir / "model-config.yaml").write_text(yaml.safe_dump(shipped_yaml))
     import placement
@@ -205,7 +204,7 @@ def precision_bench(plan, log, run, settings: dict) -> dict:
     default_precision = placement.place(None, shipped_yaml["handler"]).precision  # what auto resolved to here
     log("respiratory CNN variants (in-process)")
     return {
-        "respiratory": respiratory_variants(log),
+        "respiratory": respiratory_variants(),
         "agreement": agreement,
         "served_c32": runs,
         "default_precision": default_precision,

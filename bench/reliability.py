@@ -1,4 +1,4 @@
-"""`make bench`, reliability: the shipped caps checked at roberta-base size, a heavy mix, a killed worker.
+"""`marport bench`, reliability: the shipped caps checked at roberta-base size, a heavy mix, a killed worker.
 
 - the largest handler call the shipped settings allow (batchSize requests at max_tokens, texts
   cut at 512 tokens), timed in-process, against half of responseTimeout; and the token cap
@@ -17,14 +17,17 @@ import time
 import torch
 import yaml
 
-from bench.mixed import TIMEOUT_SHARE, derive_max_tokens, kill_worker_under_load, mixed_load, worker_pids
-from bench.workloads import BENCH_DIR, LONG_TEXT, realsize_checkpoint, short_texts
-from marport.build import build, model_config_path
+from marport.build import build
+from marport.registry import MODELS
 
+from .mixed import TIMEOUT_SHARE, derive_max_tokens, kill_worker_under_load, mixed_load, worker_pids
+from .plan import CORES
+from .served import log, server_for, unpacked, warm_up
+from .workloads import bench_dir, LONG_TEXT, realsize_checkpoint, short_texts
 
 
 def shipped_config() -> dict:
-    return yaml.safe_load(model_config_path("sentiment").read_text())
+    return yaml.safe_load(MODELS["sentiment"].config.read_text())
 
 
 def largest_call(model, config: dict) -> dict:
@@ -50,14 +53,12 @@ def largest_call(model, config: dict) -> dict:
             "shipped_max_tokens": caps.max_tokens}
 
 
-def reliability_bench(plan, log) -> dict:
+def reliability_bench(plan) -> dict:
     import sentiment
 
-    from bench.run import CORES, server_for, unpacked, warm_up
-
     name = "sentiment_base"
-    store = BENCH_DIR / "store"
-    mar = build("sentiment", checkpoint=realsize_checkpoint(), export_dir=BENCH_DIR / "mar", name=name)
+    store = bench_dir() / "store"
+    mar = build("sentiment", checkpoint=realsize_checkpoint(), export_dir=bench_dir() / "mar", name=name)
     model_dir = unpacked(mar, store, name)
     config = shipped_config()
     (model_dir / "model-config.yaml").write_text(yaml.safe_dump(config))  # exactly what ships

@@ -1,6 +1,6 @@
-"""bench/results/latest.json -> BENCHMARKS.md and a throughput plot.
+"""bench/results/latest.json -> BENCHMARKS.md and a throughput plot (paths in the workdir).
 
-    python -m bench.report            # regenerate from the last run
+    marport bench --report-only       # regenerate from the last run
 """
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from marport import REPO_ROOT
+from marport.workspace import current
 
-RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
-PLOT = REPO_ROOT / "bench" / "results" / "throughput.png"
-REPORT = REPO_ROOT / "BENCHMARKS.md"
+
+def results_dir() -> Path:
+    return current().root / "bench" / "results"
+
 
 TARGETS = [
     ("sentiment served / in-process, c32 short", lambda r: r["sentiment"]["served_over_inprocess"], ">=", 0.85),
@@ -51,7 +52,7 @@ def _forward(r: dict) -> dict:
     return s["inprocess_single_forward"]
 
 
-def plot(result: dict, path: Path = PLOT) -> Path:
+def plot(result: dict, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,7 +225,7 @@ def precision(r: dict) -> str:
     cold = p["cold_start_s"]
     return f"""## Precision, padding and compilation
 
-Measured at commit {r['machine'].get('precision_commit', r['machine']['commit'])} (`python -m bench.run --only precision`).
+Measured at commit {r['machine'].get('precision_commit', r['machine']['commit'])} (`marport bench --only precision`).
 Served at concurrency 32, the same {r['plan']['short_texts']} short texts (mean {p['mean_tokens']:.1f} tokens) for every
 run, with the sweep's settings ({r['sentiment']['settings']}); `fp32` is the eager reference (each handler call padded
 to its longest text, as before this work). Labels are compared on the trained demo model over the
@@ -258,7 +259,7 @@ which has none, so there is nothing to measure.
 
 
 def gpu(r: dict) -> str:
-    path = REPO_ROOT / "bench" / "results" / "gpu.json"
+    path = results_dir() / "gpu.json"
     if not path.exists():
         return "### GPU\n\nNo GPU run recorded (`bench/gpu.py` on a GPU host writes `bench/results/gpu.json`)."
     g = json.loads(path.read_text())
@@ -294,7 +295,7 @@ def reliability(r: dict) -> str:
     new_answer = kill["seconds_to_new_answer"]
     return f"""## Reliability: caps, heavy traffic, a killed worker
 
-Measured at commit {r['machine'].get('reliability_commit', r['machine']['commit'])} (`python -m bench.run --only reliability`;
+Measured at commit {r['machine'].get('reliability_commit', r['machine']['commit'])} (`marport bench --only reliability`;
 `make bench` runs it as its last step). With the shipped `handlers/config/sentiment.yaml` (batchSize {st['batchSize']}, responseTimeout
 {st['responseTimeout']} s, max_tokens {caps['max_tokens']}, batch_tokens {caps['batch_tokens']}) at roberta-base size,
 fp32, {caps['threads']} threads.
@@ -328,11 +329,9 @@ the rest waited in TorchServe's queue, and a new worker answered
 """
 
 
-def write_report(result: dict, report: Path = REPORT, figure: Path = PLOT) -> Path:
-    plot(result, figure)
+def write_report(result: dict, report: Path | None = None, figure: Path | None = None) -> Path:
+    report = report or current().root / "BENCHMARKS.md"
+    plot(result, figure or results_dir() / "throughput.png")
     report.write_text(markdown(result))
     return report
 
-
-if __name__ == "__main__":
-    print(write_report(json.loads(RESULTS.read_text())))

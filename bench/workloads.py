@@ -8,17 +8,21 @@ from pathlib import Path
 
 import numpy as np
 
-from marport import BUILD_DIR
 from marport.sentiment_data import LABELS, load_splits
+from marport.workspace import current
 
-BENCH_DIR = BUILD_DIR / "bench"
+
+def bench_dir() -> Path:
+    """The benchmarks' scratch folder: build/bench in the workspace."""
+    return current().build / "bench"
+
 
 # roberta-base: 12 layers, hidden 768, 12 heads, FFN 3072, 50265 tokens, 514 positions.
 ROBERTA_BASE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                     intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1)
 
 
-def realsize_checkpoint(out: Path = BENCH_DIR / "roberta-base-random") -> Path:
+def realsize_checkpoint(out: Path | None = None) -> Path:
     """A randomly initialised roberta-base classifier with the demo model's tokenizer.
 
     Random weights do the same arithmetic as trained ones; no hub is reachable to
@@ -26,7 +30,8 @@ def realsize_checkpoint(out: Path = BENCH_DIR / "roberta-base-random") -> Path:
     English Wikipedia and books) splits real text into as many tokens as a real
     model's would, and its ids all fall inside roberta-base's vocabulary.
     """
-    demo = BUILD_DIR / "sentiment" / "demo-checkpoint"
+    out = out or bench_dir() / "roberta-base-random"
+    demo = current().checkpoint("sentiment")
     if (out / "config.json").exists() and _same_file(out / "tokenizer.json", demo / "tokenizer.json"):
         return out
     import torch

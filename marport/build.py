@@ -1,11 +1,10 @@
-"""Build a model's `.mar`: its checkpoint, its handler modules and its model-config.yaml.
+"""`marport build`: a model's `.mar` from its checkpoint, handler modules and model-config.yaml.
 
-    python -m marport.build sentiment                     # demo weights, trained here
-    python -m marport.build sentiment --checkpoint DIR    # any HF checkpoint saved with save_pretrained
-    python -m marport.build respiratory
+    marport build sentiment                          # the demo weights (trained first if missing)
+    marport build sentiment --checkpoint DIR --name mine   # any checkpoint saved with save_pretrained
 
 Everything the handler imports is packed flat into the archive, so the served model
-never imports this project from site-packages.
+never imports marport from site-packages.
 """
 
 from __future__ import annotations
@@ -16,54 +15,17 @@ import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from marport import BUILD_DIR, HANDLERS_DIR, MODEL_STORE, __version__, use_handlers
+from marport import __version__
+from marport.registry import MODELS, ModelKind
+from marport.resources import handler_file, use_handlers
+from marport.workspace import Workspace
 
-use_handlers()
-from serving_common import CHECKPOINT_SUBDIR  # noqa: E402  (the handlers' own name for it)
-
-COMMON_MODULES = ("serving_common.py", "isolation.py", "placement.py", "torchserve_adapter.py")
-DEMO_CHECKPOINT = "demo-checkpoint"  # build/<model>/demo-checkpoint, as the Makefile builds it
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
-def _default_sentiment(out: Path) -> None:
-    from marport.train_sentiment import main
-
-    main(["--out", str(out)])
-
-
-def _default_respiratory(out: Path) -> None:
-    from marport.train_respiratory import build_default
-
-    build_default(out)
-
-
-@dataclass(frozen=True)
-class ArchiveSpec:
-    entry: str  # the TorchServe --handler file
-    core: str  # the model core module
-    default_checkpoint: Callable[[Path], None]
-    extra_modules: tuple[str, ...] = ()  # other flat modules the core imports
-
-    @property
-    def modules(self) -> list[str]:
-        return [*COMMON_MODULES, *self.extra_modules, self.core, self.entry]
-
-
-MODELS = {
-    "sentiment": ArchiveSpec("sentiment_handler.py", "sentiment.py", _default_sentiment, ("int8.py",)),
-    "respiratory": ArchiveSpec("respiratory_handler.py", "respiratory.py", _default_respiratory),
-}
-
-
-def model_config_path(model: str) -> Path:
-    return HANDLERS_DIR / "config" / f"{model}.yaml"
-
-
-def stage(model: str, checkpoint: Path, workdir: Path, precision: str | None = None) -> Path:
+def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | None = None) -> Path:
     """Lay out the archive's data: pack/checkpoint/ and model-config.yaml.
 
     torch-model-archiver copies the *contents* of a folder given as an extra file
@@ -71,6 +33,9 @@ def stage(model: str, checkpoint: Path, workdir: Path, precision: str | None = N
     `precision` replaces handler.precision in the packed model-config.yaml; an int8
     sentiment archive gets its ONNX graph made here, once, instead of at every worker start.
     """
+    use_handlers()
+    from serving_common import CHECKPOINT_SUBDIR  # the handlers' own name for the weights' folder
+
     staged = workdir / "stage"
     if staged.exists():
         shutil.rmtree(staged)
@@ -79,7 +44,7 @@ def stage(model: str, checkpoint: Path, workdir: Path, precision: str | None = N
     for item in sorted(checkpoint.iterdir()):
         if item.is_file():
             shutil.copy2(item, target / item.name)
-    config_text = model_config_path(model).read_text()
+    config_text = kind.config.read_text()
     if precision:
         config_text = _with_precision(config_text, precision)
     (staged / "model-config.yaml").write_text(config_text)
@@ -103,17 +68,16 @@ def _with_precision(config_text: str, precision: str) -> str:
     return config_text.replace("handler:\n", f"handler:\n  precision: {precision}\n", 1)
 
 
-def archive(model: str, staged: Path, export_dir: Path, name: str) -> Path:
-    spec = MODELS[model]
-    extra = [str(HANDLERS_DIR / m) for m in spec.modules if m != spec.entry]
+def archive(kind: ModelKind, staged: Path, export_dir: Path, name: str) -> Path:
+    extra = [str(handler_file(m)) for m in kind.modules if m != kind.entry]
     extra.append(str(staged / "pack"))
     export_dir.mkdir(parents=True, exist_ok=True)
-    archiver = Path(sys.executable).with_name("torch-model-archiver")
+    archiver = Path(sys.executable).with_name("torch-model-archiver")  # beside this Python, even if not on PATH
     cmd = [
         str(archiver if archiver.exists() else "torch-model-archiver"),
         "--model-name", name,
         "--version", __version__,
-        "--handler", str(HANDLERS_DIR / spec.entry),
+        "--handler", str(handler_file(kind.entry)),
         "--extra-files", ",".join(extra),
         "--config-file", str(staged / "model-config.yaml"),
         "--export-path", str(export_dir),
@@ -121,13 +85,13 @@ def archive(model: str, staged: Path, export_dir: Path, name: str) -> Path:
     ]
     mar = export_dir / f"{name}.mar"
     mar.unlink(missing_ok=True)
-    _run_with_progress(cmd, mar, _staged_bytes(spec, staged))
+    _run_with_progress(cmd, mar, _staged_bytes(kind, staged))
     return mar
 
 
-def _staged_bytes(spec: ArchiveSpec, staged: Path) -> int:
+def _staged_bytes(kind: ModelKind, staged: Path) -> int:
     files = [p for p in (staged / "pack").rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in files) + sum((HANDLERS_DIR / m).stat().st_size for m in spec.modules)
+    return sum(p.stat().st_size for p in files) + sum(handler_file(m).stat().st_size for m in kind.modules)
 
 
 def _run_with_progress(cmd: list[str], mar: Path, total: int) -> None:
@@ -153,43 +117,44 @@ def extract_archive(mar: Path, dest: Path) -> Path:
     return dest
 
 
-def build(model: str, checkpoint: Path | None = None, export_dir: Path = MODEL_STORE,
-          name: str | None = None, precision: str | None = None) -> Path:
+def build(model: str, checkpoint: Path | None = None, export_dir: Path | None = None,
+          name: str | None = None, precision: str | None = None, workspace: Workspace | None = None) -> Path:
+    """Build `<export_dir>/<name>.mar`; export_dir defaults to the workspace's model store."""
+    workspace = workspace or Workspace.at()
+    kind = MODELS[model]
     name = name or model
-    workdir = BUILD_DIR / name
+    export_dir = export_dir or workspace.model_store
     started = time.perf_counter()
     if checkpoint is None:
-        checkpoint = workdir / DEMO_CHECKPOINT
+        checkpoint = workspace.checkpoint(model)
         if (checkpoint / "config.json").exists():
             print(f"[1/3] using the demo {model} checkpoint in {checkpoint}", flush=True)
         else:
-            print(f"[1/3] building the demo {model} checkpoint in {checkpoint}", flush=True)
-            MODELS[model].default_checkpoint(checkpoint)
+            print(f"[1/3] training the demo {model} checkpoint into {checkpoint} (`marport train {model}`)", flush=True)
+            kind.trainer.build_default(checkpoint)
     else:
         print(f"[1/3] using checkpoint {checkpoint}", flush=True)
     if not (checkpoint / "config.json").exists():
-        raise SystemExit(f"{checkpoint} has no config.json: not a saved checkpoint folder")
+        raise SystemExit(f"{checkpoint} has no config.json: not a checkpoint saved with save_pretrained")
     print("[2/3] staging checkpoint, handler modules and model-config.yaml", flush=True)
-    staged = stage(model, checkpoint, workdir, precision)
+    staged = stage(kind, checkpoint, workspace.build / name, precision)
     print(f"[3/3] archiving with torch-model-archiver into {export_dir}", flush=True)
-    mar = archive(model, staged, export_dir, name)
+    mar = archive(kind, staged, export_dir, name)
     size_mb = mar.stat().st_size / 1e6
     print(f"built {mar} ({size_mb:.1f} MB) in {time.perf_counter() - started:.1f}s", flush=True)
     return mar
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build a model archive (.mar).")
-    parser.add_argument("model", choices=sorted(MODELS))
-    parser.add_argument("--checkpoint", type=Path,
-                        help="a saved checkpoint folder to pack (default: the demo, trained if missing)")
-    parser.add_argument("--export-path", type=Path, default=MODEL_STORE)
-    parser.add_argument("--name", help="archive and model name (default: the model kind)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"],
-                        help="handler.precision to pack (default: the model's model-config.yaml)")
-    args = parser.parse_args(argv)
-    build(args.model, args.checkpoint, args.export_path, args.name, args.precision)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", choices=sorted(MODELS), help="the model kind (its handler and model-config.yaml)")
+    parser.add_argument("--checkpoint", type=Path, metavar="DIR",
+                        help="a checkpoint folder saved with save_pretrained (default: the workspace's demo "
+                             "checkpoint, build/MODEL/demo-checkpoint, trained first if missing)")
+    parser.add_argument("--name", help="archive and served model name (default: the model kind)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="handler.precision to pack (default: the one in the model's model-config.yaml)")
 
 
-if __name__ == "__main__":
-    main()
+def run(args: argparse.Namespace, workspace: Workspace) -> None:
+    checkpoint = args.checkpoint.resolve() if args.checkpoint else None
+    build(args.model, checkpoint, name=args.name, precision=args.precision, workspace=workspace)

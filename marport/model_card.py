@@ -81,7 +81,7 @@ Examples per split:
 {_split_table(data)}
 
 ## Training recipe
-Reproduce with `python -m marport.train_sentiment --seed {s["seed"]} --out DIR` (`make` runs it).
+Reproduce with `marport train sentiment --seed {s["seed"]} --out DIR` (`make` runs it).
 AdamW, learning rate {s["learning_rate"]} with {s["warmup_fraction"]:.0%} linear warm-up then linear decay, weight decay
 {s["weight_decay"]}, batch {s["batch_size"]} (length-sorted within shuffled pools), {s["epochs"]} pass(es) over
 {metrics["train_examples"]} training sentences cut at {s["max_length"]} tokens, gradient clipping at 1.0,

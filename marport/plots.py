@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # notebooks render the saved figure; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from marport import use_handlers  # noqa: E402
+from marport.resources import use_handlers  # noqa: E402
 
 MEL_BANDS = 40
 

@@ -16,9 +16,10 @@ import csv
 import hashlib
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Iterator
+
+from marport import resources
 
 LABELS = ("negative", "neutral", "positive")
 TEST_FRACTION = 0.10
@@ -26,7 +27,7 @@ VALIDATION_FRACTION = 0.05
 
 
 def data_dir() -> Path:
-    return Path(str(resources.files("marport") / "data" / "sentiment"))
+    return resources.data_dir("sentiment")
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,11 @@
 """Start, wait for, and stop a local TorchServe built from config.properties.
 
-    python -m marport.server start [--models sentiment.mar,respiratory.mar]
-    python -m marport.server stop
-
-`make serve` and the integration tests use the same launcher: the tests only
-override the ports (free loopback ports) and the run folder.
+`marport serve` / `stop` / `status` and the integration tests use the same launcher:
+the tests only override the ports (free loopback ports) and the run folder.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
@@ -21,23 +17,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import requests
 
-from marport import MODEL_STORE, REPO_ROOT
+from marport.processes import end_processes, free_port, process_family
+from marport.resources import server_config_template
+from marport.workspace import Workspace
 
-CONFIG = REPO_ROOT / "config.properties"
-RUN_DIR = REPO_ROOT / "var"
 STOP_TIMEOUT_S = 60
 TS_MAIN_CLASS = "org.pytorch.serve.ModelServer"  # how TorchServe's Java front end shows in a process list
 READY_TIMEOUT_S = 300
+BUILD_HINT = """\
+  marport build sentiment                                 # the demo sentiment model (trained first: ~5 min on 2 cores)
+  marport build sentiment --checkpoint DIR --name NAME    # your own checkpoint, saved with save_pretrained
+  marport build respiratory                               # the demo respiratory-sound CNN"""
 
 
-def free_port() -> int:
-    """A port nothing listens on right now, on loopback."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class NothingToServe(FileNotFoundError):
+    """The archives TorchServe would load are not in the model store."""
 
 
 def free_port_overrides() -> dict[str, str]:
@@ -61,7 +57,7 @@ def _require_free(address: str, key: str) -> None:
             sock.bind((parts.hostname or "127.0.0.1", parts.port or 80))
         except OSError:
             raise RuntimeError(f"{address} ({key} in config.properties) is already in use: stop whatever "
-                               "listens there (`make stop` for an earlier TorchServe) or change the port") from None
+                               "listens there (`marport stop` for an earlier TorchServe) or change the port") from None
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -83,46 +79,19 @@ def _torchserve() -> str:
     return str(local) if local.exists() else "torchserve"
 
 
-def alive(proc: psutil.Process | int) -> bool:
-    """Running, not merely exited: a zombie has exited, and whether anyone reaps it
-    (PID 1 in a container may not) is not ours to wait for."""
-    try:
-        proc = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def process_family(proc: psutil.Process | int | None) -> list[psutil.Process]:
-    """A process and all its descendants; empty if it is gone."""
-    if proc is None:
-        return []
-    try:
-        proc = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
-        return [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def end_processes(procs: list[psutil.Process], timeout: float) -> None:
-    """Wait up to `timeout` for processes already told to stop, then kill what is left."""
-    deadline = time.monotonic() + timeout
-    while any(alive(p) for p in procs) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for proc in procs:
-        if alive(proc):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-
-
 @dataclass
 class LocalTorchServe:
     """One TorchServe daemon whose state (pid file, logs, key file) lives in run_dir."""
 
-    run_dir: Path = RUN_DIR
+    run_dir: Path
+    model_store: Path
     overrides: dict[str, str] = field(default_factory=dict)
-    model_store: Path = MODEL_STORE
-    config: Path = CONFIG
+    config: Path = field(default_factory=server_config_template)
+
+    @classmethod
+    def for_workspace(cls, workspace: Workspace, overrides: dict[str, str] | None = None) -> "LocalTorchServe":
+        return cls(run_dir=workspace.run_dir, model_store=workspace.model_store, overrides=overrides or {},
+                   config=workspace.config)
 
     @functools.cached_property
     def props(self) -> dict[str, str]:
@@ -173,9 +142,7 @@ class LocalTorchServe:
         props = dict(self.props)
         if models is not None:
             props["load_models"] = ",".join(models)
-        for mar in props.get("load_models", "").split(","):
-            if mar and mar not in ("all", "ALL") and not (self.model_store / mar.split("=")[-1]).exists():
-                raise FileNotFoundError(f"{self.model_store / mar} is missing: build it first (make models)")
+        self._check_archives(props.get("load_models", ""))
         for key in ("inference_address", "management_address", "metrics_address"):
             _require_free(props[key], key)
         write_properties(self.run_dir / "config.properties", props)
@@ -195,6 +162,18 @@ class LocalTorchServe:
         if started.returncode != 0:
             raise RuntimeError(f"torchserve --start failed ({started.returncode}); see {errors} and "
                                f"{self.run_dir / 'logs' / 'ts_log.log'}: {errors.read_text(errors='replace')[-2000:]}")
+
+    def _check_archives(self, load_models: str) -> None:
+        """Say what to build, instead of letting TorchServe start with nothing (or fail) to serve."""
+        wanted = [m.split("=")[-1] for m in load_models.split(",") if m.strip()]
+        if any(m.lower() == "all" for m in wanted):
+            if not any(self.model_store.glob("*.mar")):
+                raise NothingToServe(f"no model archives in {self.model_store}. Build one first:\n{BUILD_HINT}")
+            return
+        missing = [m for m in wanted if not (self.model_store / m).exists()]
+        if missing:
+            raise NothingToServe(f"{', '.join(str(self.model_store / m) for m in missing)} missing: "
+                                 f"build it first, or serve what is there with --models. To build:\n{BUILD_HINT}")
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> list[str]:
         """Block until every registered model has a READY worker; return their names."""
@@ -258,53 +237,3 @@ class LocalTorchServe:
 
     def is_running(self) -> bool:
         return self.pid_file.exists()
-
-
-def curl_example(server: LocalTorchServe, names: list[str]) -> str:
-    key = f"$(python3 -c \"import json;print(json.load(open('{server.run_dir / 'key_file.json'}'))['inference']['key'])\")"
-    lines = [f'KEY={key}']
-    if "sentiment" in names:
-        lines.append(
-            "curl -s -H \"Authorization: Bearer $KEY\" -H 'Content-Type: text/plain' "
-            f"--data 'The staff were friendly and the room was spotless' {server.inference_url}/predictions/sentiment"
-        )
-    sample = next(iter(sorted((REPO_ROOT / "build" / "respiratory" / "synthetic").glob("*.wav"))), None)
-    if "respiratory" in names and sample:
-        lines.append(
-            "curl -s -H \"Authorization: Bearer $KEY\" -H 'Content-Type: audio/wav' "
-            f"--data-binary @{sample} {server.inference_url}/predictions/respiratory"
-        )
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run TorchServe locally with config.properties.")
-    parser.add_argument("action", choices=["start", "stop", "status"])
-    parser.add_argument("--models", help="comma-separated .mar files (default: load_models in config.properties)")
-    args = parser.parse_args(argv)
-    server = LocalTorchServe()
-    if args.action == "stop":
-        server.stop()
-        print("TorchServe stopped")
-        return
-    if args.action == "status":
-        print("running" if server.is_running() else "stopped")
-        return
-    if server.is_running():
-        server.stop()
-    try:
-        server.start(args.models.split(",") if args.models else None)
-    except (RuntimeError, FileNotFoundError) as exc:
-        raise SystemExit(str(exc))
-    try:
-        names = server.wait_ready()
-    except TimeoutError as exc:
-        server.stop()
-        raise SystemExit(str(exc))
-    print(f"TorchServe is serving {', '.join(names)} at {server.inference_url} (logs in {server.run_dir / 'logs'})")
-    print("Try:\n" + curl_example(server, names))
-    print("Stop with: make stop")
-
-
-if __name__ == "__main__":
-    main()

@@ -8,13 +8,11 @@ The classes differ the way a CNN can hear: "unhealthy" recordings carry a tonal
 wheeze (250-600 Hz, with vibrato) through breaths and coughs, crackles, and
 longer coughs; "healthy" ones have short noisy coughs only. Both get background
 noise, varied loudness, lengths, sample rates and channel counts. Demo data only.
-
-    python -m marport.synth_audio --out build/respiratory/synthetic --participants 80
+`marport train respiratory` writes it to build/respiratory/synthetic (demo_dataset).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 
@@ -90,21 +88,8 @@ def generate(out: Path, participants: int = 80, per_participant: tuple[int, int]
 
 
 def demo_dataset(participants: int = 80) -> Path:
-    """The demo set under build/respiratory/synthetic, generated once; returns labels.csv."""
-    from marport import BUILD_DIR
+    """The demo set under build/respiratory/synthetic in the workspace, generated once; returns labels.csv."""
+    from marport.workspace import current
 
-    labels = BUILD_DIR / "respiratory" / "synthetic" / "labels.csv"
+    labels = current().build / "respiratory" / "synthetic" / "labels.csv"
     return labels if labels.exists() else generate(labels.parent, participants)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write synthetic labelled respiratory recordings.")
-    parser.add_argument("--out", type=Path, default=Path("build/respiratory/synthetic"))
-    parser.add_argument("--participants", type=int, default=80)
-    parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args(argv)
-    print(f"wrote {generate(args.out, args.participants, seed=args.seed)}")
-
-
-if __name__ == "__main__":
-    main()

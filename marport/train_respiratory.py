@@ -1,11 +1,11 @@
 """Train the respiratory-sound CNN on labelled recordings and report honest metrics.
 
     # any folder of recordings with a CSV path,label[,participant_id]
-    python -m marport.train_respiratory --csv data/labels.csv --audio-dir data --out build/resp
+    marport train respiratory --csv data/labels.csv --audio-dir data --out build/resp
     # a Coswara checkout (per-participant folders; covid_status healthy -> 0, anything else -> 1)
-    python -m marport.train_respiratory --coswara path/to/Coswara-Data --recording cough-heavy --out build/resp
-    # the synthetic demo set this project generates
-    python -m marport.train_respiratory --synthetic --out build/resp
+    marport train respiratory --coswara path/to/Coswara-Data --recording cough-heavy --out build/resp
+    # the synthetic demo set this project generates (the default)
+    marport train respiratory
 
 Participants never straddle splits; the minority class is oversampled in the
 training split only; the decision threshold is chosen on the validation split for
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from marport import use_handlers
+from marport.resources import use_handlers
 
 use_handlers()
 import respiratory  # noqa: E402  (flat handler module, as packed in the archive)
@@ -346,34 +346,31 @@ def report(metrics: dict, out: Path) -> None:
     print(f"checkpoint, metrics.json and evaluation.png in {out}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the respiratory-sound CNN.")
-    source = parser.add_mutually_exclusive_group(required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--csv", type=Path, help="CSV with path,label[,participant_id]")
     source.add_argument("--coswara", type=Path, help="root of a Coswara data checkout")
-    source.add_argument("--synthetic", action="store_true", help="the generated demo data set")
+    source.add_argument("--synthetic", action="store_true",
+                        help="the generated demo data set (the default when no data is named)")
     parser.add_argument("--audio-dir", type=Path, help="folder the CSV paths are relative to")
     parser.add_argument("--coswara-metadata", type=Path, help="Coswara metadata CSV (default: combined_data.csv)")
     parser.add_argument("--recording", default="cough-heavy",
                         help="Coswara recording type: cough-heavy, cough-shallow, breathing-deep, counting-normal, ...")
-    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=TrainOptions.epochs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target-sensitivity", type=float, default=0.9)
     parser.add_argument("--window-s", type=float, default=20.0)
     parser.add_argument("--sample-rate", type=int, default=8000)
     parser.add_argument("--decimation", type=int, default=5)
-    args = parser.parse_args(argv)
-    if args.synthetic:
-        build_default(args.out, epochs=args.epochs)
+
+
+def run(args: argparse.Namespace, out: Path) -> None:
+    if not (args.csv or args.coswara):
+        build_default(out, epochs=args.epochs)
         return
     examples = (read_labels_csv(args.csv, args.audio_dir) if args.csv
                 else read_coswara(args.coswara, args.recording, args.coswara_metadata))
     audio = respiratory.AudioConfig(sample_rate=args.sample_rate, decimation=args.decimation,
                                     window_s=args.window_s, hop_s=args.window_s / 2)
     options = TrainOptions(epochs=args.epochs, seed=args.seed, target_sensitivity=args.target_sensitivity, audio=audio)
-    report(train(examples, args.out, options), args.out)
-
-
-if __name__ == "__main__":
-    main()
+    report(train(examples, out, options), out)

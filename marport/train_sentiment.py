@@ -1,11 +1,11 @@
 """Train the demo sentiment checkpoint: a pretrained RoBERTa-architecture encoder fine-tuned on
 three CC BY 4.0 review corpora, three classes (negative / neutral / positive).
 
-    python -m marport.train_sentiment --out build/sentiment/demo-checkpoint [--seed 13]
+    marport train sentiment [--seed 13] [--out DIR]    # default --out: build/sentiment/demo-checkpoint
 
 Writes a `save_pretrained` checkpoint (weights, tokenizer, config), `metrics.json`,
-`confusion.png` and `MODEL_CARD.md` into --out; `marport.build` packs them all into
-sentiment.mar. Where the weights come from: marport/pretrained.py. The data:
+`confusion.png` and `MODEL_CARD.md` into --out; `marport build sentiment` packs them all
+into sentiment.mar. Where the weights come from: marport/pretrained.py. The data:
 marport/sentiment_data.py. Fits the `make serve` budget on 2 CPU cores by reading
 each example once, in length-sorted batches, under bf16 autocast where the CPU has it.
 """
@@ -24,8 +24,8 @@ import torch
 from sklearn.metrics import confusion_matrix, f1_score, recall_score
 from tqdm import tqdm
 
-from marport import use_handlers
 from marport.pretrained import SOURCE, pretrained_roberta
+from marport.resources import use_handlers
 from marport.sentiment_data import LABELS, Example, everyday_eval, load_splits
 
 use_handlers()
@@ -169,21 +169,25 @@ def _clear_previous(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("build/sentiment/demo-checkpoint"))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=TrainSettings.seed)
     parser.add_argument("--epochs", type=float, default=TrainSettings.epochs, help="passes over the training split")
     parser.add_argument("--no-bf16", action="store_true", help="train in fp32 even where the CPU does bf16")
-    args = parser.parse_args(argv)
-    metrics = train(args.out, TrainSettings(seed=args.seed, epochs=args.epochs, bf16=not args.no_bf16))
+
+
+def run(args: argparse.Namespace, out: Path) -> None:
+    report(train(out, TrainSettings(seed=args.seed, epochs=args.epochs, bf16=not args.no_bf16)), out)
+
+
+def build_default(out: Path) -> None:
+    """The demo checkpoint `marport build sentiment` packs: default settings."""
+    report(train(out), out)
+
+
+def report(metrics: dict, out: Path) -> None:
     test, everyday = metrics["test"], metrics["everyday"]
     print(
         f"held-out test ({test['size']} sentences): accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}; "
         f"positive/negative only {test['polar_accuracy']:.3f}; everyday review sentences {everyday['polar_accuracy']:.3f} "
-        f"({metrics['train_seconds']:.0f} s); saved to {args.out}"
+        f"({metrics['train_seconds']:.0f} s); saved to {out}"
     )
-
-
-if __name__ == "__main__":
-    main()

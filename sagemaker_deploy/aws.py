@@ -15,20 +15,11 @@ from pathlib import Path
 # The SDK warns on every import that v2 is on its way out; v3 has no PyTorchModel.
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
-from sagemaker_deploy.package import package, read_model_config  # noqa: E402
-from sagemaker_deploy.settings import DEFAULT_INSTANCE_TYPE, FRAMEWORK_VERSION, PY_VERSION, serving_env  # noqa: E402
+from .package import package, read_model_config  # noqa: E402
+from .settings import DEFAULT_INSTANCE_TYPE, FRAMEWORK_VERSION, PY_VERSION, serving_env  # noqa: E402
 
 VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
-CONTENT_TYPES = {
-    ".wav": "audio/wav",
-    ".flac": "audio/flac",
-    ".ogg": "audio/ogg",
-    ".mp3": "audio/mpeg",
-    ".npy": "application/x-npy",
-    ".json": "application/json",
-    ".txt": "text/plain",
-}
 
 
 class DeployError(SystemExit):
@@ -151,10 +142,6 @@ def autoscale(boto, endpoint: str, minimum: int, maximum: int, invocations_per_i
             "ScaleOutCooldown": 60,
         },
     )
-
-
-def content_type_for(path: Path) -> str:
-    return CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
 
 
 def invoke(endpoint: str, body: bytes, content_type: str, region: str | None = None,

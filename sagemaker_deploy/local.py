@@ -5,7 +5,7 @@ The PyTorch container unpacks model.tar.gz into /opt/ml/model and starts
 same toolkit (sagemaker-pytorch-inference), in a scratch folder instead of /opt/ml,
 with every port on 127.0.0.1:
 
-    python -m sagemaker_deploy serve-local build/sagemaker/sentiment/model.tar.gz --port 8090
+    marport sagemaker serve-local build/sagemaker/sentiment/model.tar.gz --port 8090
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 import psutil
 import requests
 
-from marport.server import TS_MAIN_CLASS, end_processes, free_port, process_family
+from marport.processes import end_processes, free_port, process_family
+from marport.server import TS_MAIN_CLASS
 
 READY_TIMEOUT_S = 300
 
@@ -60,7 +61,7 @@ class LocalEndpoint:
         if self.env is None:
             import yaml
 
-            from sagemaker_deploy.settings import serving_env
+            from .settings import serving_env
 
             config = yaml.safe_load((model_dir / "model-config.yaml").read_text()) or {}
             self.env = serving_env(config, manifest=(model_dir / "MAR-INF" / "MANIFEST.json").exists())
@@ -86,7 +87,7 @@ class LocalEndpoint:
         )
         log = open(self.workdir / "logs" / "toolkit.log", "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sagemaker_deploy.toolkit_entry", str(self.ts_config)],
+            [sys.executable, "-m", f"{__package__}.toolkit_entry", str(self.ts_config)],
             cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
 

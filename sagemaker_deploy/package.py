@@ -9,26 +9,17 @@ and `code/requirements.txt` serve the toolkit's own route through the same core.
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 import zipfile
 from pathlib import Path
 
-from marport import HANDLERS_DIR
+from marport.registry import ModelKind, for_entry
+from marport.resources import handler_file
 
 MANIFEST = "MAR-INF/MANIFEST.json"
 TOOLKIT_ENTRY = "inference.py"
-
-# What SageMaker's PyTorch 2.6 / Python 3.12 image lacks. Ranges, not pins to this
-# project's versions: the container's torch 2.6 and numpy stay as they are.
-CONTAINER_REQUIREMENTS = """\
-transformers>=4.46,<6
-tokenizers>=0.20
-safetensors>=0.4
-soundfile>=0.12
-soxr>=0.3
-onnxruntime>=1.20
-onnx>=1.16
-"""
+TOOLKIT_ADAPTER = "sagemaker_adapter.py"  # handlers/ module that becomes code/inference.py
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -38,19 +29,34 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def model_kind(archive: zipfile.ZipFile, mar: Path) -> ModelKind:
+    """Which marport model an archive holds, from the handler its manifest names."""
+    if MANIFEST not in archive.namelist():
+        raise ValueError(f"{mar} has no {MANIFEST}: not a model archive")
+    handler = json.loads(archive.read(MANIFEST))["model"]["handler"]
+    try:
+        return for_entry(handler)
+    except KeyError as err:
+        raise ValueError(f"{mar}: {err.args[0]}") from None
+
+
+def container_requirements(kind: ModelKind) -> str:
+    """code/requirements.txt: what SageMaker's PyTorch 2.6 / Python 3.12 image lacks for this model."""
+    return "".join(f"{line}\n" for line in kind.container_requirements)
+
+
 def package(mar: Path, out: Path, manifest: bool = True) -> Path:
     """Write model.tar.gz for `mar`; manifest=False leaves only the toolkit route."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(mar) as archive, tarfile.open(out, "w:gz") as tar:
+        kind = model_kind(archive, mar)
         names = archive.namelist()
-        if MANIFEST not in names:
-            raise ValueError(f"{mar} has no {MANIFEST}: not a model archive")
         for name in names:
             if name.endswith("/") or (name == MANIFEST and not manifest):
                 continue
             _add(tar, name, archive.read(name))
-        _add(tar, f"code/{TOOLKIT_ENTRY}", (HANDLERS_DIR / "sagemaker_adapter.py").read_bytes())
-        _add(tar, "code/requirements.txt", CONTAINER_REQUIREMENTS.encode())
+        _add(tar, f"code/{TOOLKIT_ENTRY}", handler_file(TOOLKIT_ADAPTER).read_bytes())
+        _add(tar, "code/requirements.txt", container_requirements(kind).encode())
     return out
 
 

@@ -1,6 +1,6 @@
 """Start SageMaker's PyTorch serving toolkit as the container's entry point does.
 
-Run by sagemaker_deploy.local in its own process; argv[1] is a writable path for
+Run by local.py (LocalEndpoint) in its own process; argv[1] is a writable path for
 the TorchServe config the toolkit generates (the container writes /etc).
 """
 

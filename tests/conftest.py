@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from marport import MODEL_STORE
 from marport.server import LocalTorchServe, free_port_overrides
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the tests run in the repo, its root the workspace
+MODEL_STORE = REPO_ROOT / "model_store"
 
 
 def running_torchserve(run_dir: Path, model_store: Path, models: list[str]):

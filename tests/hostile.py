@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import yaml
 
-from bench.mixed import strict_json as bench_strict_json
+from marport.bench.mixed import strict_json as bench_strict_json
 
 from tests.audio_helpers import cough_like, encode, npy_bytes, pickle_canary_npy
 

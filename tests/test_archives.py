@@ -8,8 +8,7 @@ import zipfile
 
 import pytest
 
-from marport.build import MODELS
-from sagemaker_deploy.package import CONTAINER_REQUIREMENTS
+from marport.registry import MODELS
 from tests.conftest import built_archive
 
 # Third-party modules the serving side may import: TorchServe's own, torch and what
@@ -42,17 +41,32 @@ def test_archive_holds_every_module_its_handler_imports(model):
         assert not outside & {"marport", "sagemaker_deploy", "tests", "bench"}
 
 
-def test_container_requirements_cover_the_handlers_needs():
-    listed = {line.split(">")[0].split("=")[0].split("<")[0].strip() for line in CONTAINER_REQUIREMENTS.splitlines()}
-    # torch, numpy, yaml and the toolkit ship with SageMaker's PyTorch image.
-    assert {"transformers", "soundfile", "soxr", "safetensors"} <= listed
+def _requirement_names(kind) -> set[str]:
+    import re
+
+    return {re.split(r"[<>=!~ ]", line, maxsplit=1)[0] for line in kind.container_requirements}
 
 
-def test_every_serving_dependency_outside_the_container_is_in_code_requirements():
-    """SageMaker's PyTorch image has torch, numpy, yaml and the toolkit; the rest must be installed from the tarball."""
-    from sagemaker_deploy.package import CONTAINER_REQUIREMENTS
+# What SageMaker's PyTorch 2.6 image already has: torch, numpy, yaml, TorchServe and the toolkit.
+IN_IMAGE = {"torch", "numpy", "yaml", "ts", "sagemaker_inference"}
 
-    listed = {line.split(">")[0].split("=")[0].strip() for line in CONTAINER_REQUIREMENTS.splitlines() if line.strip()}
-    in_image = {"torch", "numpy", "yaml", "ts", "sagemaker_inference"}
-    assert SERVING_DEPENDENCIES - in_image <= listed | {"safetensors"} and "onnxruntime" in listed
 
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_code_requirements_cover_what_the_archive_imports(model, tmp_path):
+    """SageMaker's image lacks the rest: each archive's model.tar.gz must pip-install what its modules import."""
+    import tarfile
+
+    from marport.sagemaker_deploy.package import package
+
+    tarball = package(built_archive(model), tmp_path / "model.tar.gz")
+    with tarfile.open(tarball) as tar:
+        sources = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()
+                   if m.name.endswith(".py") and "/" not in m.name}
+        requirements = tar.extractfile("code/requirements.txt").read().decode()
+    packed = {n[:-3] for n in sources}
+    imported = set().union(*(imported_names(src) for src in sources.values())) - packed - set(sys.stdlib_module_names)
+    listed = _requirement_names(MODELS[model])
+    assert imported - IN_IMAGE <= listed, f"{model}: {imported - IN_IMAGE - listed} missing from code/requirements.txt"
+    assert requirements.split() == list(MODELS[model].container_requirements)
+    # transformers loads weights through safetensors without importing it by name here.
+    assert model != "sentiment" or {"transformers", "safetensors", "onnxruntime"} <= listed

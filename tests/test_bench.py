@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from bench.loadgen import LoadResult, client_core
-from bench.run import serving_overhead_ms
+from marport.bench.loadgen import LoadResult, client_core
+from marport.bench.sentiment_bench import serving_overhead_ms
 
 
 def test_each_served_request_is_paired_with_the_forward_of_its_own_text():

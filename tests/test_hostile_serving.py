@@ -20,10 +20,11 @@ import requests
 import yaml
 
 import sentiment
-from bench.mixed import derive_max_tokens, kill_worker_under_load, mixed_load
-from bench.workloads import LONG_TEXT
+from marport.bench.mixed import derive_max_tokens, kill_worker_under_load, mixed_load
+from marport.bench.workloads import LONG_TEXT
 from marport.build import extract_archive
-from marport.server import read_properties, CONFIG
+from marport.server import read_properties
+from tests.conftest import REPO_ROOT
 from tests.conftest import built_archive, send_together, running_torchserve, worker_pids
 from tests.hostile import GOOD_TEXT, respiratory_cases, sentiment_cases, strict_json
 from tests.test_hostile_inputs import GOOD, close
@@ -150,7 +151,7 @@ def test_killed_worker_fails_only_requests_in_flight(server):
 
 
 def test_body_over_the_front_end_cap_gets_413(server):
-    limit = int(read_properties(CONFIG)["max_request_size"])
+    limit = int(read_properties(REPO_ROOT / "config.properties")["max_request_size"])
     url = urlsplit(server.inference_url)
     # With Expect: 100-continue (curl sends it for bodies over 1 MB) the front end answers
     # before a byte of the body is sent: the 413 always arrives.

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from marport import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 NOTEBOOKS = REPO_ROOT / "notebooks"

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from moto import mock_aws
 
-from sagemaker_deploy import __main__ as cli
-from sagemaker_deploy.aws import DeployError, DeployOptions, boto_session, delete, deploy
+from marport import cli
+from marport.sagemaker_deploy.aws import DeployError, DeployOptions, boto_session, delete, deploy
 from tests.conftest import built_archive
 
 REGION = "eu-west-1"
@@ -84,7 +84,7 @@ def test_redeploy_updates_the_endpoint_in_place(aws, tmp_path, monkeypatch):
 def test_cli_deploy_prints_what_it_made(aws, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SAGEMAKER_ROLE", aws)
     monkeypatch.chdir(tmp_path)
-    cli.main(["deploy", str(built_archive("sentiment")), "--endpoint", "cli-test", "--tag", "owner=me",
+    cli.main(["sagemaker", "deploy", str(built_archive("sentiment")), "--endpoint", "cli-test", "--tag", "owner=me",
               "--ts", "maxBatchDelay=50", "--no-wait"])
     made = json.loads(capsys.readouterr().out)
     env = boto3.client("sagemaker", region_name=REGION).describe_model(ModelName=made["model"])["PrimaryContainer"]
@@ -109,7 +109,8 @@ def test_missing_credentials_and_role_are_explained(monkeypatch, tmp_path):
 def test_invoke_sends_the_body_with_its_content_type(aws, tmp_path):
     from pathlib import Path
 
-    from sagemaker_deploy.aws import content_type_for, invoke
+    from marport.content_types import content_type_for
+    from marport.sagemaker_deploy.aws import invoke
 
     deploy(built_archive("sentiment"), DeployOptions(endpoint="inv", role=aws, wait=False), tmp_path)
     status, body = invoke("inv", b"Great staff", "text/plain")

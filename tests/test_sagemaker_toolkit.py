@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import requests
 
-from marport.server import alive
-from sagemaker_deploy.local import LocalEndpoint
-from sagemaker_deploy.package import package
+from marport.processes import alive
+from marport.sagemaker_deploy.local import LocalEndpoint
+from marport.sagemaker_deploy.package import package
 from tests.audio_helpers import cough_like, encode, npy_bytes
 from tests.conftest import built_archive, running_torchserve
 from tests.hostile import Case, respiratory_cases, sentiment_cases, strict_json

@@ -13,7 +13,8 @@ import requests
 import sentiment
 from marport.build import build
 from marport.build import extract_archive
-from marport.server import TS_MAIN_CLASS, alive
+from marport.processes import alive
+from marport.server import TS_MAIN_CLASS
 from tests.conftest import built_archive, logged_batches, running_torchserve, worker_pids
 from tests.test_sentiment_unit import save_tiny_checkpoint
 
@@ -155,7 +156,7 @@ def test_a_brought_checkpoint_serves_its_own_labels(server):
 def test_pid_is_the_java_front_end_whose_jit_the_benchmarks_watch(server):
     import psutil
 
-    from bench.loadgen import jit_cpu_s
+    from marport.bench.loadgen import jit_cpu_s
 
     assert TS_MAIN_CLASS in psutil.Process(server.pid).cmdline()
     assert jit_cpu_s(server.pid) > 0, "no JIT compiler thread found under /proc: the bench warm-up could not settle"

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import re
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertModel, RobertaForSequenceClassification
 
-from marport import REPO_ROOT
+from tests.conftest import REPO_ROOT
 from marport.model_card import CARD_NAME
 from marport.pretrained import pretrained_dir, pretrained_roberta
 from marport.sentiment_data import LABELS, _key, corpus_examples, detokenize, everyday_eval, load_splits, splits

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from marport.server import LocalTorchServe, alive, free_port_overrides, read_properties
-from marport import REPO_ROOT
+from marport.processes import alive
+from marport.server import LocalTorchServe, free_port_overrides, read_properties
+from tests.conftest import REPO_ROOT
 
 
 def test_busy_port_is_reported_before_starting(tmp_path):
@@ -25,8 +26,25 @@ def test_busy_port_is_reported_before_starting(tmp_path):
 
 def test_missing_archive_is_named(tmp_path):
     server = LocalTorchServe(run_dir=tmp_path, overrides=free_port_overrides(), model_store=tmp_path)
-    with pytest.raises(FileNotFoundError, match="nothere.mar is missing"):
+    with pytest.raises(FileNotFoundError, match="nothere.mar missing: build it first"):
         server.start(["nothere.mar"])
+
+
+def test_an_empty_model_store_says_what_to_build(tmp_path):
+    """A first `marport serve` in an empty folder (load_models=all) names the build commands."""
+    server = LocalTorchServe(run_dir=tmp_path / "var", overrides=free_port_overrides(), model_store=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no model archives in") as raised:
+        server.start()
+    assert "marport build sentiment --checkpoint DIR --name NAME" in str(raised.value)
+    assert not server.is_running()
+
+
+def test_the_wheel_ships_the_repos_config():
+    """The template the wheel carries is the repo's config.properties itself, not a copy that drifts."""
+    from marport.resources import server_config_template
+
+    assert server_config_template().read_bytes() == (REPO_ROOT / "config.properties").read_bytes()
+    assert read_properties(server_config_template())["load_models"] == "all"
 
 
 def test_shipped_config_is_safe_by_default():

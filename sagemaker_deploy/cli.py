@@ -1,10 +1,12 @@
-"""sagemaker_deploy command line.
+"""`marport sagemaker ...`: package, run locally through the real toolkit, deploy, invoke, delete.
 
-    python -m sagemaker_deploy package model_store/sentiment.mar
-    python -m sagemaker_deploy serve-local build/sagemaker/sentiment/model.tar.gz --port 8090
-    python -m sagemaker_deploy deploy model_store/sentiment.mar --endpoint sentiment-demo --role ARN
-    python -m sagemaker_deploy invoke sentiment-demo --text "Great staff, clean room"
-    python -m sagemaker_deploy delete sentiment-demo --delete-model-data
+    marport sagemaker package sentiment            # model_store/sentiment.mar -> build/sagemaker/sentiment/model.tar.gz
+    marport sagemaker serve-local sentiment --port 8090
+    marport sagemaker deploy sentiment --endpoint sentiment-demo --role ARN
+    marport sagemaker invoke sentiment-demo --text "Great staff, clean room"
+    marport sagemaker delete sentiment-demo --delete-model-data
+
+ARCHIVE is a .mar path or the name of one in the model store.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from sagemaker_deploy.settings import DEFAULT_INSTANCE_TYPE
+from marport.workspace import Workspace
+
+from .settings import DEFAULT_INSTANCE_TYPE
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -27,23 +31,45 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def _package(args) -> None:
-    from sagemaker_deploy.package import package
+def archive_path(workspace: Workspace, archive: str) -> Path:
+    """A .mar named by path, or by model name in the workspace's model store."""
+    path = Path(archive)
+    if path.suffix == ".mar" or path.exists():
+        if not path.exists():
+            raise SystemExit(f"{path} does not exist")
+        return path.resolve()
+    stored = workspace.model_store / f"{archive}.mar"
+    if not stored.exists():
+        raise SystemExit(f"no {stored}: build it with `marport build` or give a .mar path")
+    return stored
 
-    out = args.out or Path("build/sagemaker") / args.mar.stem / "model.tar.gz"
-    print(package(args.mar, out, manifest=not args.toolkit_only))
+
+def tarball_path(workspace: Workspace, mar: Path) -> Path:
+    return workspace.build / "sagemaker" / mar.stem / "model.tar.gz"
 
 
-def _serve_local(args) -> None:
+def _package(args, workspace: Workspace) -> None:
+    from .package import package
+
+    mar = archive_path(workspace, args.archive)
+    print(package(mar, args.out or tarball_path(workspace, mar), manifest=not args.toolkit_only))
+
+
+def _serve_local(args, workspace: Workspace) -> None:
     import signal
     import tempfile
 
-    from sagemaker_deploy.local import LocalEndpoint
+    from .local import LocalEndpoint
+    from .package import package
 
+    tarball = Path(args.archive)
+    if not tarball.name.endswith(".tar.gz"):  # an archive: package it first, as deploy would
+        mar = archive_path(workspace, args.archive)
+        tarball = package(mar, tarball_path(workspace, mar))
     workdir = Path(tempfile.mkdtemp(prefix="sagemaker-local-"))
-    endpoint = LocalEndpoint(args.tarball, workdir, port=args.port)
+    endpoint = LocalEndpoint(tarball, workdir, port=args.port)
     with endpoint:
-        print(f"SageMaker toolkit serving {args.tarball} at {endpoint.url} (/ping, /invocations); Ctrl-C stops it")
+        print(f"SageMaker toolkit serving {tarball} at {endpoint.url} (/ping, /invocations); Ctrl-C stops it")
         print(f"logs: {workdir / 'logs'}")
         try:
             signal.pause()
@@ -51,8 +77,8 @@ def _serve_local(args) -> None:
             pass
 
 
-def _deploy(args) -> None:
-    from sagemaker_deploy.aws import DeployOptions, deploy
+def _deploy(args, workspace: Workspace) -> None:
+    from .aws import DeployOptions, deploy
 
     autoscale = None
     if args.autoscale_max:
@@ -63,11 +89,13 @@ def _deploy(args) -> None:
         instance_count=args.instance_count, bucket=args.bucket, prefix=args.prefix, region=args.region,
         batching=batching, autoscale=autoscale, tags=_pairs(args.tag, "--tag"), wait=not args.no_wait,
     )
-    print(json.dumps(deploy(args.mar, options), indent=2))
+    print(json.dumps(deploy(archive_path(workspace, args.archive), options), indent=2))
 
 
-def _invoke(args) -> None:
-    from sagemaker_deploy.aws import content_type_for, invoke
+def _invoke(args, workspace: Workspace) -> None:
+    from marport.content_types import content_type_for
+
+    from .aws import invoke
 
     if args.text is not None:
         body, content_type = args.text.encode(), "text/plain"
@@ -82,30 +110,32 @@ def _invoke(args) -> None:
         sys.exit(f"HTTP {status}")
 
 
-def _delete(args) -> None:
-    from sagemaker_deploy.aws import delete
+def _delete(args, workspace: Workspace) -> None:
+    from .aws import delete
 
     for item in delete(args.endpoint, args.region, args.delete_model_data):
         print(f"deleted {item}")
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m sagemaker_deploy", description=__doc__.splitlines()[0])
-    sub = top.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("package", help="turn a .mar into model.tar.gz")
-    p.add_argument("mar", type=Path)
-    p.add_argument("--out", type=Path)
+def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
+    """The `marport sagemaker` subcommands; `common` carries --workdir and --model-store."""
+    archive_help = "a .mar file, or the name of an archive in the model store"
+    p = sub.add_parser("package", parents=common, help="turn an archive into model.tar.gz, unchanged",
+                       description="Write model.tar.gz: the archive's files at its root (SageMaker's TorchServe "
+                                   "serves them as they are), plus code/inference.py and code/requirements.txt.")
+    p.add_argument("archive", help=archive_help)
+    p.add_argument("--out", type=Path, help="default: build/sagemaker/NAME/model.tar.gz in the workdir")
     p.add_argument("--toolkit-only", action="store_true", help="leave out the manifest: serve via code/inference.py")
     p.set_defaults(run=_package)
 
-    p = sub.add_parser("serve-local", help="run model.tar.gz through the SageMaker toolkit on 127.0.0.1")
-    p.add_argument("tarball", type=Path)
+    p = sub.add_parser("serve-local", parents=common,
+                       help="serve model.tar.gz through SageMaker's real toolkit on 127.0.0.1 (no Docker)")
+    p.add_argument("archive", help="a model.tar.gz, or an archive (packaged first): " + archive_help)
     p.add_argument("--port", type=int, default=8090)
     p.set_defaults(run=_serve_local)
 
-    p = sub.add_parser("deploy", help="upload and create or update an endpoint")
-    p.add_argument("mar", type=Path)
+    p = sub.add_parser("deploy", parents=common, help="package, upload, and create or update an endpoint")
+    p.add_argument("archive", help=archive_help)
     p.add_argument("--endpoint", required=True)
     p.add_argument("--role", help="execution role ARN (default: $SAGEMAKER_ROLE)")
     p.add_argument("--region")
@@ -122,7 +152,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true")
     p.set_defaults(run=_deploy)
 
-    p = sub.add_parser("invoke", help="send one request to an endpoint")
+    p = sub.add_parser("invoke", parents=common, help="send one request to an endpoint")
     p.add_argument("endpoint")
     body = p.add_mutually_exclusive_group(required=True)
     body.add_argument("--text")
@@ -133,18 +163,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--region")
     p.set_defaults(run=_invoke)
 
-    p = sub.add_parser("delete", help="delete the endpoint, its config and models")
+    p = sub.add_parser("delete", parents=common, help="delete the endpoint, its config and models")
     p.add_argument("endpoint")
     p.add_argument("--region")
     p.add_argument("--delete-model-data", action="store_true", help="also delete model.tar.gz from S3")
     p.set_defaults(run=_delete)
-    return top
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    args.run(args)
-
-
-if __name__ == "__main__":
-    main()

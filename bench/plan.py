@@ -1,0 +1,28 @@
+"""How much a benchmark run measures, and the worker layouts it tries on this machine."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+CORES = len(os.sched_getaffinity(0))
+# Workers x torch threads that use every core: one wide worker, or one single-thread worker per core.
+LAYOUTS = tuple(sorted({(1, CORES), (CORES, 1)}))
+
+
+@dataclass
+class Plan:
+    reps: int = 3
+    short: int = 320
+    short_c1: int = 64
+    long: int = 48
+    recordings: int = 48  # distinct recordings, sent in turn
+    recording_requests: int = 480  # per timed run
+    concurrency: tuple = (1, 8, 32, 64)
+    sweep: tuple = tuple((w, t, b, d) for w, t in LAYOUTS for b in (8, 16) for d in (2, 20))
+    cold_starts: int = 3
+    quick: bool = False
+
+
+QUICK = Plan(reps=1, short=48, short_c1=8, long=8, recordings=8, recording_requests=16, concurrency=(1, 8),
+             sweep=tuple((w, t, 8, 2) for w, t in LAYOUTS), cold_starts=1, quick=True)

@@ -1,0 +1,246 @@
+"""The `marport` command: train, build, serve and deploy models from any folder.
+
+Each subcommand's work lives in its own module; this file only wires the arguments.
+Heavy modules (torch, transformers, the AWS SDK) are imported when a command runs,
+so `marport --help` and `marport status` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from marport import __version__
+from marport.registry import MODELS
+from marport.workspace import Workspace, activate
+
+EPILOG = """\
+a first model, from an empty folder:
+  marport build sentiment --checkpoint ./my-checkpoint --name mine
+  marport serve
+  marport predict mine "The staff were lovely"
+  marport stop
+
+Workspace folders (model_store/, build/, var/) live in the current folder, or --workdir.
+"""
+
+
+def _common() -> argparse.ArgumentParser:
+    """--workdir and --model-store, accepted after any subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("workspace")
+    group.add_argument("--workdir", type=Path, metavar="DIR",
+                       help="folder holding model_store/, build/ and var/ (default: the current folder)")
+    group.add_argument("--model-store", type=Path, metavar="DIR",
+                       help="where archives are written and served from (default: WORKDIR/model_store)")
+    return common
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _train(args, workspace: Workspace) -> None:
+    kind = MODELS[args.model]
+    out = args.out.resolve() if args.out else workspace.checkpoint(args.model)
+    kind.trainer.run(args, out)
+    print(f"next: marport build {args.model}" + (f" --checkpoint {out}" if args.out else ""))
+
+
+def _build(args, workspace: Workspace) -> None:
+    from marport import build
+
+    build.run(args, workspace)
+
+
+def _serve(args, workspace: Workspace) -> None:
+    from marport.server import LocalTorchServe, NothingToServe
+
+    server = LocalTorchServe.for_workspace(workspace)
+    if server.is_running():
+        print(f"stopping the TorchServe already running from {workspace.root}")
+        server.stop()
+    models = [m if m.endswith(".mar") else f"{m}.mar" for m in args.models.split(",")] if args.models else None
+    try:
+        server.start(models)
+    except NothingToServe as exc:
+        raise SystemExit(f"nothing to serve: {exc}")
+    except RuntimeError as exc:
+        raise SystemExit(str(exc))
+    try:
+        names = server.wait_ready()
+    except TimeoutError as exc:
+        server.stop()
+        raise SystemExit(str(exc))
+    print(f"TorchServe is serving {', '.join(names)} at {server.inference_url} (logs in {server.run_dir / 'logs'})")
+    print("Try:")
+    for name in names:
+        print(f"  {_predict_example(workspace, name)}")
+    print("Stop with: marport stop")
+
+
+def _predict_example(workspace: Workspace, name: str) -> str:
+    """A `marport predict` line for a served model, with its kind's sample request."""
+    kind = _kind_of(workspace, name)
+    sample = kind.sample(workspace) if kind else None
+    if isinstance(sample, Path):
+        return f"marport predict {name} --file {sample}"
+    return f"marport predict {name} {json.dumps(sample or 'your text here')}"
+
+
+def _kind_of(workspace: Workspace, name: str):
+    import zipfile
+
+    from marport.sagemaker_deploy.package import model_kind
+
+    mar = workspace.model_store / f"{name}.mar"
+    try:
+        with zipfile.ZipFile(mar) as archive:
+            return model_kind(archive, mar)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _stop(args, workspace: Workspace) -> None:
+    from marport.server import LocalTorchServe
+
+    server = LocalTorchServe.for_workspace(workspace)
+    if not server.is_running():
+        print(f"no TorchServe is running from {workspace.root}")
+        return
+    server.stop()
+    print("TorchServe stopped")
+
+
+def _status(args, workspace: Workspace) -> None:
+    from marport.client import NotServing, addresses, running_server
+
+    archives = ", ".join(p.name for p in workspace.archives()) or "none"
+    try:
+        server = running_server(workspace)
+    except NotServing:
+        print(f"stopped (workdir {workspace.root}; archives in {workspace.model_store}: {archives})")
+        sys.exit(3)  # like `systemctl status`: scripts can tell stopped from running
+    print(f"running, pid {server.pid} (workdir {workspace.root}; archives: {archives})")
+    for key, url in addresses(workspace).items():
+        print(f"  {key.replace('_address', '')}: {url}")
+
+
+def _predict(args, workspace: Workspace) -> None:
+    from marport.client import NotServing, predict, request_body
+
+    if (args.text is None) == (args.file is None):
+        raise SystemExit("give the request as TEXT or --file FILE (one of the two)")
+    body, content_type = request_body(args.text, args.file, args.content_type)
+    try:
+        answer = predict(workspace, args.model, body, content_type)
+    except NotServing as exc:
+        raise SystemExit(str(exc))
+    print(answer.body)
+    if not answer.ok:
+        sys.exit(f"HTTP {answer.status}")
+
+
+def _token(args, workspace: Workspace) -> None:
+    from marport.client import NotServing, fresh_inference_key
+
+    try:
+        print(fresh_inference_key(workspace))
+    except NotServing as exc:
+        raise SystemExit(str(exc))
+
+
+def _bench(args, workspace: Workspace) -> None:
+    from marport.bench import run
+
+    run.run(args)
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command tree. The options of `train MODEL` and `bench` come from modules that
+    import torch, so they are only read when `argv` asks for that command."""
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
+    wants = lambda *path: words[: len(path)] == list(path)  # noqa: E731
+    common = [_common()]
+    top = argparse.ArgumentParser(
+        prog="marport", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Put a fine-tuned PyTorch model behind TorchServe; deploy the same archive to SageMaker.")
+    top.add_argument("--version", action="version", version=f"marport {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model (the demo models, or yours from your data)",
+                           description="Train a model; writes a save_pretrained checkpoint.")
+    kinds = train.add_subparsers(dest="model", required=True, metavar="MODEL")
+    for kind in MODELS.values():
+        p = kinds.add_parser(kind.name, parents=common, help=kind.summary, description=kind.summary)
+        p.add_argument("--out", type=Path, metavar="DIR",
+                       help=f"checkpoint folder (default: WORKDIR/build/{kind.name}/demo-checkpoint)")
+        if wants("train", kind.name):
+            kind.trainer.add_arguments(p)
+        p.set_defaults(run=_train)
+
+    from marport import build
+
+    p = sub.add_parser("build", parents=common, help="pack a checkpoint into a TorchServe archive (.mar)",
+                       description="Pack a checkpoint, the handler modules and the model's model-config.yaml "
+                                   "into MODEL_STORE/NAME.mar; the archive needs nothing from marport to run.")
+    build.add_arguments(p)
+    p.set_defaults(run=_build)
+
+    p = sub.add_parser("serve", parents=common, help="start TorchServe on 127.0.0.1 with the archives built here",
+                       description="Start TorchServe (loopback only, token auth on) with WORKDIR/config.properties, "
+                                   "or the shipped one; wait until every model has a ready worker.")
+    p.add_argument("--models", metavar="A,B", help="comma-separated archive names (default: every archive in the store)")
+    p.set_defaults(run=_serve)
+
+    p = sub.add_parser("stop", parents=common, help="stop the TorchServe started here, and its workers")
+    p.set_defaults(run=_stop)
+
+    p = sub.add_parser("status", parents=common, help="is TorchServe running here, and where (exit 3 if stopped)")
+    p.set_defaults(run=_status)
+
+    p = sub.add_parser("predict", parents=common, help="send one request to a served model; prints the JSON answer",
+                       description="Send TEXT (text/plain) or a file (typed by its extension: .wav .flac .ogg .mp3 "
+                                   ".npy .json .txt) to a model served here. Reads the server's key itself.")
+    p.add_argument("model", help="the served model's name")
+    p.add_argument("text", nargs="?", help="the text to classify")
+    p.add_argument("--file", type=Path, help="send this file's bytes instead")
+    p.add_argument("--content-type", help="override the Content-Type")
+    p.set_defaults(run=_predict)
+
+    p = sub.add_parser("token", parents=common, help="print a fresh inference key (keys expire after 60 minutes)",
+                       description="Ask the running server for a new inference key and print it; the previous "
+                                   "key stops working. Use it as: curl -H \"Authorization: Bearer $(marport token)\"")
+    p.set_defaults(run=_token)
+
+    from marport.sagemaker_deploy import cli as sagemaker_cli
+
+    p = sub.add_parser("sagemaker", help="package, run locally, deploy, invoke or delete on SageMaker",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=textwrap.dedent(sagemaker_cli.__doc__))
+    sagemaker_cli.add_commands(p.add_subparsers(dest="action", required=True, metavar="ACTION"), common)
+
+    p = sub.add_parser("bench", parents=common, help="benchmark served models against their in-process ceiling",
+                       description="Served throughput and latency against each model's in-process ceiling; "
+                                   "writes bench/results/latest.json and BENCHMARKS.md in the workdir.")
+    if wants("bench"):
+        from marport.bench import run as bench_run
+
+        bench_run.add_arguments(p)
+    p.set_defaults(run=_bench)
+    return top
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser(argv).parse_args(argv)
+    workspace = activate(Workspace.at(args.workdir, args.model_store))
+    args.run(args, workspace)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""A client for the local TorchServe: `marport predict` and `marport token`.
+
+It reads the server's addresses from the config the running server was started with
+(var/config.properties) and its keys from var/key_file.json, so a user never copies
+a token by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from marport.content_types import content_type_for
+from marport.server import LocalTorchServe, read_properties
+from marport.workspace import Workspace
+
+REQUEST_TIMEOUT_S = 120  # above the handlers' responseTimeout (60 s), so the server's own answer arrives
+
+
+class NotServing(RuntimeError):
+    """No TorchServe started from this workspace is running."""
+
+
+def running_server(workspace: Workspace) -> LocalTorchServe:
+    """The TorchServe `marport serve` started from this workspace, with its actual addresses."""
+    server = LocalTorchServe.for_workspace(workspace)
+    started_with = workspace.run_dir / "config.properties"
+    if not server.is_running() or not started_with.exists():
+        raise NotServing(f"no TorchServe is running from {workspace.root}: start one with `marport serve`")
+    server.config = started_with  # its ports may differ from the template's
+    return server
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+def predict(workspace: Workspace, model: str, body: bytes, content_type: str) -> Answer:
+    server = running_server(workspace)
+    reply = requests.post(f"{server.inference_url}/predictions/{model}", data=body,
+                          headers={**server.headers("inference"), "Content-Type": content_type},
+                          timeout=REQUEST_TIMEOUT_S)
+    return Answer(reply.status_code, reply.text)
+
+
+def request_body(text: str | None, file: Path | None, content_type: str | None) -> tuple[bytes, str]:
+    """What `marport predict` sends: the text as text/plain, or a file typed by its extension."""
+    if file is not None:
+        return file.read_bytes(), content_type or content_type_for(file)
+    return (text or "").encode("utf-8"), content_type or "text/plain; charset=utf-8"
+
+
+def fresh_inference_key(workspace: Workspace) -> str:
+    """Ask the server for a new inference key (the old one stops working; keys expire after 60 min).
+
+    TorchServe's token API is on the management address and takes the management key;
+    it rewrites key_file.json, from which the new key is read back.
+    """
+    server = running_server(workspace)
+    reply = requests.post(f"{server.management_url}/token", params={"type": "inference"},
+                          headers=server.headers("management"), timeout=30)
+    if not reply.ok:
+        raise NotServing(f"the server refused a new key (HTTP {reply.status_code}): {reply.text.strip()}")
+    return server.keys()["inference"]
+
+
+def addresses(workspace: Workspace) -> dict[str, str]:
+    props = read_properties(running_server(workspace).config)
+    return {k: props[k] for k in ("inference_address", "management_address", "metrics_address") if k in props}

@@ -1,0 +1,23 @@
+"""The Content-Type a client sends for a body read from a file, by its extension.
+
+Shared by `marport predict` (local TorchServe) and `marport sagemaker invoke`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BY_SUFFIX = {
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".mp3": "audio/mpeg",
+    ".npy": "application/x-npy",
+    ".json": "application/json",
+    ".txt": "text/plain",
+}
+OCTET_STREAM = "application/octet-stream"
+
+
+def content_type_for(path: Path) -> str:
+    return BY_SUFFIX.get(path.suffix.lower(), OCTET_STREAM)

@@ -1,0 +1,48 @@
+"""Process and port utilities shared by the launchers (local TorchServe, the SageMaker toolkit)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+
+import psutil
+
+
+def free_port() -> int:
+    """A port nothing listens on right now, on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def alive(proc: psutil.Process | int) -> bool:
+    """Running, not merely exited: a zombie has exited, and whether anyone reaps it
+    (PID 1 in a container may not) is not ours to wait for."""
+    try:
+        proc = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def process_family(proc: psutil.Process | int | None) -> list[psutil.Process]:
+    """A process and all its descendants; empty if it is gone."""
+    if proc is None:
+        return []
+    try:
+        proc = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def end_processes(procs: list[psutil.Process], timeout: float) -> None:
+    """Wait up to `timeout` for processes already told to stop, then kill what is left."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for proc in procs:
+        if alive(proc):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()

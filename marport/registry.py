@@ -1,0 +1,97 @@
+"""Everything marport knows about each model kind, in one place.
+
+A model kind is its handler entry module and core (packed flat into the archive with
+the shared modules), its model-config.yaml, its trainer, a sample request, and what
+SageMaker's PyTorch container must pip-install to serve it. `marport build`, `train`,
+`serve`, `predict`, `sagemaker package` and the benchmarks all read it from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from marport import resources
+from marport.workspace import Workspace
+
+# Packed into every archive: request handling, isolation, device placement, TorchServe adapter.
+COMMON_MODULES = ("serving_common.py", "isolation.py", "placement.py", "torchserve_adapter.py")
+
+
+class Trainer(Protocol):
+    """What a model's training module offers the `marport train` command."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace, out: Path) -> None:
+        """Train from the parsed options; write a save_pretrained-style checkpoint to `out`."""
+
+    def build_default(self, out: Path) -> None:
+        """The demo checkpoint, with default settings (what `marport build MODEL` packs)."""
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    name: str
+    entry: str  # the TorchServe --handler file
+    core: str  # the model core module (preprocess / forward / postprocess)
+    trainer_module: str
+    sample_content_type: str
+    sample: Callable[[Workspace], str | Path | None]  # text, or a file to send; None if not built yet
+    container_requirements: tuple[str, ...]  # what SageMaker's PyTorch 2.6 image lacks
+    extra_modules: tuple[str, ...] = ()  # other flat modules the core imports
+    summary: str = ""
+
+    @property
+    def modules(self) -> list[str]:
+        return [*COMMON_MODULES, *self.extra_modules, self.core, self.entry]
+
+    @property
+    def config(self) -> Path:
+        return resources.model_config(self.name)
+
+    @property
+    def trainer(self) -> Trainer:
+        return importlib.import_module(self.trainer_module)
+
+
+def _synthetic_recording(workspace: Workspace) -> Path | None:
+    return next(iter(sorted((workspace.build / "respiratory" / "synthetic").glob("*.wav"))), None)
+
+
+# Ranges, not pins to this project's versions: the container's torch 2.6 and numpy stay as they are.
+MODELS = {
+    "sentiment": ModelKind(
+        name="sentiment",
+        summary="RoBERTa-style text classifier: text in, label and per-class scores out",
+        entry="sentiment_handler.py",
+        core="sentiment.py",
+        extra_modules=("int8.py",),
+        trainer_module="marport.train_sentiment",
+        sample_content_type="text/plain",
+        sample=lambda _: "The staff were friendly and breakfast was generous",
+        container_requirements=("transformers>=4.46,<6", "tokenizers>=0.20", "safetensors>=0.4",
+                                "onnxruntime>=1.20", "onnx>=1.16"),
+    ),
+    "respiratory": ModelKind(
+        name="respiratory",
+        summary="respiratory-sound CNN: a cough or breath recording in, P(unhealthy) out",
+        entry="respiratory_handler.py",
+        core="respiratory.py",
+        trainer_module="marport.train_respiratory",
+        sample_content_type="audio/wav",
+        sample=_synthetic_recording,
+        container_requirements=("soundfile>=0.12", "soxr>=0.3", "safetensors>=0.4"),
+    ),
+}
+
+
+def for_entry(entry: str) -> ModelKind:
+    """The kind whose handler is `entry` (as an archive's MANIFEST names it)."""
+    for kind in MODELS.values():
+        if kind.entry == Path(entry).name:
+            return kind
+    raise KeyError(f"{entry} is not a marport handler ({', '.join(k.entry for k in MODELS.values())})")

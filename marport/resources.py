@@ -1,0 +1,56 @@
+"""Files marport ships inside its package, found through importlib.resources.
+
+Never relative to a source checkout: in a wheel install these live in site-packages,
+in an editable install they are the repo's own folders (setup.py maps `handlers/` to
+`marport.handlers`).
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+
+def _on_disk(package: str, *parts: str) -> Path:
+    """A shipped file or folder as a real path (torch-model-archiver and TorchServe read paths)."""
+    path = Path(str(files(package).joinpath(*parts)))
+    if not path.exists():
+        raise FileNotFoundError(f"{'/'.join(parts) or package} is missing from the installed {package}; "
+                                "reinstall marport")
+    return path
+
+
+def handlers_dir() -> Path:
+    """The flat handler modules that are packed into archives (the repo's handlers/)."""
+    return _on_disk("marport.handlers")
+
+
+def handler_file(name: str) -> Path:
+    return _on_disk("marport.handlers", name)
+
+
+def model_config(model: str) -> Path:
+    """A model kind's shipped model-config.yaml."""
+    return _on_disk("marport.handlers", "config", f"{model}.yaml")
+
+
+def server_config_template() -> Path:
+    """The shipped config.properties (the repo's top-level one): loopback only, tokens on."""
+    return _on_disk("marport", "templates", "config.properties")
+
+
+def data_dir(*parts: str) -> Path:
+    """Training data shipped with marport (marport/data/, with its attribution README)."""
+    return _on_disk("marport", "data", *parts)
+
+
+def use_handlers() -> None:
+    """Make the flat handler modules importable by bare name, exactly as TorchServe sees them.
+
+    Tooling that runs a model core in-process (training, notebooks, benchmarks) puts the
+    folder on the path the same way the archive's worker does.
+    """
+    path = str(handlers_dir())
+    if path not in sys.path:
+        sys.path.insert(0, path)
