@@ -61,12 +61,12 @@ def request_body(text: str | None, file: Path | None, content_type: str | None) 
 def fresh_inference_key(workspace: Workspace) -> str:
     """Ask the server for a new inference key (the old one stops working; keys expire after 60 min).
 
-    TorchServe's token API is on the management address and takes the management key;
-    it rewrites key_file.json, from which the new key is read back.
+    TorchServe's token API is on the management address and takes the "API" key from
+    key_file.json; it rewrites that file, from which the new key is read back.
     """
     server = running_server(workspace)
     reply = requests.post(f"{server.management_url}/token", params={"type": "inference"},
-                          headers=server.headers("management"), timeout=30)
+                          headers=server.headers("API"), timeout=30)
     if not reply.ok:
         raise NotServing(f"the server refused a new key (HTTP {reply.status_code}): {reply.text.strip()}")
     return server.keys()["inference"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from marport.processes import end_processes, free_port, process_family
+from marport.processes import alive, end_processes, free_port, process_family
 from marport.resources import server_config_template
 from marport.workspace import Workspace
 
@@ -130,7 +130,7 @@ class LocalTorchServe:
             data = json.loads(path.read_text())
         except json.JSONDecodeError:  # TorchServe is still writing it
             return {}
-        return {kind: data[kind]["key"] for kind in ("inference", "management") if kind in data}
+        return {kind: data[kind]["key"] for kind in ("inference", "management", "API") if kind in data}
 
     def headers(self, kind: str = "inference") -> dict[str, str]:
         key = self.keys().get(kind)
@@ -236,4 +236,5 @@ class LocalTorchServe:
             self.stop()
 
     def is_running(self) -> bool:
-        return self.pid_file.exists()
+        """TorchServe's pid file names a live process (a crashed server leaves its file behind)."""
+        return self.pid is not None and alive(self.pid)

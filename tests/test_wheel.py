@@ -1,0 +1,173 @@
+"""The wheel path: build marport's wheel, install it into a fresh venv outside the repo, and use
+the `marport` command from an empty folder as a new user would.
+
+The new venv gets its third-party dependencies from the project's .venv (through a .pth line,
+so that nothing is downloaded), but marport itself only from the wheel: no source checkout is
+on its path, and the commands run in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from marport.processes import free_port
+from marport.server import read_properties, write_properties
+from tests.conftest import REPO_ROOT
+from tests.test_sentiment_unit import save_tiny_checkpoint
+
+pytestmark = pytest.mark.integration
+
+
+def _source_tree(dest: Path) -> Path:
+    """The files a clone has (tracked, or new and not ignored), copied: the wheel builds from
+    what a user gets, and building leaves nothing in the repo."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        src, dst = REPO_ROOT / name, dest / name
+        if not src.exists() and not src.is_symlink():  # deleted but not yet committed
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            dst.symlink_to(os.readlink(src))
+        else:
+            shutil.copy2(src, dst)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("wheel")
+    source = _source_tree(work / "src")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+                    "--quiet", "-w", str(work / "dist")], check=True)
+    (built,) = (work / "dist").glob("marport-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def user(wheel, tmp_path_factory):
+    """A fresh venv with the wheel installed, and a `run` that calls marport in an empty folder."""
+    root = tmp_path_factory.mktemp("user")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                    "--no-index", str(wheel)], check=True)
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # Dependencies from the project's venv, after the new venv's own site-packages (marport from the wheel wins).
+    Path(site, "project-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    folder = root / "work"
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # torchserve and torch-model-archiver are dependencies too: their scripts are in the project's venv.
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), str(Path(sys.executable).parent), env.get("PATH", "")])
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(venv / "bin" / "marport"), *args], cwd=folder, env=env,
+                              capture_output=True, text=True, timeout=900)
+        if check and done.returncode != 0:
+            raise AssertionError(f"marport {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    return python, folder, env, run
+
+
+def test_the_wheel_carries_what_the_tools_need(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"marport/handlers/sentiment_handler.py", "marport/handlers/serving_common.py",
+            "marport/handlers/config/sentiment.yaml", "marport/handlers/config/respiratory.yaml",
+            "marport/templates/config.properties", "marport/sagemaker_deploy/package.py",
+            "marport/bench/run.py", "marport/data/sentiment/README.md"} <= names
+    assert any(n.startswith("marport/data/sentiment/marport/") and n.endswith(".tsv") for n in names)
+    assert not any(n.startswith(("bench/", "sagemaker_deploy/", "handlers/", "tests/")) for n in names), \
+        "only the marport package goes into site-packages"
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode().replace(" ", "").split()
+    assert scripts == ["[console_scripts]", "marport=marport.cli:main"], "one command, no stray entry points"
+
+
+def test_marport_comes_from_the_wheel_and_hides_nothing(user):
+    python, folder, env, _ = user
+    probe = ("import marport, marport.resources as r; r.use_handlers(); import sagemaker_inference;"
+             "print(marport.__file__); print(r.handlers_dir()); print(sagemaker_inference.__file__)")
+    lines = subprocess.run([str(python), "-c", probe], cwd=folder, env=env, capture_output=True, text=True,
+                           check=True).stdout.split()
+    venv = python.parent.parent
+    assert all(Path(p).is_relative_to(venv) for p in lines[:2]), lines
+    # handlers/ on the path may not shadow the toolkit's package (it once had a sagemaker_inference.py).
+    assert not Path(lines[2]).is_relative_to(Path(lines[1])), lines
+    help_text = subprocess.run([str(python), "-m", "marport", "--help"], cwd=folder, env=env, capture_output=True,
+                               text=True, check=True).stdout
+    for command in ("train", "build", "serve", "stop", "status", "predict", "token", "sagemaker", "bench"):
+        assert f"\n    {command}" in help_text
+
+
+def test_a_user_builds_serves_and_packages_their_own_checkpoint(user, tmp_path):
+    python, folder, env, run = user
+    # A first serve in the empty folder says what to build.
+    first = run("serve", check=False)
+    assert first.returncode != 0 and "marport build sentiment --checkpoint DIR --name NAME" in first.stderr
+    assert run("status", check=False).returncode == 3
+
+    checkpoint = tmp_path / "my-checkpoint"
+    save_tiny_checkpoint(checkpoint, labels=("bad", "good"))
+    run("build", "sentiment", "--checkpoint", str(checkpoint), "--name", "mine")
+    assert (folder / "model_store" / "mine.mar").exists()
+
+    # The folder's own config.properties wins over the shipped one: here, free ports.
+    props = read_properties(folder.parent / "venv" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+                            / "site-packages" / "marport" / "templates" / "config.properties")
+    props.update(inference_address=f"http://127.0.0.1:{free_port()}",
+                 management_address=f"http://127.0.0.1:{free_port()}",
+                 metrics_address=f"http://127.0.0.1:{free_port()}",
+                 grpc_inference_port=str(free_port()), grpc_management_port=str(free_port()))
+    write_properties(folder / "config.properties", props)
+    try:
+        served = run("serve")
+        assert "serving mine" in served.stdout and 'marport predict mine "' in served.stdout
+        status = run("status")
+        assert status.stdout.startswith("running") and props["inference_address"] in status.stdout
+
+        answer = json.loads(run("predict", "mine", "The staff were lovely").stdout)
+        assert answer["label"] in ("bad", "good") and set(answer["scores"]) == {"bad", "good"}
+        (folder / "reviews.json").write_text(json.dumps({"inputs": ["Great room", "Awful food"]}))
+        several = json.loads(run("predict", "mine", "--file", "reviews.json").stdout)
+        assert [a["label"] in ("bad", "good") for a in several] == [True, True]
+        refused = run("predict", "mine", "--file", "reviews.json", "--content-type", "application/x-npy",
+                      check=False)
+        assert refused.returncode != 0 and json.loads(refused.stdout)["type"]  # the handler's JSON error
+
+        old_key = json.loads((folder / "var" / "key_file.json").read_text())["inference"]["key"]
+        new_key = run("token").stdout.strip()
+        assert new_key and new_key != old_key
+        import requests
+
+        url = f"{props['inference_address']}/predictions/mine"
+        stale = requests.post(url, data=b"ok", headers={"Authorization": f"Bearer {old_key}"}, timeout=30)
+        assert stale.status_code == 400 and stale.json()["type"] == "InvalidKeyException"  # TorchServe's refusal
+        assert requests.post(url, data=b"ok", headers={"Authorization": f"Bearer {new_key}"}, timeout=30).ok
+        assert json.loads(run("predict", "mine", "Still fine").stdout)["label"] in ("bad", "good")
+    finally:
+        run("stop", check=False)
+    assert run("status", check=False).returncode == 3
+
+    run("sagemaker", "package", "mine")
+    tarball = folder / "build" / "sagemaker" / "mine" / "model.tar.gz"
+    with tarfile.open(tarball) as tar:
+        names = set(tar.getnames())
+        requirements = tar.extractfile("code/requirements.txt").read().decode()
+    assert {"MAR-INF/MANIFEST.json", "model-config.yaml", "checkpoint/config.json", "code/inference.py",
+            "sentiment_handler.py"} <= names
+    assert "transformers" in requirements
