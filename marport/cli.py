@@ -93,12 +93,10 @@ def _predict_example(workspace: Workspace, name: str) -> str:
 def _kind_of(workspace: Workspace, name: str):
     import zipfile
 
-    from marport.sagemaker_deploy.package import model_kind
+    from marport.registry import for_archive
 
-    mar = workspace.model_store / f"{name}.mar"
     try:
-        with zipfile.ZipFile(mar) as archive:
-            return model_kind(archive, mar)
+        return for_archive(workspace.model_store / f"{name}.mar")
     except (OSError, ValueError, zipfile.BadZipFile):
         return None
 

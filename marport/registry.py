@@ -89,9 +89,27 @@ MODELS = {
 }
 
 
+MANIFEST = "MAR-INF/MANIFEST.json"  # torch-model-archiver's manifest, naming the archive's handler
+
+
 def for_entry(entry: str) -> ModelKind:
     """The kind whose handler is `entry` (as an archive's MANIFEST names it)."""
     for kind in MODELS.values():
         if kind.entry == Path(entry).name:
             return kind
     raise KeyError(f"{entry} is not a marport handler ({', '.join(k.entry for k in MODELS.values())})")
+
+
+def for_archive(mar: Path) -> ModelKind:
+    """Which kind a built .mar holds, from the handler its manifest names (any --name)."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(mar) as archive:
+        if MANIFEST not in archive.namelist():
+            raise ValueError(f"{mar} has no {MANIFEST}: not a model archive")
+        handler = json.loads(archive.read(MANIFEST))["model"]["handler"]
+    try:
+        return for_entry(handler)
+    except KeyError as err:
+        raise ValueError(f"{mar}: {err.args[0]}") from None

@@ -9,15 +9,13 @@ and `code/requirements.txt` serve the toolkit's own route through the same core.
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 import zipfile
 from pathlib import Path
 
-from marport.registry import ModelKind, for_entry
+from marport.registry import MANIFEST, ModelKind, for_archive
 from marport.resources import handler_file
 
-MANIFEST = "MAR-INF/MANIFEST.json"
 TOOLKIT_ENTRY = "inference.py"
 TOOLKIT_ADAPTER = "sagemaker_adapter.py"  # handlers/ module that becomes code/inference.py
 
@@ -29,17 +27,6 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def model_kind(archive: zipfile.ZipFile, mar: Path) -> ModelKind:
-    """Which marport model an archive holds, from the handler its manifest names."""
-    if MANIFEST not in archive.namelist():
-        raise ValueError(f"{mar} has no {MANIFEST}: not a model archive")
-    handler = json.loads(archive.read(MANIFEST))["model"]["handler"]
-    try:
-        return for_entry(handler)
-    except KeyError as err:
-        raise ValueError(f"{mar}: {err.args[0]}") from None
-
-
 def container_requirements(kind: ModelKind) -> str:
     """code/requirements.txt: what SageMaker's PyTorch 2.6 / Python 3.12 image lacks for this model."""
     return "".join(f"{line}\n" for line in kind.container_requirements)
@@ -47,9 +34,9 @@ def container_requirements(kind: ModelKind) -> str:
 
 def package(mar: Path, out: Path, manifest: bool = True) -> Path:
     """Write model.tar.gz for `mar`; manifest=False leaves only the toolkit route."""
+    kind = for_archive(mar)
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(mar) as archive, tarfile.open(out, "w:gz") as tar:
-        kind = model_kind(archive, mar)
         names = archive.namelist()
         for name in names:
             if name.endswith("/") or (name == MANIFEST and not manifest):
