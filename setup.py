@@ -42,6 +42,7 @@ setup(
         "tokenizers>=0.20",
         "onnxruntime>=1.20",  # handler.precision: int8 (dynamic int8 through ONNX Runtime)
         "onnx>=1.16",  # exporting and quantising that graph
+        "captum>=0.8",  # explanations: integrated gradients on the input embeddings
         "safetensors>=0.4",
         "numpy>=1.26",
         "soundfile>=0.12",

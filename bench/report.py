@@ -196,7 +196,36 @@ Long texts at concurrency 32: {s['long']['served_c32']['throughput']:.2f} texts/
 
 `torchserve --start` to the first successful prediction: {cold}.
 
-{reliability(r)}"""
+{reliability(r)}
+
+{explanations(r)}"""
+
+
+def explanations(r: dict) -> str:
+    e = r.get("explanations")
+    if not e:
+        return "### Explanations\n\nNot measured in this run (`marport bench --only explanations`)."
+    t, a = e["sentiment"], e["respiratory"]
+    rows = [
+        ["sentiment (roberta-base size), per text", f"{t['predict_ms_per_text']:.0f} ms",
+         f"{t['explain_ms_per_text']:.0f} ms", f"{t['cost_ratio']:.0f}x"],
+        [f"respiratory, one {a['recording_s']:.0f} s recording", f"{a['predict_ms']:.0f} ms", f"{a['explain_ms']:.0f} ms",
+         f"{a['cost_ratio']:.0f}x"],
+    ]
+    return f"""### Explanations
+
+What an explanation costs against a prediction, in-process with the shipped settings
+(`bench/explain_bench.py`; sentiment in {t['precision']}, {t['steps']} integrated-gradients steps, review-length texts
+of {t['mean_tokens']:.0f} tokens on average, one request each; respiratory: occlusion at {a['resolution_s']:g} s).
+
+{table(rows, ["model", "prediction", "explanation", "cost"])}
+
+Integrated gradients explain {t['explain_tokens_per_s']:.0f} tokens/s here, so the largest explained handler call at the
+shipped cap ({t['shipped_explain_max_tokens']} tokens per request, batchSize requests) takes about
+{t['largest_call_s']:.1f} s against a budget of {t['budget_s']:.0f} s; the cap that rate would derive is
+{t['derived_explain_max_tokens']} tokens. The attributions' sum missed the score change by {t['convergence_delta_median']:.3f}
+(median) and {t['convergence_delta_p90']:.3f} (90th percentile) on random weights. The largest explained respiratory call
+(batchSize recordings at explain_max_s) takes about {a['largest_call_s']:.1f} s against {a['budget_s']:.0f} s."""
 
 
 def precision(r: dict) -> str:

@@ -47,7 +47,9 @@ def configure(model_dir: Path, workers: int, threads: int, batch: int, delay: in
 
 
 def server_for(store: Path) -> LocalTorchServe:
-    return LocalTorchServe(run_dir=bench_dir() / "run", overrides=free_port_overrides(), model_store=store)
+    # Log mode: the breakdowns read per-request figures from ts_metrics.log and model_metrics.log.
+    return LocalTorchServe(run_dir=bench_dir() / "run", overrides={**free_port_overrides(), "metrics_mode": "log"},
+                           model_store=store)
 
 
 def warm_up(url: str, server: LocalTorchServe, body: tuple[bytes, str]) -> dict:

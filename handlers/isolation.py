@@ -45,6 +45,8 @@ class BatchReport:
     parse_ms: float = 0.0
     predict_ms: float = 0.0
     predict_calls: int = 0  # more than 1 when a failing batch was split to find the culprit
+    parsed: list = field(default_factory=list)  # what the core parsed, for its figures (operator metrics)
+    answers: list = field(default_factory=list)  # the answers given, before serialising
 
     def line(self) -> str:
         bad = sum(self.rejected.values())
@@ -95,6 +97,7 @@ def answer_batch(
         except Exception:  # noqa: BLE001 - anything else is our bug, confined to this request
             outcomes[idx] = internal_error(request_id(idx), "reading")
     report.parse_ms = (time.perf_counter() - started) * 1000
+    report.parsed = [p for _, p in parsed]
     started = time.perf_counter()
     _predict_isolated(core, model, parsed, outcomes, request_id, report)
     report.predict_ms = (time.perf_counter() - started) * 1000
@@ -122,6 +125,7 @@ def _predict_isolated(core, model, items: Sequence[tuple[int, Any]], outcomes: l
     else:
         for (idx, _), answer in zip(items, answers):
             outcomes[idx] = _serialise(answer, request_id(idx))
+        report.answers.extend(answers)
         return
     log.warning("a batch of %d requests failed together; retrying it in halves to find the culprit", len(items))
     half = len(items) // 2

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from placement import Placement, place
+from review import ReviewBand, mark
 from serving_common import (
     Request, RequestError, as_bytes, check_body_size, checkpoint_dir, read_settings, setting_flag,
 )
@@ -36,7 +38,8 @@ LABELS = ("healthy", "unhealthy")
 TRUNCATED_DATA = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
 STREAMING_SIZES = (0, 0xFFFFFFFF)  # data sizes streaming writers use for "unknown"
 RATES = (100, 384_000)  # sample rates accepted, in Hz: a header outside this range is lying or broken
-LIMITS = ("max_duration_s", "max_channels", "max_body_bytes", "batch_windows")
+LIMITS = ("max_duration_s", "max_channels", "max_body_bytes", "batch_windows", "explain_resolution_s",
+          "explain_max_s")
 
 
 @dataclass
@@ -111,6 +114,9 @@ class RespiratoryModel:
     max_channels: int = 8
     max_body_bytes: int = 64 * 1024 * 1024  # refused before decoding
     batch_windows: int = 32  # windows per forward pass: bounds activation memory
+    explain_resolution_s: float = 1.0  # occlusion explanations silence this much audio at a time
+    explain_max_s: float = 120.0  # seconds of audio one explained request may hold (README, "Explanations")
+    review: ReviewBand | None = None  # handler.review_band on the probability of "unhealthy"
 
     @property
     def device(self) -> torch.device:
@@ -128,6 +134,9 @@ class Recording:
     waveform: np.ndarray  # float32 mono at audio.model_rate, peak-normalised
     duration_s: float
     flags: list[str] = field(default_factory=list)
+    explain: bool = False  # answer with an occlusion map over time too
+    decode_ms: float = 0.0  # bytes -> samples (operator metrics)
+    resample_ms: float = 0.0  # samples -> the model's rate, mono, normalised
 
 
 # --------------------------------------------------------------------------- loading
@@ -176,7 +185,7 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
         net = fold_batchnorm(net)
     net.to(device=placement.device, dtype=placement.dtype)
     limits = {k: type(getattr(RespiratoryModel, k))(settings[k]) for k in LIMITS if k in settings}
-    return RespiratoryModel(net=net, audio=audio, **limits)
+    return RespiratoryModel(net=net, audio=audio, review=ReviewBand.from_settings(settings), **limits)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -365,11 +374,23 @@ def parse_request(request: Request, model: RespiratoryModel) -> Recording:
     data = as_bytes(request.body)
     if not data:
         raise RequestError("request body is empty; send the recording's bytes", kind="empty_body")
+    started = time.perf_counter()
     if request.media_type in NPY_TYPES or data.startswith(NPY_MAGIC):
         samples, rate = decode_npy(data, request.option("sample_rate"), model)
     else:
         samples, rate = decode_audio_file(data, model)
-    return prepare(samples, rate, model.audio)
+    decoded = time.perf_counter()
+    recording = prepare(samples, rate, model.audio)
+    recording.decode_ms, recording.resample_ms = (decoded - started) * 1000, (time.perf_counter() - decoded) * 1000
+    if request.explain:
+        if recording.duration_s > model.explain_max_s:
+            raise RequestError(
+                f"an explanation was asked for {recording.duration_s:.1f} s of audio; at most "
+                f"{model.explain_max_s:g} s per request are explained (explain_max_s); send a shorter excerpt",
+                kind="too_long_to_explain", code=413,
+            )
+        recording.explain = True
+    return recording
 
 
 def preprocess(model: RespiratoryModel, recordings: Sequence[Recording]) -> tuple[torch.Tensor, list]:
@@ -409,6 +430,7 @@ def postprocess(model: RespiratoryModel, probs: torch.Tensor, index: list, recor
         }
         if recording.flags:
             answer["flags"] = list(recording.flags)
+        mark(answer, probability, model.review)
         answers.append(answer)
     return answers
 
@@ -417,4 +439,64 @@ def predict(model: RespiratoryModel, recordings: Sequence[Recording]) -> list:
     if not recordings:
         return []
     batch, index = preprocess(model, recordings)
-    return postprocess(model, forward(model, batch), index, recordings)
+    answers = postprocess(model, forward(model, batch), index, recordings)
+    for recording, answer in zip(recordings, answers):
+        if recording.explain:
+            explain(model, recording, answer)
+    return answers
+
+
+def _aggregate(model: RespiratoryModel, probs: Sequence[float]) -> float:
+    return float(max(probs)) if model.audio.aggregate == "max" else float(sum(probs) / len(probs))
+
+
+def explain(model: RespiratoryModel, recording: Recording, answer: dict) -> None:
+    """Occlusion over time: silence explain_resolution_s of the recording at a time and see how far
+    the probability of "unhealthy" falls (a positive score: that stretch pushed towards unhealthy).
+
+    Silencing a stretch changes only the windows that overlap it, so only those are scored
+    again: the work is about (recording / resolution) x (window / hop + 1) windows.
+    """
+    audio, wave = model.audio, recording.waveform
+    rate, size = audio.model_rate, audio.window_samples
+    rows, start_s = windows(wave, audio)
+    starts = [int(round(s * rate)) for s in start_s]
+    base = [w["probability"] for w in answer["windows"]]
+    step = max(1, int(round(model.explain_resolution_s * rate)))
+    segments = [(a, min(a + step, len(wave))) for a in range(0, len(wave), step)]
+    jobs = []  # (segment, window, that window with the segment silenced)
+    for k, (a, b) in enumerate(segments):
+        for w, s in enumerate(starts):
+            if s < b and s + size > a:
+                jobs.append((k, w))
+    occluded = np.empty(len(jobs), dtype=np.float64)
+    for at in range(0, len(jobs), model.batch_windows):  # built a chunk at a time: memory stays bounded
+        chunk = jobs[at : at + model.batch_windows]
+        stack = rows[[w for _, w in chunk]].copy()
+        for row, (k, w) in enumerate(chunk):
+            a, b = segments[k]
+            stack[row, max(a - starts[w], 0) : min(b - starts[w], size)] = 0.0
+        occluded[at : at + len(chunk)] = forward(model, torch.from_numpy(stack)).double().numpy()
+    changed: dict[int, dict[int, float]] = {}
+    for (k, w), p in zip(jobs, occluded):
+        changed.setdefault(k, {})[w] = float(p)
+    attributions = []
+    for k, (a, b) in enumerate(segments):
+        probs = [changed.get(k, {}).get(w, p) for w, p in enumerate(base)]
+        attributions.append({"start_s": round(a / rate, 3), "end_s": round(b / rate, 3),
+                             "score": answer["probability"] - _aggregate(model, probs)})
+    answer["attributions"] = attributions
+    answer["explanation"] = {"method": "occlusion", "target": LABELS[1], "baseline": "silence",
+                             "resolution_s": model.explain_resolution_s}
+
+
+def figures(model: RespiratoryModel, recordings: Sequence[Recording], answers: Sequence[dict]) -> dict:
+    """One handler call's figures for the operator metrics."""
+    return {
+        "Recordings": len(recordings),
+        "AudioSeconds": sum(r.duration_s for r in recordings),
+        "DecodeMs": sum(r.decode_ms for r in recordings),
+        "ResampleMs": sum(r.resample_ms for r in recordings),
+        "ExplanationsServed": sum(r.explain for r in recordings),
+        "ReviewFlagged": sum(bool(a.get("review")) for a in answers),
+    }

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from placement import Placement, place
+from review import ReviewBand, mark
 from serving_common import (
     JSON_TYPE, Request, RequestError, as_json, as_text, check_body_size, checkpoint_dir, read_settings, setting_flag,
 )
@@ -51,6 +52,9 @@ class TextLimits:
     batch_tokens: int = 2048  # padded tokens per forward pass: texts run in length-sorted micro-batches
     # A micro-batch closes rather than drop below this share of real tokens (README, "No padding waste").
     min_padding_efficiency: float = CPU_PADDING_FLOOR
+    # Explanations cost explain_steps forward and backward passes per text: their own, smaller token cap.
+    explain_max_tokens: int = 256  # per explained request (README, "Explanations")
+    explain_steps: int = 16  # integrated-gradients interpolation steps
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], device: torch.device = torch.device("cpu")) -> "TextLimits":
@@ -71,6 +75,19 @@ class SentimentModel:
     limits: TextLimits = field(default_factory=TextLimits)
     device: torch.device = torch.device("cpu")
     precision: str = "fp32"
+    review: ReviewBand | None = None  # handler.review_band: answers too close to call are marked for a person
+    source: str = ""  # the checkpoint folder (an int8 model explains through a torch copy loaded from it)
+    _explainer: Any = None
+
+    def explainer(self) -> torch.nn.Module:
+        """A torch module to take gradients through: the served one, or (int8 is an ONNX graph) an
+        fp32 copy loaded on the first explanation."""
+        if self._explainer is None:
+            net = getattr(self.model, "_orig_mod", self.model)  # torch.compile's wrapper holds the module
+            if not isinstance(net, torch.nn.Module):
+                net = AutoModelForSequenceClassification.from_pretrained(self.source).eval()
+            self._explainer = net
+        return self._explainer
 
 
 @dataclass
@@ -79,6 +96,8 @@ class TextRequest:
     single: bool  # answer with one object rather than a list
     ids: list[list[int]] = field(default_factory=list)  # token ids per text, truncated to max_length
     truncated: list[bool] = field(default_factory=list)
+    explain: bool = False  # answer with word attributions too
+    offsets: list[list[tuple[int, int]]] = field(default_factory=list)  # character spans per token, when explaining
 
     @property
     def tokens(self) -> int:
@@ -136,7 +155,8 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
     if limits.batch_tokens < limit:
         raise ValueError(f"batch_tokens ({limits.batch_tokens}) must hold one text of {limit} tokens")
     loaded = SentimentModel(tokenizer=tokenizer, model=model, labels=labels, max_length=limit, limits=limits,
-                            device=placement.device, precision=placement.precision)
+                            device=placement.device, precision=placement.precision,
+                            review=ReviewBand.from_settings(settings), source=path)
     warm_up(loaded)
     return loaded
 
@@ -177,8 +197,21 @@ def _check_text(text: Any, where: str, max_chars: int) -> str:
     return text
 
 
-def _texts(request: Request, model: SentimentModel) -> tuple[list[str], bool]:
-    """The request's texts and whether it asked for one answer (not a list)."""
+def _explain_field(doc: dict) -> bool:
+    value = doc.get("explain", False)
+    if not isinstance(value, bool):
+        raise RequestError(f'"explain" must be true or false, got {json_type(value)}', kind="invalid_type")
+    return value
+
+
+def json_type(value: Any) -> str:
+    return {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _texts(request: Request, model: SentimentModel) -> tuple[list[str], bool, bool]:
+    """The request's texts, whether it asked for one answer (not a list), and whether its JSON
+    asked for an explanation ({"explain": true})."""
     body, limits = request.body, model.limits
     if body is None or (isinstance(body, (bytes, bytearray, str)) and len(body) == 0):
         raise RequestError(
@@ -194,15 +227,15 @@ def _texts(request: Request, model: SentimentModel) -> tuple[list[str], bool]:
                 kind="unsupported_media_type",
                 code=415,
             )
-        return [_check_text(as_text(body, request.content_type), "text", limits.max_chars)], True
+        return [_check_text(as_text(body, request.content_type), "text", limits.max_chars)], True, False
 
     doc = as_json(body, request.content_type)
     if isinstance(doc, dict) and "text" in doc:
-        return [_check_text(doc["text"], '"text"', limits.max_chars)], True
+        return [_check_text(doc["text"], '"text"', limits.max_chars)], True, _explain_field(doc)
     if isinstance(doc, dict) and "inputs" in doc:
         items = doc["inputs"]
         if isinstance(items, str):  # SageMaker/HF style single input
-            return [_check_text(items, '"inputs"', limits.max_chars)], True
+            return [_check_text(items, '"inputs"', limits.max_chars)], True, _explain_field(doc)
         if not isinstance(items, list):
             raise RequestError(f'"inputs" must be a list of strings, got {type(items).__name__}', kind="invalid_type")
         if not items:
@@ -213,32 +246,46 @@ def _texts(request: Request, model: SentimentModel) -> tuple[list[str], bool]:
                 kind="too_many_inputs",
                 code=413,
             )
-        return [_check_text(t, f'"inputs"[{i}]', limits.max_chars) for i, t in enumerate(items)], False
+        texts = [_check_text(t, f'"inputs"[{i}]', limits.max_chars) for i, t in enumerate(items)]
+        return texts, False, _explain_field(doc)
     raise RequestError(
         'JSON body must be an object with "text" (a string) or "inputs" (a list of strings)',
         kind="invalid_json_shape",
     )
 
 
-def tokenize(model: SentimentModel, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
-    """Token ids per text, truncated to the model's length, and which texts were truncated."""
+def tokenize(model: SentimentModel, texts: Sequence[str], offsets: bool = False):
+    """Token ids per text, truncated to the model's length, which texts were truncated and,
+    with `offsets`, each token's character span (empty for special tokens)."""
+    offsets = offsets and model.tokenizer.is_fast  # a slow tokenizer has no spans: words become tokens
     try:
-        enc = model.tokenizer(list(texts), truncation=True, max_length=model.max_length)
+        enc = model.tokenizer(list(texts), truncation=True, max_length=model.max_length,
+                              return_offsets_mapping=offsets)
     except Exception as exc:  # the Rust tokenizer raises TypeError/ValueError/its own types
         raise RequestError(f"text could not be tokenised: {exc}", kind="untokenizable_text") from None
     truncated = [bool(e.overflowing) for e in enc.encodings] if enc.encodings else [False] * len(texts)
-    return list(enc["input_ids"]), truncated
+    spans = [[tuple(span) for span in row] for row in enc["offset_mapping"]] if offsets else []
+    return list(enc["input_ids"]), truncated, spans
 
 
-def text_request(model: SentimentModel, texts: Sequence[str], single: bool) -> TextRequest:
+def text_request(model: SentimentModel, texts: Sequence[str], single: bool, explain: bool = False) -> TextRequest:
     """Texts already checked, tokenised for the model."""
-    ids, truncated = tokenize(model, texts)
-    return TextRequest(list(texts), single=single, ids=ids, truncated=truncated)
+    ids, truncated, offsets = tokenize(model, texts, offsets=explain)
+    return TextRequest(list(texts), single=single, ids=ids, truncated=truncated, explain=explain, offsets=offsets)
 
 
 def parse_request(request: Request, model: SentimentModel) -> TextRequest:
-    """Accept text/plain, {"text": "..."} or {"inputs": ["...", ...]}; tokenise and check the token cap."""
-    parsed = text_request(model, *_texts(request, model))
+    """Accept text/plain, {"text": "..."} or {"inputs": ["...", ...]} (with "explain": true for word
+    attributions, as TorchServe's /explanations route asks too); tokenise and check the token caps."""
+    texts, single, explain = _texts(request, model)
+    parsed = text_request(model, texts, single, explain or request.explain)
+    if parsed.explain and parsed.tokens > model.limits.explain_max_tokens:
+        raise RequestError(
+            f"an explanation was asked for {parsed.tokens} tokens; at most {model.limits.explain_max_tokens} per "
+            "request are explained (explain_max_tokens); explain fewer or shorter texts",
+            kind="too_many_tokens_to_explain",
+            code=413,
+        )
     if parsed.tokens > model.limits.max_tokens:
         raise RequestError(
             f"request has {parsed.tokens} tokens; at most {model.limits.max_tokens} per request (max_tokens); "
@@ -307,6 +354,7 @@ def postprocess(model: SentimentModel, probs: torch.Tensor, requests: Sequence[T
             result = {"label": model.labels[best], "score": row[best], "scores": dict(zip(model.labels, row))}
             if truncated:
                 result["truncated"] = True  # only the first max_length tokens were read
+            mark(result, row[best], model.review)
             results.append(result)
         start += len(req.texts)
         answers.append(results[0] if req.single else results)
@@ -326,7 +374,47 @@ def predict(model: SentimentModel, requests: Sequence[TextRequest]) -> list:
         len(probs), sum(b.real_tokens for b in batches), sum(b.padded_tokens for b in batches), len(batches),
         padding_efficiency(batches),
     )
-    return postprocess(model, probs, requests)
+    answers = postprocess(model, probs, requests)
+    for request, answer in zip(requests, answers):
+        if request.explain:
+            explain(model, request, [answer] if request.single else answer)
+    return answers
+
+
+def explain(model: SentimentModel, request: TextRequest, answers: Sequence[dict]) -> None:
+    """Add word attributions toward each text's predicted label to its answer."""
+    from text_attributions import integrated_gradients, reference_token, words
+
+    net, limits = model.explainer(), model.limits
+    special = set(model.tokenizer.all_special_ids)
+    reference = reference_token(model.tokenizer)
+    for i, (text, ids, answer) in enumerate(zip(request.texts, request.ids, answers)):
+        target = model.labels.index(answer["label"])
+        found = integrated_gradients(net, ids, target, special, reference, limits.explain_steps, limits.batch_tokens)
+        if request.offsets:
+            answer["attributions"] = words(text, request.offsets[i], found.scores, request.truncated[i])
+        else:  # no character spans from a slow tokenizer: the tokens themselves
+            tokens = model.tokenizer.convert_ids_to_tokens(ids)
+            answer["attributions"] = [{"text": t, "score": s} for t, s, i in zip(tokens, found.scores, ids)
+                                      if i not in special]
+        answer["explanation"] = {"method": "integrated_gradients", "target": answer["label"],
+                                 "steps": limits.explain_steps, "convergence_delta": found.convergence_delta}
+
+
+def figures(model: SentimentModel, requests: Sequence[TextRequest], answers: Sequence[Any]) -> dict:
+    """One handler call's figures for the operator metrics (micro-batching is deterministic, so
+    the padding efficiency is worked out again from the token counts)."""
+    lengths = [len(ids) for r in requests for ids in r.ids]
+    groups = micro_batches(lengths, model.limits.batch_tokens, model.limits.min_padding_efficiency)
+    padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    flat = [a for answer in answers for a in (answer if isinstance(answer, list) else [answer])]
+    return {
+        "Texts": len(lengths),
+        "Tokens": sum(lengths),
+        "PaddingEfficiency": 100.0 * sum(lengths) / padded if padded else None,
+        "ExplanationsServed": sum(len(r.texts) for r in requests if r.explain),
+        "ReviewFlagged": sum(bool(a.get("review")) for a in flat),
+    }
 
 
 def predict_texts(model: SentimentModel, texts: Sequence[str]) -> list[dict]:

@@ -19,6 +19,7 @@ CHECKPOINT_SUBDIR = "checkpoint"  # where an archive keeps its weights and their
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 JSON_ACCEPTS = {"", "*/*", "application/*", JSON_TYPE}
 THREADS_ENV = "MARPORT_TORCH_THREADS"
+TRUE_WORDS = ("1", "true", "yes", "on")
 BOM_CHAR = "\ufeff"
 # Python codecs that are not character sets a client could mean (escapes, IDNA, a codec that always fails).
 PSEUDO_CODECS = {"undefined", "unicode-escape", "raw-unicode-escape", "punycode", "idna", "mbcs", "oem"}
@@ -50,7 +51,8 @@ class ModelCore(Protocol):
 
     `load` puts the model where `placement` (placement.Placement: device and precision) says;
     `parse_request` does all per-request validation and refuses with RequestError;
-    `predict` runs already-parsed requests together and answers each in order.
+    `predict` runs already-parsed requests together and answers each in order;
+    `figures` says what a handler call did, for the operator metrics.
     """
 
     DEFAULT_PRECISION: str  # what handler.precision means when model-config.yaml leaves it out
@@ -60,6 +62,9 @@ class ModelCore(Protocol):
     def parse_request(self, request: "Request", model: Any) -> Any: ...
 
     def predict(self, model: Any, parsed: Sequence[Any]) -> list: ...
+
+    def figures(self, model: Any, parsed: Sequence[Any], answers: Sequence[Any]) -> Mapping[str, float]:
+        """One handler call's figures for the operator metrics (operator_metrics.METRICS names)."""
 
 
 @dataclass
@@ -91,6 +96,15 @@ class Request:
     @property
     def media_type(self) -> str:
         return self.content_type.split(";", 1)[0].strip().lower()
+
+    @property
+    def explain(self) -> bool:
+        """Asked for an explanation: TorchServe's /explanations route marks its requests with an
+        `explain: True` header; elsewhere (SageMaker's /invocations) the `explain` option
+        (`X-Explain: true`, custom attributes `explain=true`) asks for one."""
+        if str(self.headers.get("explain", "")).lower() == "true":
+            return True
+        return str(self.option("explain") or "").strip().lower() in TRUE_WORDS
 
 
 def _pairs(text: str, sep: str) -> dict[str, str]:
@@ -223,7 +237,7 @@ def configure_threads(settings: Mapping[str, Any]) -> int:
 def setting_flag(settings: Mapping[str, Any], key: str, default: bool = False) -> bool:
     """A yes/no handler setting, whether YAML parsed it as a bool or an environment gave a string."""
     value = settings.get(key, default)
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+    return value if isinstance(value, bool) else str(value).strip().lower() in TRUE_WORDS
 
 
 def read_settings(model_dir: str, yaml_config: Mapping[str, Any] | None) -> dict:

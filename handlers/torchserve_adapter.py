@@ -13,6 +13,7 @@ import time
 from typing import Any, Mapping
 
 from isolation import answer_batch
+from operator_metrics import OperatorMetrics
 from placement import place
 from serving_common import JSON_TYPE, Request, check_accept, configure_threads, read_settings
 
@@ -67,6 +68,7 @@ class CoreHandler:
 
     def __init__(self):
         self.model = None
+        self.metrics = None
         self.initialized = False
 
     def initialize(self, context) -> None:
@@ -79,6 +81,7 @@ class CoreHandler:
         self.model = self.core.load(model_dir, settings, placement)
         log.info("%s loaded in %.2fs on %s with %d torch threads", self.core.__name__, time.perf_counter() - started,
                  placement.describe(), threads)
+        self.metrics = OperatorMetrics(getattr(context, "metrics", None), getattr(context, "model_name", ""))
         self.initialized = True
 
     def handle(self, data, context) -> list:
@@ -96,4 +99,14 @@ class CoreHandler:
                 context.set_response_status(code=outcome.status, phrase=outcome.kind, idx=idx)
         # One line per batch: operators (and the tests) can see batching and rejections at work.
         log.info(report.line())
+        self._record(report)
         return [outcome.body for outcome in outcomes]
+
+    def _record(self, report) -> None:
+        try:
+            figures = dict(self.core.figures(self.model, report.parsed, report.answers))
+        except Exception:  # noqa: BLE001 - a figure we cannot compute never costs an answer
+            log.warning("could not compute this batch's operator figures", exc_info=True)
+            figures = {}
+        figures["ModelMs"] = report.predict_ms
+        self.metrics.record(report.rejected, figures)

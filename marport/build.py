@@ -25,7 +25,8 @@ from marport.workspace import Workspace
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
-def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | None = None) -> Path:
+def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | None = None,
+          review_band: str | None = None) -> Path:
     """Lay out the archive's data: pack/checkpoint/ and model-config.yaml.
 
     torch-model-archiver copies the *contents* of a folder given as an extra file
@@ -46,7 +47,9 @@ def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | Non
             shutil.copy2(item, target / item.name)
     config_text = kind.config.read_text()
     if precision:
-        config_text = _with_precision(config_text, precision)
+        config_text = with_handler_setting(config_text, "precision", precision)
+    if review_band is not None:
+        config_text = with_handler_setting(config_text, "review_band", review_band_yaml(review_band))
     (staged / "model-config.yaml").write_text(config_text)
     import yaml
 
@@ -58,14 +61,29 @@ def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | Non
     return staged
 
 
-def _with_precision(config_text: str, precision: str) -> str:
-    """The yaml text with handler.precision set, its comments kept."""
+def with_handler_setting(config_text: str, key: str, value: str) -> str:
+    """The model-config.yaml text with handler.<key> set to `value` (YAML), its comments kept."""
     import re
 
-    line = re.compile(r"^(\s+precision:\s*)\S+", re.MULTILINE)
+    line = re.compile(rf"^(\s+{re.escape(key)}:[ \t]*)[^#\n]*?([ \t]*(#.*)?)$", re.MULTILINE)
     if line.search(config_text):
-        return line.sub(lambda m: m.group(1) + precision, config_text, count=1)
-    return config_text.replace("handler:\n", f"handler:\n  precision: {precision}\n", 1)
+        return line.sub(lambda m: m.group(1) + value + (m.group(2) or ""), config_text, count=1)
+    return config_text.replace("handler:\n", f"handler:\n  {key}: {value}\n", 1)
+
+
+def review_band_yaml(band: str) -> str:
+    """`--review-band 0.4,0.6` (or `off`) as the YAML of handler.review_band, checked here so that
+    a typo fails the build, not the model's load."""
+    if band.strip().lower() in ("off", "none", ""):
+        return "null"
+    parts = [p.strip() for p in band.split(",")]
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise SystemExit(f"--review-band takes LOW,HIGH (or off), got {band!r}") from None
+    if not 0.0 <= low <= high <= 1.0:
+        raise SystemExit(f"--review-band needs 0 <= LOW <= HIGH <= 1, got {band!r}")
+    return f"[{low:g}, {high:g}]"
 
 
 def archive(kind: ModelKind, staged: Path, export_dir: Path, name: str) -> Path:
@@ -118,7 +136,8 @@ def extract_archive(mar: Path, dest: Path) -> Path:
 
 
 def build(model: str, checkpoint: Path | None = None, export_dir: Path | None = None,
-          name: str | None = None, precision: str | None = None, workspace: Workspace | None = None) -> Path:
+          name: str | None = None, precision: str | None = None, workspace: Workspace | None = None,
+          review_band: str | None = None) -> Path:
     """Build `<export_dir>/<name>.mar`; export_dir defaults to the workspace's model store."""
     workspace = workspace or Workspace.at()
     kind = MODELS[model]
@@ -137,7 +156,7 @@ def build(model: str, checkpoint: Path | None = None, export_dir: Path | None = 
     if not (checkpoint / "config.json").exists():
         raise SystemExit(f"{checkpoint} has no config.json: not a checkpoint saved with save_pretrained")
     print("[2/3] staging checkpoint, handler modules and model-config.yaml", flush=True)
-    staged = stage(kind, checkpoint, workspace.build / name, precision)
+    staged = stage(kind, checkpoint, workspace.build / name, precision, review_band)
     print(f"[3/3] archiving with torch-model-archiver into {export_dir}", flush=True)
     mar = archive(kind, staged, export_dir, name)
     size_mb = mar.stat().st_size / 1e6
@@ -153,8 +172,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="archive and served model name (default: the model kind)")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="handler.precision to pack (default: the one in the model's model-config.yaml)")
+    parser.add_argument("--review-band", metavar="LOW,HIGH",
+                        help="mark answers whose deciding score lies in [LOW, HIGH] with \"review\": true "
+                             "(handler.review_band; default: the model-config.yaml's, off)")
 
 
 def run(args: argparse.Namespace, workspace: Workspace) -> None:
     checkpoint = args.checkpoint.resolve() if args.checkpoint else None
-    build(args.model, checkpoint, name=args.name, precision=args.precision, workspace=workspace)
+    build(args.model, checkpoint, name=args.name, precision=args.precision, workspace=workspace,
+          review_band=args.review_band)

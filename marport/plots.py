@@ -78,3 +78,20 @@ def confusion_plot(matrix: list[list[int]], labels, out: Path, title: str) -> Pa
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def attribution_figure(answers: list[dict], out: Path) -> Path:
+    """Each explained text's words, coloured by how far they pushed towards its label (or away)."""
+    fig, axes = plt.subplots(len(answers), 1, figsize=(10, 1.6 * len(answers) + 0.4), squeeze=False,
+                             layout="constrained")
+    for ax, answer in zip(axes[:, 0], answers):
+        words = answer["attributions"]
+        scores = np.array([w["score"] for w in words])
+        ax.bar(range(len(words)), scores, color=np.where(scores >= 0, "tab:green", "tab:red"))
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_xticks(range(len(words)), [w["text"] for w in words], rotation=30, ha="right")
+        ax.set(ylabel="attribution",
+               title=f"{answer['label']} ({answer['score']:.2f}): green words pushed towards it, red away")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

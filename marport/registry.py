@@ -18,7 +18,8 @@ from marport import resources
 from marport.workspace import Workspace
 
 # Packed into every archive: request handling, isolation, device placement, TorchServe adapter.
-COMMON_MODULES = ("serving_common.py", "isolation.py", "placement.py", "torchserve_adapter.py")
+COMMON_MODULES = ("serving_common.py", "isolation.py", "placement.py", "review.py", "operator_metrics.py",
+                  "torchserve_adapter.py")
 
 
 class Trainer(Protocol):
@@ -69,12 +70,12 @@ MODELS = {
         summary="RoBERTa-style text classifier: text in, label and per-class scores out",
         entry="sentiment_handler.py",
         core="sentiment.py",
-        extra_modules=("int8.py",),
+        extra_modules=("int8.py", "text_attributions.py"),
         trainer_module="marport.train_sentiment",
         sample_content_type="text/plain",
         sample=lambda _: "The staff were friendly and breakfast was generous",
         container_requirements=("transformers>=4.46,<6", "tokenizers>=0.20", "safetensors>=0.4",
-                                "onnxruntime>=1.20", "onnx>=1.16"),
+                                "onnxruntime>=1.20", "onnx>=1.16", "captum>=0.8"),
     ),
     "respiratory": ModelKind(
         name="respiratory",

@@ -99,7 +99,17 @@ class LocalTorchServe:
         props = read_properties(self.config)
         props.update(self.overrides)
         props["model_store"] = str(self.model_store.resolve())
+        if props.get("metrics_config"):  # TorchServe would read it relative to var/
+            props["metrics_config"] = str(self._beside_config(props["metrics_config"]))
         return props
+
+    def _beside_config(self, name: str) -> Path:
+        """A file config.properties names: absolute, beside the config, or the shipped one."""
+        path = Path(name)
+        if path.is_absolute():
+            return path
+        own = self.config.parent / path
+        return own if own.exists() else server_config_template().parent / path
 
     @property
     def inference_url(self) -> str:

@@ -71,6 +71,7 @@ class DeployOptions:
     autoscale: tuple[int, int, float] | None = None  # (min instances, max instances, invocations/instance/minute)
     tags: dict[str, str] = field(default_factory=dict)
     wait: bool = True
+    review_band: str | None = None  # "LOW,HIGH" or "off": handler.review_band packed for this endpoint
 
 
 def _endpoint_exists(client, name: str) -> bool:
@@ -92,7 +93,7 @@ def deploy(mar: Path, options: DeployOptions, workdir: Path = Path("build/sagema
     if not role:
         raise DeployError("no execution role: pass --role arn:aws:iam::<account>:role/<name> or set SAGEMAKER_ROLE")
     session = sagemaker_session(options.region, options.bucket)
-    tarball = package(mar, workdir / options.endpoint / "model.tar.gz")
+    tarball = package(mar, workdir / options.endpoint / "model.tar.gz", review_band=options.review_band)
     key_prefix = f"{options.prefix}/{options.endpoint}"
     model_data = session.upload_data(str(tarball), bucket=session.default_bucket(), key_prefix=key_prefix)
     tags = [{"Key": k, "Value": v} for k, v in options.tags.items()]

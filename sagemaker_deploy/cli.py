@@ -20,6 +20,9 @@ from marport.workspace import Workspace
 
 from .settings import DEFAULT_INSTANCE_TYPE
 
+REVIEW_BAND_HELP = ('set handler.review_band in the packed model-config.yaml: answers whose deciding score lies '
+                    'in [LOW, HIGH] get "review": true ("off" turns it off)')
+
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
     out = {}
@@ -52,7 +55,8 @@ def _package(args, workspace: Workspace) -> None:
     from .package import package
 
     mar = archive_path(workspace, args.archive)
-    print(package(mar, args.out or tarball_path(workspace, mar), manifest=not args.toolkit_only))
+    print(package(mar, args.out or tarball_path(workspace, mar), manifest=not args.toolkit_only,
+                  review_band=args.review_band))
 
 
 def _serve_local(args, workspace: Workspace) -> None:
@@ -88,6 +92,7 @@ def _deploy(args, workspace: Workspace) -> None:
         endpoint=args.endpoint, role=args.role, instance_type=args.instance_type,
         instance_count=args.instance_count, bucket=args.bucket, prefix=args.prefix, region=args.region,
         batching=batching, autoscale=autoscale, tags=_pairs(args.tag, "--tag"), wait=not args.no_wait,
+        review_band=args.review_band,
     )
     print(json.dumps(deploy(archive_path(workspace, args.archive), options), indent=2))
 
@@ -126,6 +131,7 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("archive", help=archive_help)
     p.add_argument("--out", type=Path, help="default: build/sagemaker/NAME/model.tar.gz in the workdir")
     p.add_argument("--toolkit-only", action="store_true", help="leave out the manifest: serve via code/inference.py")
+    p.add_argument("--review-band", metavar="LOW,HIGH", help=REVIEW_BAND_HELP)
     p.set_defaults(run=_package)
 
     p = sub.add_parser("serve-local", parents=common,
@@ -149,6 +155,7 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--autoscale-max", type=int, help="enable target-tracking autoscaling up to this many instances")
     p.add_argument("--target-invocations", type=float, default=100.0, help="invocations per instance per minute")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    p.add_argument("--review-band", metavar="LOW,HIGH", help=REVIEW_BAND_HELP)
     p.add_argument("--no-wait", action="store_true")
     p.set_defaults(run=_deploy)
 

@@ -18,6 +18,7 @@ from marport.resources import handler_file
 
 TOOLKIT_ENTRY = "inference.py"
 TOOLKIT_ADAPTER = "sagemaker_adapter.py"  # handlers/ module that becomes code/inference.py
+MODEL_CONFIG = "model-config.yaml"
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -32,8 +33,14 @@ def container_requirements(kind: ModelKind) -> str:
     return "".join(f"{line}\n" for line in kind.container_requirements)
 
 
-def package(mar: Path, out: Path, manifest: bool = True) -> Path:
-    """Write model.tar.gz for `mar`; manifest=False leaves only the toolkit route."""
+def package(mar: Path, out: Path, manifest: bool = True, review_band: str | None = None) -> Path:
+    """Write model.tar.gz for `mar`; manifest=False leaves only the toolkit route.
+
+    `review_band` ("0.4,0.6" or "off") replaces handler.review_band in the packed
+    model-config.yaml: the one setting that is the deployment's, not the model's, to choose.
+    """
+    from marport.build import review_band_yaml, with_handler_setting
+
     kind = for_archive(mar)
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(mar) as archive, tarfile.open(out, "w:gz") as tar:
@@ -41,7 +48,10 @@ def package(mar: Path, out: Path, manifest: bool = True) -> Path:
         for name in names:
             if name.endswith("/") or (name == MANIFEST and not manifest):
                 continue
-            _add(tar, name, archive.read(name))
+            data = archive.read(name)
+            if name == MODEL_CONFIG and review_band is not None:
+                data = with_handler_setting(data.decode(), "review_band", review_band_yaml(review_band)).encode()
+            _add(tar, name, data)
         _add(tar, f"code/{TOOLKIT_ENTRY}", handler_file(TOOLKIT_ADAPTER).read_bytes())
         _add(tar, "code/requirements.txt", container_requirements(kind).encode())
     return out
@@ -52,4 +62,4 @@ def read_model_config(mar: Path) -> dict:
     import yaml
 
     with zipfile.ZipFile(mar) as archive:
-        return yaml.safe_load(archive.read("model-config.yaml")) or {}
+        return yaml.safe_load(archive.read(MODEL_CONFIG)) or {}

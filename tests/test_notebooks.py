@@ -52,6 +52,8 @@ def test_sentiment_notebook(tmp_path, monkeypatch):
     assert sum(served["single"]["scores"].values()) == pytest.approx(1.0, abs=1e-4)
     assert len(served["several"]) == 3 and all("label" in a for a in served["several"])
     assert served["broken"]["status"] == 400 and served["broken"]["type"] == "invalid_json"
+    assert images_in(nb, "explanations") == 1 and (tmp_path / "sentiment" / "attributions.png").exists()
+    assert tagged_output(nb, "explanations").count("[('") == 3  # each sentence's words with their scores
     assert "MAR-INF/MANIFEST.json" in tagged_output(nb, "package")
     assert (tmp_path / "sentiment" / "model.tar.gz").stat().st_size > 0
     assert tagged_output(nb, "aws").startswith("AWS steps skipped: no AWS credentials found")

@@ -174,3 +174,33 @@ def test_sagemaker_headers_on_the_manifest_route(tmp_path):
         silent = requests.post(url, data=npy_bytes(np.zeros(1600, dtype=np.float32)), timeout=60,
                                headers={"Content-Type": "application/x-npy; sample_rate=8000"})
         assert silent.json()["flags"] == ["silent"]
+
+
+@pytest.mark.parametrize("route", ["manifest", "toolkit"])
+def test_explanations_and_review_band_through_invocations(route, tmp_path):
+    """SageMaker has no /explanations route: {"explain": true} asks through /invocations, and a review
+    band set at package time marks the answers."""
+    tarball = package(built_archive("sentiment"), tmp_path / "model.tar.gz", manifest=route == "manifest",
+                      review_band="0,1")
+    text = "Spotless room and a warm welcome"
+    with LocalEndpoint(tarball, tmp_path / "run") as endpoint:
+        url = f"{endpoint.url}/invocations"
+        got = requests.post(url, data=json.dumps({"text": text, "explain": True}), timeout=120,
+                            headers={"Content-Type": "application/json"})
+        assert got.status_code == 200, got.text
+        answer = strict_json(got.text)
+        assert [w["text"] for w in answer["attributions"]] == text.split() and answer["review"] is True
+        plain = requests.post(url, data=text.encode(), headers={"Content-Type": "text/plain"}, timeout=60).json()
+        assert "attributions" not in plain and plain["review"] is True
+        refused = requests.post(url, data=json.dumps({"text": text, "explain": "please"}), timeout=60,
+                                headers={"Content-Type": "application/json"})
+        assert refused.status_code == 400 and strict_json(refused.text)["type"] == "invalid_type"
+
+
+def test_respiratory_explanation_through_custom_attributes(tmp_path):
+    tarball = package(built_archive("respiratory"), tmp_path / "model.tar.gz")
+    with LocalEndpoint(tarball, tmp_path / "run") as endpoint:
+        got = requests.post(f"{endpoint.url}/invocations", data=encode(cough_like(8, 16000, 5), 16000), timeout=120,
+                            headers={"Content-Type": "audio/wav", "X-Amzn-SageMaker-Custom-Attributes": "explain=true"})
+        assert got.status_code == 200, got.text
+        assert strict_json(got.text)["explanation"]["method"] == "occlusion" and len(got.json()["attributions"]) == 8
