@@ -115,7 +115,7 @@ class RespiratoryModel:
     max_body_bytes: int = 64 * 1024 * 1024  # refused before decoding
     batch_windows: int = 32  # windows per forward pass: bounds activation memory
     explain_resolution_s: float = 1.0  # occlusion explanations silence this much audio at a time
-    explain_max_s: float = 120.0  # seconds of audio one explained request may hold (README, "Explanations")
+    explain_max_s: float = 300.0  # seconds of audio one explained request may hold (README, "Explanations")
     review: ReviewBand | None = None  # handler.review_band on the probability of "unhealthy"
 
     @property

@@ -53,7 +53,7 @@ class TextLimits:
     # A micro-batch closes rather than drop below this share of real tokens (README, "No padding waste").
     min_padding_efficiency: float = CPU_PADDING_FLOOR
     # Explanations cost explain_steps forward and backward passes per text: their own, smaller token cap.
-    explain_max_tokens: int = 256  # per explained request (README, "Explanations")
+    explain_max_tokens: int = 128  # per explained request (README, "Explanations")
     explain_steps: int = 16  # integrated-gradients interpolation steps
 
     @classmethod

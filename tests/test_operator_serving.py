@@ -105,7 +105,7 @@ def test_respiratory_explanations_map_the_recording_over_time(server):
     segments = answer["attributions"]
     assert answer["explanation"]["method"] == "occlusion" and answer["explanation"]["resolution_s"] == 1.0
     assert len(segments) == 14 and segments[-1]["end_s"] == pytest.approx(14, abs=0.01)
-    too_long = post(server, "explanations", "respiratory", encode(cough_like(130, 8000, 2), 8000), "audio/wav")
+    too_long = post(server, "explanations", "respiratory", encode(cough_like(310, 8000, 2), 8000), "audio/wav")
     assert (too_long.status_code, too_long.json()["type"]) == (413, "too_long_to_explain")
 
 
