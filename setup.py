@@ -11,7 +11,8 @@ SAGEMAKER = [
 ]
 
 # Repo folder -> the package it installs as.
-PARTS = {"marport.handlers": "handlers", "marport.sagemaker_deploy": "sagemaker_deploy", "marport.bench": "bench"}
+PARTS = {"marport.handlers": "handlers", "marport.sagemaker_deploy": "sagemaker_deploy", "marport.bench": "bench",
+         "marport.connect_lambda": "connect_lambda"}
 
 NOTEBOOKS = ["ipykernel>=6", "nbformat>=5", "librosa>=0.10"]
 
@@ -52,13 +53,14 @@ setup(
         "matplotlib>=3.8",
         "tqdm>=4.66",
         "requests>=2.31",
+        "boto3>=1.34",  # handlers read S3 references ({"s3_uri": ...}) with the serving role's credentials
     ],
     extras_require={
         # Deploying to SageMaker, and running its PyTorch container's serving toolkit locally.
         "sagemaker": SAGEMAKER,
         # The notebooks: a Jupyter kernel, and librosa for mel spectrograms.
         "notebooks": NOTEBOOKS,
-        "dev": ["pytest>=8", "hypothesis>=6.100", "moto[s3,sagemaker,sts]>=5", "nbclient>=0.10", *SAGEMAKER, *NOTEBOOKS],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "moto[s3,sagemaker,sts,server]>=5", "nbclient>=0.10", *SAGEMAKER, *NOTEBOOKS],
     },
     entry_points={"console_scripts": ["marport=marport.cli:main"]},
 )

@@ -490,6 +490,10 @@ def explain(model: RespiratoryModel, recording: Recording, answer: dict) -> None
                              "resolution_s": model.explain_resolution_s}
 
 
+def body_limit(model: RespiratoryModel) -> int:
+    return model.max_body_bytes
+
+
 def figures(model: RespiratoryModel, recordings: Sequence[Recording], answers: Sequence[dict]) -> dict:
     """One handler call's figures for the operator metrics."""
     return {

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class Served:
     core: Any  # the model core module (sentiment, respiratory)
     model: Any  # what core.load returned
+    s3: Any = None  # s3_input.S3Input when the model may read S3 references
 
 
 def _core_of(model_dir: str):
@@ -64,10 +65,13 @@ def model_fn(model_dir: str, context=None) -> Served:
     from placement import place
     from serving_common import configure_threads, read_settings
 
+    from s3_input import S3Input
+
     settings = read_settings(model_dir, None)
     configure_threads(settings)
     properties = getattr(context, "system_properties", None) or {}
-    return Served(core=core, model=core.load(model_dir, settings, place(properties.get("gpu_id"), settings, core.DEFAULT_PRECISION)))
+    model = core.load(model_dir, settings, place(properties.get("gpu_id"), settings, core.DEFAULT_PRECISION))
+    return Served(core=core, model=model, s3=S3Input.from_settings(settings, core.body_limit(model)))
 
 
 def transform_fn(served: Served, data: Any, content_type: str, accept: str, context=None):
@@ -77,11 +81,12 @@ def transform_fn(served: Served, data: Any, content_type: str, accept: str, cont
     takes one; the status is set on it, so errors are JSON bodies, not tracebacks.
     """
     from isolation import answer_batch
+    from s3_input import resolve
     from serving_common import JSON_TYPE, Request, check_accept
 
     def read(_: int) -> Request:
         check_accept(accept)
-        return Request(body=data, content_type=content_type or "")
+        return resolve(Request(body=data, content_type=content_type or ""), served.s3)
 
     def request_id(_: int):
         return context.get_request_id(0) if context is not None else None

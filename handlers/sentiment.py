@@ -401,6 +401,10 @@ def explain(model: SentimentModel, request: TextRequest, answers: Sequence[dict]
                                  "steps": limits.explain_steps, "convergence_delta": found.convergence_delta}
 
 
+def body_limit(model: SentimentModel) -> int:
+    return model.limits.max_body_bytes
+
+
 def figures(model: SentimentModel, requests: Sequence[TextRequest], answers: Sequence[Any]) -> dict:
     """One handler call's figures for the operator metrics (micro-batching is deterministic, so
     the padding efficiency is worked out again from the token counts)."""

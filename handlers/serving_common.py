@@ -63,6 +63,9 @@ class ModelCore(Protocol):
 
     def predict(self, model: Any, parsed: Sequence[Any]) -> list: ...
 
+    def body_limit(self, model: Any) -> int:
+        """The most bytes one request body may have (max_body_bytes); S3 references are held to it too."""
+
     def figures(self, model: Any, parsed: Sequence[Any], answers: Sequence[Any]) -> Mapping[str, float]:
         """One handler call's figures for the operator metrics (operator_metrics.METRICS names)."""
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from isolation import answer_batch
 from operator_metrics import OperatorMetrics
 from placement import place
+from s3_input import S3Input, resolve
 from serving_common import JSON_TYPE, Request, check_accept, configure_threads, read_settings
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class CoreHandler:
     def __init__(self):
         self.model = None
         self.metrics = None
+        self.s3 = None  # S3 references accepted (handler.s3_allowed_buckets), else None
         self.initialized = False
 
     def initialize(self, context) -> None:
@@ -82,6 +84,7 @@ class CoreHandler:
         log.info("%s loaded in %.2fs on %s with %d torch threads", self.core.__name__, time.perf_counter() - started,
                  placement.describe(), threads)
         self.metrics = OperatorMetrics(getattr(context, "metrics", None), getattr(context, "model_name", ""))
+        self.s3 = S3Input.from_settings(settings, self.core.body_limit(self.model))
         self.initialized = True
 
     def handle(self, data, context) -> list:
@@ -90,7 +93,7 @@ class CoreHandler:
         def read(idx: int) -> Request:
             request = to_request(data[idx], context.get_all_request_header(idx))
             check_accept(request.headers.get("accept"))
-            return request
+            return resolve(request, self.s3)  # an {"s3_uri": ...} body becomes the object's bytes
 
         outcomes, report = answer_batch(self.core, self.model, len(data), read, context.get_request_id)
         for idx, outcome in enumerate(outcomes):

@@ -26,7 +26,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | None = None,
-          review_band: str | None = None) -> Path:
+          review_band: str | None = None, s3_allow: list[str] | None = None) -> Path:
     """Lay out the archive's data: pack/checkpoint/ and model-config.yaml.
 
     torch-model-archiver copies the *contents* of a folder given as an extra file
@@ -48,8 +48,7 @@ def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | Non
     config_text = kind.config.read_text()
     if precision:
         config_text = with_handler_setting(config_text, "precision", precision)
-    if review_band is not None:
-        config_text = with_handler_setting(config_text, "review_band", review_band_yaml(review_band))
+    config_text = deployment_settings(config_text, review_band, s3_allow)
     (staged / "model-config.yaml").write_text(config_text)
     import yaml
 
@@ -69,6 +68,18 @@ def with_handler_setting(config_text: str, key: str, value: str) -> str:
     if line.search(config_text):
         return line.sub(lambda m: m.group(1) + value + (m.group(2) or ""), config_text, count=1)
     return config_text.replace("handler:\n", f"handler:\n  {key}: {value}\n", 1)
+
+
+def deployment_settings(config_text: str, review_band: str | None = None, s3_allow: list[str] | None = None) -> str:
+    """The yaml with the settings a deployment chooses (at build or at SageMaker packaging), comments kept."""
+    if review_band is not None:
+        config_text = with_handler_setting(config_text, "review_band", review_band_yaml(review_band))
+    if s3_allow:
+        import json
+
+        entries = [e.strip().removeprefix("s3://") for e in s3_allow if e.strip()]
+        config_text = with_handler_setting(config_text, "s3_allowed_buckets", json.dumps(entries))
+    return config_text
 
 
 def review_band_yaml(band: str) -> str:
@@ -137,7 +148,7 @@ def extract_archive(mar: Path, dest: Path) -> Path:
 
 def build(model: str, checkpoint: Path | None = None, export_dir: Path | None = None,
           name: str | None = None, precision: str | None = None, workspace: Workspace | None = None,
-          review_band: str | None = None) -> Path:
+          review_band: str | None = None, s3_allow: list[str] | None = None) -> Path:
     """Build `<export_dir>/<name>.mar`; export_dir defaults to the workspace's model store."""
     workspace = workspace or Workspace.at()
     kind = MODELS[model]
@@ -156,7 +167,7 @@ def build(model: str, checkpoint: Path | None = None, export_dir: Path | None = 
     if not (checkpoint / "config.json").exists():
         raise SystemExit(f"{checkpoint} has no config.json: not a checkpoint saved with save_pretrained")
     print("[2/3] staging checkpoint, handler modules and model-config.yaml", flush=True)
-    staged = stage(kind, checkpoint, workspace.build / name, precision, review_band)
+    staged = stage(kind, checkpoint, workspace.build / name, precision, review_band, s3_allow)
     print(f"[3/3] archiving with torch-model-archiver into {export_dir}", flush=True)
     mar = archive(kind, staged, export_dir, name)
     size_mb = mar.stat().st_size / 1e6
@@ -175,9 +186,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--review-band", metavar="LOW,HIGH",
                         help="mark answers whose deciding score lies in [LOW, HIGH] with \"review\": true "
                              "(handler.review_band; default: the model-config.yaml's, off)")
+    parser.add_argument("--s3-allow", action="append", metavar="BUCKET[/PREFIX]",
+                        help="accept {\"s3_uri\": ...} requests for objects in this bucket (and key prefix); "
+                             "repeatable (handler.s3_allowed_buckets; default: off)")
 
 
 def run(args: argparse.Namespace, workspace: Workspace) -> None:
     checkpoint = args.checkpoint.resolve() if args.checkpoint else None
     build(args.model, checkpoint, name=args.name, precision=args.precision, workspace=workspace,
-          review_band=args.review_band)
+          review_band=args.review_band, s3_allow=args.s3_allow)

@@ -19,7 +19,7 @@ from marport.workspace import Workspace
 
 # Packed into every archive: request handling, isolation, device placement, TorchServe adapter.
 COMMON_MODULES = ("serving_common.py", "isolation.py", "placement.py", "review.py", "operator_metrics.py",
-                  "torchserve_adapter.py")
+                  "s3_input.py", "torchserve_adapter.py")
 
 
 class Trainer(Protocol):

@@ -15,6 +15,7 @@ from pathlib import Path
 # The SDK warns on every import that v2 is on its way out; v3 has no PyTorchModel.
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
+from .async_inference import WAKE_ALARM, AsyncOptions, inference_config, scale_to_zero  # noqa: E402
 from .package import package, read_model_config  # noqa: E402
 from .settings import DEFAULT_INSTANCE_TYPE, FRAMEWORK_VERSION, PY_VERSION, serving_env  # noqa: E402
 
@@ -72,6 +73,8 @@ class DeployOptions:
     tags: dict[str, str] = field(default_factory=dict)
     wait: bool = True
     review_band: str | None = None  # "LOW,HIGH" or "off": handler.review_band packed for this endpoint
+    asynchronous: AsyncOptions | None = None  # an async endpoint (async_inference.py) instead of a real-time one
+    s3_allow: list[str] = field(default_factory=list)  # buckets[/prefixes] the endpoint may read references from
 
 
 def _endpoint_exists(client, name: str) -> bool:
@@ -93,7 +96,8 @@ def deploy(mar: Path, options: DeployOptions, workdir: Path = Path("build/sagema
     if not role:
         raise DeployError("no execution role: pass --role arn:aws:iam::<account>:role/<name> or set SAGEMAKER_ROLE")
     session = sagemaker_session(options.region, options.bucket)
-    tarball = package(mar, workdir / options.endpoint / "model.tar.gz", review_band=options.review_band)
+    tarball = package(mar, workdir / options.endpoint / "model.tar.gz", review_band=options.review_band,
+                      s3_allow=options.s3_allow)
     key_prefix = f"{options.prefix}/{options.endpoint}"
     model_data = session.upload_data(str(tarball), bucket=session.default_bucket(), key_prefix=key_prefix)
     tags = [{"Key": k, "Value": v} for k, v in options.tags.items()]
@@ -107,19 +111,24 @@ def deploy(mar: Path, options: DeployOptions, workdir: Path = Path("build/sagema
         name=name_from_base(options.endpoint),
     )
     client = session.sagemaker_client
+    async_config = inference_config(options.asynchronous) if options.asynchronous else None
     if _endpoint_exists(client, options.endpoint):
         # A new model and endpoint config, then a rolling update: no downtime.
         model.create(instance_type=options.instance_type, tags=tags or None)
         config = name_from_base(options.endpoint)
         session.create_endpoint_config(config, model.name, options.instance_count, options.instance_type,
-                                       tags=tags or None)
+                                       tags=tags or None,
+                                       async_inference_config_dict=async_config._to_request_dict() if async_config else None)
         session.update_endpoint(options.endpoint, config, wait=options.wait)
     else:
         model.deploy(
             initial_instance_count=options.instance_count, instance_type=options.instance_type,
             endpoint_name=options.endpoint, tags=tags or None, wait=options.wait,
+            async_inference_config=async_config,
         )
-    if options.autoscale:
+    if options.asynchronous and options.asynchronous.scale_to_zero:
+        scale_to_zero(session.boto_session, options.endpoint, options.asynchronous)
+    elif options.autoscale:
         autoscale(session.boto_session, options.endpoint, *options.autoscale)
     image = client.describe_model(ModelName=model.name)["PrimaryContainer"]["Image"]
     return {"endpoint": options.endpoint, "model": model.name, "model_data": model_data, "image": image}
@@ -158,6 +167,17 @@ def invoke(endpoint: str, body: bytes, content_type: str, region: str | None = N
         return int(err.response.get("OriginalStatusCode", 400)), err.response.get("OriginalMessage", "").encode()
 
 
+def async_input_prefix(endpoint: str, region: str | None = None) -> str:
+    """Where `invoke --async` uploads inputs by default: beside the endpoint's async output path."""
+    client = boto_session(region).client("sagemaker")
+    config_name = client.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    output = (client.describe_endpoint_config(EndpointConfigName=config_name).get("AsyncInferenceConfig") or {}) \
+        .get("OutputConfig", {}).get("S3OutputPath")
+    if not output:
+        raise DeployError(f"{endpoint} is not an async endpoint (deploy it with --async --output s3://...)")
+    return output.rstrip("/").removesuffix("/outputs")
+
+
 def delete(endpoint: str, region: str | None = None, delete_model_data: bool = False) -> list[str]:
     """Remove the endpoint, its configuration, its models, its scaling target and optionally the S3 artifact."""
     boto = boto_session(region)
@@ -173,6 +193,12 @@ def delete(endpoint: str, region: str | None = None, delete_model_data: bool = F
         removed.append(f"scaling target of {endpoint}")
     except scaling.exceptions.ObjectNotFoundException:
         pass
+    cloudwatch = boto.client("cloudwatch")
+    alarms = [a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNamePrefix=f"{endpoint}-")["MetricAlarms"]
+              if a["AlarmName"] == f"{endpoint}-{WAKE_ALARM}"]
+    if alarms:  # scale-to-zero's wake-up alarm (async endpoints)
+        cloudwatch.delete_alarms(AlarmNames=alarms)
+        removed.append(f"alarm {alarms[0]}")
     client.delete_endpoint(EndpointName=endpoint)
     removed.append(f"endpoint {endpoint}")
     client.delete_endpoint_config(EndpointConfigName=config_name)

@@ -20,6 +20,8 @@ from marport.workspace import Workspace
 
 from .settings import DEFAULT_INSTANCE_TYPE
 
+S3_ALLOW_HELP = ('accept {"s3_uri": "s3://bucket/key"} requests for objects in this bucket (and key prefix); '
+                 'repeatable; the serving role needs s3:GetObject there (handler.s3_allowed_buckets)')
 REVIEW_BAND_HELP = ('set handler.review_band in the packed model-config.yaml: answers whose deciding score lies '
                     'in [LOW, HIGH] get "review": true ("off" turns it off)')
 
@@ -56,7 +58,7 @@ def _package(args, workspace: Workspace) -> None:
 
     mar = archive_path(workspace, args.archive)
     print(package(mar, args.out or tarball_path(workspace, mar), manifest=not args.toolkit_only,
-                  review_band=args.review_band))
+                  review_band=args.review_band, s3_allow=args.s3_allow))
 
 
 def _serve_local(args, workspace: Workspace) -> None:
@@ -88,11 +90,20 @@ def _deploy(args, workspace: Workspace) -> None:
     if args.autoscale_max:
         autoscale = (args.autoscale_min or args.instance_count, args.autoscale_max, args.target_invocations)
     batching = {k: int(v) for k, v in _pairs(args.ts, "--ts").items()}
+    asynchronous = None
+    if args.asynchronous:
+        from .async_inference import AsyncOptions
+
+        if not args.output:
+            raise SystemExit("--async needs --output s3://bucket/prefix for the answers")
+        asynchronous = AsyncOptions(output=args.output, max_concurrency=args.max_concurrency,
+                                    scale_to_zero=args.scale_to_zero, max_instances=args.max_instances,
+                                    success_topic=args.success_topic, error_topic=args.error_topic)
     options = DeployOptions(
         endpoint=args.endpoint, role=args.role, instance_type=args.instance_type,
         instance_count=args.instance_count, bucket=args.bucket, prefix=args.prefix, region=args.region,
         batching=batching, autoscale=autoscale, tags=_pairs(args.tag, "--tag"), wait=not args.no_wait,
-        review_band=args.review_band,
+        review_band=args.review_band, asynchronous=asynchronous, s3_allow=args.s3_allow or [],
     )
     print(json.dumps(deploy(archive_path(workspace, args.archive), options), indent=2))
 
@@ -106,13 +117,36 @@ def _invoke(args, workspace: Workspace) -> None:
         body, content_type = args.text.encode(), "text/plain"
     elif args.json is not None:
         body, content_type = args.json.encode(), "application/json"
-    else:
+    elif args.file is not None:
         body, content_type = args.file.read_bytes(), content_type_for(args.file)
+    else:  # an S3 reference: the endpoint fetches the object itself (handler.s3_allowed_buckets)
+        body, content_type = json.dumps({"s3_uri": args.s3_uri}).encode(), "application/json"
+    if args.asynchronous:
+        return _invoke_async(args, body, args.content_type or content_type)
     status, answer = invoke(args.endpoint, body, args.content_type or content_type, args.region,
                             sample_rate=args.sample_rate)
     print(answer.decode("utf-8", errors="replace"))
     if status != 200:
         sys.exit(f"HTTP {status}")
+
+
+def _invoke_async(args, body: bytes, content_type: str) -> None:
+    from .async_inference import describe, invoke_async
+    from .aws import async_input_prefix, boto_session
+
+    prefix = args.input or async_input_prefix(args.endpoint, args.region)
+    attributes = f"sample_rate={args.sample_rate}" if args.sample_rate else None
+    answer = invoke_async(boto_session(args.region), args.endpoint, body, content_type, prefix,
+                          name=str(args.file or ""), wait_s=args.wait, custom_attributes=attributes)
+    print(describe(answer))
+    if answer.status in ("failed", "timed out"):
+        sys.exit(answer.status)
+
+
+def _lambda_package(args, workspace: Workspace) -> None:
+    from .lambda_package import lambda_zip
+
+    print(lambda_zip(args.out or workspace.build / "connect-lambda.zip"))
 
 
 def _delete(args, workspace: Workspace) -> None:
@@ -132,6 +166,7 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", type=Path, help="default: build/sagemaker/NAME/model.tar.gz in the workdir")
     p.add_argument("--toolkit-only", action="store_true", help="leave out the manifest: serve via code/inference.py")
     p.add_argument("--review-band", metavar="LOW,HIGH", help=REVIEW_BAND_HELP)
+    p.add_argument("--s3-allow", action="append", metavar="BUCKET[/PREFIX]", help=S3_ALLOW_HELP)
     p.set_defaults(run=_package)
 
     p = sub.add_parser("serve-local", parents=common,
@@ -156,7 +191,17 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--target-invocations", type=float, default=100.0, help="invocations per instance per minute")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE")
     p.add_argument("--review-band", metavar="LOW,HIGH", help=REVIEW_BAND_HELP)
+    p.add_argument("--s3-allow", action="append", metavar="BUCKET[/PREFIX]", help=S3_ALLOW_HELP)
     p.add_argument("--no-wait", action="store_true")
+    group = p.add_argument_group("asynchronous inference (input and answers in S3; README, \"Real-time or async\")")
+    group.add_argument("--async", dest="asynchronous", action="store_true", help="create an async endpoint")
+    group.add_argument("--output", metavar="S3_URI", help="s3://bucket/prefix for answers (outputs/, failures/)")
+    group.add_argument("--max-concurrency", type=int, help="requests one instance works on at once")
+    group.add_argument("--scale-to-zero", action="store_true",
+                       help="no instance while the queue is empty; one starts when a request waits")
+    group.add_argument("--max-instances", type=int, default=1, help="with --scale-to-zero: the most instances")
+    group.add_argument("--success-topic", metavar="SNS_ARN")
+    group.add_argument("--error-topic", metavar="SNS_ARN")
     p.set_defaults(run=_deploy)
 
     p = sub.add_parser("invoke", parents=common, help="send one request to an endpoint")
@@ -165,10 +210,22 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     body.add_argument("--text")
     body.add_argument("--json")
     body.add_argument("--file", type=Path, help="a recording (.wav .flac .ogg .mp3 .npy) or a body file")
+    body.add_argument("--s3-uri", help="s3://bucket/key of a recording the endpoint fetches itself")
     p.add_argument("--content-type")
     p.add_argument("--sample-rate", type=int, help="for .npy bodies")
     p.add_argument("--region")
+    group = p.add_argument_group("asynchronous endpoints")
+    group.add_argument("--async", dest="asynchronous", action="store_true",
+                       help="upload the body to S3 and queue it (invoke_endpoint_async)")
+    group.add_argument("--input", metavar="S3_URI", help="where to upload inputs (default: beside the endpoint's output)")
+    group.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                       help="wait this long for the answer and print it (default: print where it will be)")
     p.set_defaults(run=_invoke)
+
+    p = sub.add_parser("lambda-package", parents=common,
+                       help="zip the Amazon Connect contact-flow Lambda (README, \"The call-centre hook\")")
+    p.add_argument("--out", type=Path, help="default: build/connect-lambda.zip in the workdir")
+    p.set_defaults(run=_lambda_package)
 
     p = sub.add_parser("delete", parents=common, help="delete the endpoint, its config and models")
     p.add_argument("endpoint")

@@ -33,13 +33,15 @@ def container_requirements(kind: ModelKind) -> str:
     return "".join(f"{line}\n" for line in kind.container_requirements)
 
 
-def package(mar: Path, out: Path, manifest: bool = True, review_band: str | None = None) -> Path:
+def package(mar: Path, out: Path, manifest: bool = True, review_band: str | None = None,
+            s3_allow: list[str] | None = None) -> Path:
     """Write model.tar.gz for `mar`; manifest=False leaves only the toolkit route.
 
-    `review_band` ("0.4,0.6" or "off") replaces handler.review_band in the packed
-    model-config.yaml: the one setting that is the deployment's, not the model's, to choose.
+    `review_band` ("0.4,0.6" or "off") and `s3_allow` (buckets, with optional key prefixes)
+    replace handler.review_band and handler.s3_allowed_buckets in the packed model-config.yaml:
+    the settings that are the deployment's, not the model's, to choose.
     """
-    from marport.build import review_band_yaml, with_handler_setting
+    from marport.build import deployment_settings
 
     kind = for_archive(mar)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -49,8 +51,8 @@ def package(mar: Path, out: Path, manifest: bool = True, review_band: str | None
             if name.endswith("/") or (name == MANIFEST and not manifest):
                 continue
             data = archive.read(name)
-            if name == MODEL_CONFIG and review_band is not None:
-                data = with_handler_setting(data.decode(), "review_band", review_band_yaml(review_band)).encode()
+            if name == MODEL_CONFIG:
+                data = deployment_settings(data.decode(), review_band, s3_allow).encode()
             _add(tar, name, data)
         _add(tar, f"code/{TOOLKIT_ENTRY}", handler_file(TOOLKIT_ADAPTER).read_bytes())
         _add(tar, "code/requirements.txt", container_requirements(kind).encode())

@@ -28,6 +28,27 @@ def running_torchserve(run_dir: Path, model_store: Path, models: list[str]):
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
+REGION = "eu-west-1"  # every AWS test's region (moto)
+
+
+@pytest.fixture
+def aws(monkeypatch, tmp_path):
+    """In-process moto with throwaway credentials; yields a SageMaker execution role's ARN."""
+    import boto3
+    from moto import mock_aws
+
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SAGEMAKER_ROLE", "SAGEMAKER_BUCKET"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    with mock_aws():
+        role = boto3.client("iam").create_role(RoleName="sagemaker-exec", AssumeRolePolicyDocument="{}")
+        yield role["Role"]["Arn"]
+
+
 def built_archive(name: str) -> Path:
     mar = MODEL_STORE / f"{name}.mar"
     if not mar.exists():
@@ -64,3 +85,32 @@ def send_together(jobs: list, send) -> list:
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         return list(pool.map(released, jobs))
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A real HTTP S3 (moto's server mode) on a free loopback port, for handlers that fetch S3 references.
+
+    Clients (ours, TorchServe's workers, SageMaker's toolkit) reach it through AWS_ENDPOINT_URL,
+    with throwaway credentials; nothing leaves the machine.
+    """
+    from moto.server import ThreadedMotoServer
+
+    from marport.processes import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            env.delenv(var, raising=False)
+        env.setenv("AWS_ENDPOINT_URL", url)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_REGION", REGION)
+        env.setenv("AWS_DEFAULT_REGION", REGION)
+        try:
+            yield url
+        finally:
+            server.stop()

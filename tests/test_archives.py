@@ -14,7 +14,7 @@ from tests.conftest import built_archive
 # Third-party modules the serving side may import: TorchServe's own, torch and what
 # code/requirements.txt installs in SageMaker's container.
 SERVING_DEPENDENCIES = {"torch", "numpy", "yaml", "ts", "sagemaker_inference", "transformers", "soundfile", "soxr",
-                        "safetensors", "onnxruntime", "captum"}
+                        "safetensors", "onnxruntime", "captum", "boto3", "botocore"}
 
 
 def imported_names(source: str) -> set[str]:
@@ -48,7 +48,8 @@ def _requirement_names(kind) -> set[str]:
 
 
 # What SageMaker's PyTorch 2.6 image already has: torch, numpy, yaml, TorchServe and the toolkit.
-IN_IMAGE = {"torch", "numpy", "yaml", "ts", "sagemaker_inference"}
+# boto3 (and its botocore) come with the toolkit, which requires them.
+IN_IMAGE = {"torch", "numpy", "yaml", "ts", "sagemaker_inference", "boto3", "botocore"}
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))

@@ -72,3 +72,6 @@ def test_respiratory_notebook(tmp_path, monkeypatch):
     assert served["broken"]["status"] == 400 and served["broken"]["type"] == "unreadable_audio"
     assert "code/inference.py" in tagged_output(nb, "package")
     assert tagged_output(nb, "aws").startswith("AWS steps skipped: no AWS credentials found")
+    offline = tagged_output(nb, "s3-async")
+    assert '{"s3_uri": "s3://' in offline and "would run:" in offline and "--async --output s3://" in offline
+    assert (tmp_path / "respiratory" / "connect-lambda.zip").stat().st_size > 0

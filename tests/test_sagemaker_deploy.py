@@ -8,27 +8,10 @@ import zipfile
 import boto3
 import pytest
 import yaml
-from moto import mock_aws
 
 from marport import cli
 from marport.sagemaker_deploy.aws import DeployError, DeployOptions, boto_session, delete, deploy
-from tests.conftest import built_archive
-
-REGION = "eu-west-1"
-
-
-@pytest.fixture
-def aws(monkeypatch, tmp_path):
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SAGEMAKER_ROLE", "SAGEMAKER_BUCKET"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    with mock_aws():
-        role = boto3.client("iam").create_role(RoleName="sagemaker-exec", AssumeRolePolicyDocument="{}")
-        yield role["Role"]["Arn"]
+from tests.conftest import REGION, built_archive
 
 
 def test_deploy_creates_model_endpoint_and_scaling_then_delete_removes_all(aws, tmp_path):

@@ -103,9 +103,11 @@ def test_the_wheel_carries_what_the_tools_need(wheel):
     assert {"marport/handlers/sentiment_handler.py", "marport/handlers/serving_common.py",
             "marport/handlers/config/sentiment.yaml", "marport/handlers/config/respiratory.yaml",
             "marport/templates/config.properties", "marport/sagemaker_deploy/package.py",
-            "marport/bench/run.py", "marport/data/sentiment/README.md"} <= names
+            "marport/bench/run.py", "marport/data/sentiment/README.md", "marport/templates/metrics.yaml",
+            "marport/connect_lambda/lambda_function.py", "marport/handlers/s3_input.py"} <= names
     assert any(n.startswith("marport/data/sentiment/marport/") and n.endswith(".tsv") for n in names)
-    assert not any(n.startswith(("bench/", "sagemaker_deploy/", "handlers/", "tests/")) for n in names), \
+    assert not any(n.startswith(("bench/", "sagemaker_deploy/", "handlers/", "connect_lambda/", "tests/"))
+                   for n in names), \
         "only the marport package goes into site-packages"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode().replace(" ", "").split()

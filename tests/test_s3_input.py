@@ -1,0 +1,131 @@
+"""S3 references as request bodies, against a real HTTP S3 (moto's server mode) on loopback."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from marport.resources import use_handlers
+from tests.audio_helpers import cough_like, encode
+
+use_handlers()
+import respiratory  # noqa: E402
+import s3_input  # noqa: E402
+from s3_input import S3Input, resolve  # noqa: E402
+from serving_common import Request, RequestError  # noqa: E402
+
+BUCKET, OTHER = "calls", "elsewhere"
+WAV = encode(cough_like(3, 16000, 7), 16000)
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server):
+    s3_input._client.cache_clear()  # the next client reads AWS_ENDPOINT_URL
+    client = boto3.client("s3")
+    for bucket in (BUCKET, OTHER):
+        client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    client.put_object(Bucket=BUCKET, Key="recordings/a.wav", Body=WAV, ContentType="audio/wav")
+    client.put_object(Bucket=BUCKET, Key="recordings/untyped.wav", Body=WAV)  # binary/octet-stream
+    client.put_object(Bucket=BUCKET, Key="other/b.wav", Body=WAV)
+    client.put_object(Bucket=OTHER, Key="recordings/a.wav", Body=WAV)
+    client.put_object(Bucket=BUCKET, Key="recordings/big.wav", Body=b"\0" * 5000)
+    client.put_object(Bucket=BUCKET, Key="recordings/review.txt", Body="Lovely staff".encode())
+    yield client
+    s3_input._client.cache_clear()
+
+
+ALLOWED = S3Input(((BUCKET, "recordings/"),), max_bytes=4096 * 1024)
+
+
+def ask(body, s3=ALLOWED, **params):
+    return resolve(Request(body=json.dumps(body), content_type="application/json", params=params), s3)
+
+
+def test_a_reference_becomes_the_objects_bytes_with_its_options(s3):
+    got = ask({"s3_uri": f"s3://{BUCKET}/recordings/a.wav", "sample_rate": 16000, "explain": True})
+    assert got.body == WAV and got.content_type == "audio/wav"
+    assert got.option("sample_rate") == "16000" and got.explain
+    assert ask({"s3_uri": f"s3://{BUCKET}/recordings/untyped.wav"}).content_type == "audio/x-wav"  # from the key
+
+
+def test_a_text_object_is_read_as_text(s3):
+    got = ask({"s3_uri": f"s3://{BUCKET}/recordings/review.txt"})
+    assert (got.body, got.media_type) == (b"Lovely staff", "text/plain")
+
+
+def test_scored_exactly_as_posted_bytes(s3):
+    import torch
+
+    torch.manual_seed(0)
+    model = respiratory.RespiratoryModel(net=respiratory.RespiratoryCNN().eval(), audio=respiratory.AudioConfig())
+    by_reference = respiratory.predict(model, [respiratory.parse_request(
+        ask({"s3_uri": f"s3://{BUCKET}/recordings/a.wav"}), model)])
+    by_bytes = respiratory.predict(model, [respiratory.parse_request(
+        Request(body=WAV, content_type="audio/wav"), model)])
+    assert by_reference == by_bytes
+
+
+@pytest.mark.parametrize("body, s3_config, kind, code", [
+    ({"s3_uri": f"s3://{BUCKET}/recordings/a.wav"}, None, "s3_disabled", 403),
+    ({"s3_uri": f"s3://{BUCKET}/other/b.wav"}, ALLOWED, "s3_not_allowed", 403),
+    ({"s3_uri": f"s3://{OTHER}/recordings/a.wav"}, ALLOWED, "s3_not_allowed", 403),
+    ({"s3_uri": f"s3://{BUCKET}/recordings/missing.wav"}, ALLOWED, "s3_object_not_found", 404),
+    ({"s3_uri": f"s3://{BUCKET}/recordings/big.wav"}, S3Input(((BUCKET, ""),), 4000), "s3_object_too_large", 413),
+    ({"s3_uri": "https://calls.s3.amazonaws.com/recordings/a.wav"}, ALLOWED, "invalid_s3_uri", 400),
+    ({"s3_uri": "file:///etc/passwd"}, ALLOWED, "invalid_s3_uri", 400),
+    ({"s3_uri": ["s3://calls/recordings/a.wav"]}, ALLOWED, "invalid_s3_uri", 400),
+])
+def test_denied_missing_and_oversized_objects_get_their_own_errors(s3, body, s3_config, kind, code):
+    with pytest.raises(RequestError) as raised:
+        ask(body, s3_config)
+    assert (raised.value.kind, raised.value.code) == (kind, code)
+
+
+def test_an_unreachable_s3_is_a_503_for_that_request(monkeypatch):
+    from marport.processes import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setattr(s3_input, "CONNECT_TIMEOUT_S", 1)
+    s3_input._client.cache_clear()
+    try:
+        with pytest.raises(RequestError) as raised:
+            ask({"s3_uri": f"s3://{BUCKET}/recordings/a.wav"})
+        assert (raised.value.kind, raised.value.code) == ("s3_unavailable", 503)
+    finally:
+        s3_input._client.cache_clear()
+
+
+def test_ordinary_bodies_are_left_alone():
+    for request in (Request(body=WAV, content_type="audio/wav"),
+                    Request(body=b'{"text": "s3://calls/x"}', content_type="application/json"),
+                    Request(body=b'{"s3_uri": ', content_type="application/json"),
+                    Request(body=json.dumps({"s3_uri": "s3://x/y", "pad": "x" * 5000}), content_type="application/json")):
+        assert resolve(request, ALLOWED) is request
+
+
+@pytest.mark.parametrize("entries, allowed", [
+    (None, None), ([], None), (["calls"], ((BUCKET, ""),)), ("calls/recordings/,s3://b2", ((BUCKET, "recordings/"), ("b2", ""))),
+])
+def test_allow_list_settings(entries, allowed):
+    got = S3Input.from_settings({"s3_allowed_buckets": entries}, 100)
+    assert (got.allowed if got else None) == allowed
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(st.one_of(st.text(max_size=80), st.builds(lambda b, k: f"s3://{b}/{k}", st.text(max_size=20), st.text(max_size=30)),
+                 st.integers(), st.none(), st.lists(st.text(max_size=5), max_size=2)))
+def test_no_uri_reaches_outside_the_allow_list(s3, uri):
+    """Whatever the client writes, only an allowed bucket and prefix is ever read; everything else is a 4xx."""
+    try:
+        got = ask({"s3_uri": uri})
+    except RequestError as err:
+        assert 400 <= err.code < 500, err.payload()
+    else:
+        assert isinstance(uri, str) and uri.startswith(f"s3://{BUCKET}/recordings/") and got.body == WAV
