@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-from urllib.parse import unquote
 
 URI_KEYS = ("recording_s3_uri", "RecordingS3Uri", "recording_uri")
 BUCKET_KEYS = ("recording_bucket", "RecordingBucket")
@@ -49,13 +48,13 @@ def recording_location(event: dict) -> tuple[str, str]:
         if not uri.startswith("s3://") or "/" not in uri[5:]:
             raise Unscorable(f"bad_recording_uri: {uri!r} is not s3://bucket/key")
         bucket, _, key = uri[5:].partition("/")
-        return bucket, unquote(key)
+        return bucket, key
     key = _first(sources, KEY_KEYS)
     bucket = _first(sources, BUCKET_KEYS) or os.environ.get("RECORDING_BUCKET", "")
     if not key or not bucket:
         raise Unscorable("no_recording: the event names no recording (recording_s3_uri, or recording_bucket "
                          "and recording_key, in the block's parameters or the contact's attributes)")
-    return bucket, unquote(key)
+    return bucket, key  # literal: Connect's keys hold ':' and are not URL-encoded
 
 
 def _clients():
