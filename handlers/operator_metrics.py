@@ -3,10 +3,10 @@
 Each handler call reports what it did: requests rejected (by error type), the work it was
 given (texts and tokens, or recordings and seconds of audio), how well it batched (padding
 efficiency), where time went (decode, resample, model), explanations served and answers
-marked for human review. With `metrics_mode=prometheus` they appear on the metrics port as
-`ts_<name>` families once they are declared in the server's metrics.yaml
-(marport/templates/metrics.yaml), as TorchServe 0.12 requires; in log mode they go to
-model_metrics.log. Emitting never fails a request: a runtime without the API (SageMaker's
+marked for human review. With `metrics_mode=prometheus` they appear on the metrics port under
+their own names (`Texts{ModelName="sentiment",...}`) once they are declared in the server's
+metrics.yaml (marport/templates/metrics.yaml), as TorchServe 0.12 requires; in log mode they
+are `[METRICS]` lines in the worker's log. Emitting never fails a request: a runtime without the API (SageMaker's
 toolkit route) or a metric it refuses is skipped.
 
 Packed flat into each `.mar`; imports nothing from the project.

@@ -413,14 +413,18 @@ def forward(model: RespiratoryModel, batch: torch.Tensor) -> torch.Tensor:
     return torch.cat(out) if out else torch.empty(0)
 
 
+def _aggregate(model: RespiratoryModel, probs: Sequence[float]) -> float:
+    """A recording's probability from its windows' (audio.aggregate: mean or max)."""
+    return float(max(probs)) if model.audio.aggregate == "max" else float(sum(probs) / len(probs))
+
+
 def postprocess(model: RespiratoryModel, probs: torch.Tensor, index: list, recordings: Sequence[Recording]) -> list:
     values = probs.tolist()
     answers, at = [], 0
-    reduce = max if model.audio.aggregate == "max" else (lambda xs: sum(xs) / len(xs))
     for starts, recording in zip(index, recordings):
         window_probs = values[at : at + len(starts)]
         at += len(starts)
-        probability = float(reduce(window_probs))
+        probability = _aggregate(model, window_probs)
         answer = {
             "label": LABELS[1] if probability >= model.audio.threshold else LABELS[0],
             "probability": probability,
@@ -446,10 +450,6 @@ def predict(model: RespiratoryModel, recordings: Sequence[Recording]) -> list:
     return answers
 
 
-def _aggregate(model: RespiratoryModel, probs: Sequence[float]) -> float:
-    return float(max(probs)) if model.audio.aggregate == "max" else float(sum(probs) / len(probs))
-
-
 def explain(model: RespiratoryModel, recording: Recording, answer: dict) -> None:
     """Occlusion over time: silence explain_resolution_s of the recording at a time and see how far
     the probability of "unhealthy" falls (a positive score: that stretch pushed towards unhealthy).
@@ -464,7 +464,7 @@ def explain(model: RespiratoryModel, recording: Recording, answer: dict) -> None
     base = [w["probability"] for w in answer["windows"]]
     step = max(1, int(round(model.explain_resolution_s * rate)))
     segments = [(a, min(a + step, len(wave))) for a in range(0, len(wave), step)]
-    jobs = []  # (segment, window, that window with the segment silenced)
+    jobs = []  # (segment, window): every window a segment overlaps, scored again with that segment silenced
     for k, (a, b) in enumerate(segments):
         for w, s in enumerate(starts):
             if s < b and s + size > a:

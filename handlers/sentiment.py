@@ -395,8 +395,8 @@ def explain(model: SentimentModel, request: TextRequest, answers: Sequence[dict]
             answer["attributions"] = words(text, request.offsets[i], found.scores, request.truncated[i])
         else:  # no character spans from a slow tokenizer: the tokens themselves
             tokens = model.tokenizer.convert_ids_to_tokens(ids)
-            answer["attributions"] = [{"text": t, "score": s} for t, s, i in zip(tokens, found.scores, ids)
-                                      if i not in special]
+            answer["attributions"] = [{"text": t, "score": s} for t, s, token in zip(tokens, found.scores, ids)
+                                      if token not in special]
         answer["explanation"] = {"method": "integrated_gradients", "target": answer["label"],
                                  "steps": limits.explain_steps, "convergence_delta": found.convergence_delta}
 

@@ -122,7 +122,7 @@ def _status(args, workspace: Workspace) -> None:
         print(f"stopped (workdir {workspace.root}; archives in {workspace.model_store}: {archives})")
         sys.exit(3)  # like `systemctl status`: scripts can tell stopped from running
     print(f"running, pid {server.pid} (workdir {workspace.root}; archives: {archives})")
-    for key, url in addresses(workspace).items():
+    for key, url in addresses(server).items():
         print(f"  {key.replace('_address', '')}: {url}")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 
 from marport.content_types import content_type_for
-from marport.server import LocalTorchServe, read_properties
+from marport.server import LocalTorchServe
 from marport.workspace import Workspace
 
 REQUEST_TIMEOUT_S = 120  # above the handlers' responseTimeout (60 s), so the server's own answer arrives
@@ -72,6 +72,7 @@ def fresh_inference_key(workspace: Workspace) -> str:
     return server.keys()["inference"]
 
 
-def addresses(workspace: Workspace) -> dict[str, str]:
-    props = read_properties(running_server(workspace).config)
-    return {k: props[k] for k in ("inference_address", "management_address", "metrics_address") if k in props}
+def addresses(server: LocalTorchServe) -> dict[str, str]:
+    """Where a running server listens, from the config it was started with."""
+    return {k: server.props[k] for k in ("inference_address", "management_address", "metrics_address")
+            if k in server.props}
