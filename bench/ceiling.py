@@ -31,8 +31,7 @@ def respiratory_answers(model, bodies: list[bytes], batch: int) -> list:
 
     answers = []
     for i in range(0, len(bodies), batch):
-        recordings = [respiratory.prepare(*respiratory.decode_audio_file(body, model), model.audio)
-                      for body in bodies[i : i + batch]]
+        recordings = [respiratory.read_recording(body, model) for body in bodies[i : i + batch]]
         answers.extend(respiratory.predict(model, recordings))
     return answers
 

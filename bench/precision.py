@@ -88,7 +88,7 @@ def respiratory_variants(reps: int = 7) -> dict:
     out, reference = {}, None
     for name, settings in RESPIRATORY_VARIANTS:
         model = respiratory.load(str(model_dir), settings, placement.place(None, settings))
-        parsed = [respiratory.prepare(*respiratory.decode_audio_file(b, model), model.audio) for b in bodies]
+        parsed = [respiratory.read_recording(b, model) for b in bodies]
         windows, _ = respiratory.preprocess(model, parsed)
         probs = respiratory.forward(model, windows)
         times = []

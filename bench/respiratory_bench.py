@@ -31,12 +31,9 @@ def respiratory_split(model, bodies: list[bytes], batch: int) -> dict:
     for i in range(0, len(bodies), batch):
         parsed = []
         for body in bodies[i : i + batch]:
-            t0 = time.perf_counter()
-            samples, rate = respiratory.decode_audio_file(body, model)
-            t1 = time.perf_counter()
-            parsed.append(respiratory.prepare(samples, rate, model.audio))
-            t2 = time.perf_counter()
-            decode, resample = decode + t1 - t0, resample + t2 - t1
+            recording = respiratory.read_recording(body, model)  # decoding and resampling interleave, block by block
+            parsed.append(recording)
+            decode, resample = decode + recording.decode_ms / 1000, resample + recording.resample_ms / 1000
         t3 = time.perf_counter()
         answers.extend(respiratory.predict(model, parsed))
         forward += time.perf_counter() - t3

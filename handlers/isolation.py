@@ -9,6 +9,10 @@ their requests to `answer_batch`, which
 - runs the parsed requests through the model together, and if that fails, finds
   the request(s) responsible by re-running the batch in halves, so the rest are
   still answered;
+- keeps to the call's deadline (BUDGET_SHARE of responseTimeout): once it has
+  passed, no request is read and no half is run again; what is left is answered
+  with a 503 `deadline_exceeded` that says why, instead of the whole batch
+  failing when TorchServe gives up on the worker;
 - serialises every answer as strict JSON (no NaN or Infinity): an answer that
   cannot be is a 500 for that request alone.
 
@@ -27,6 +31,7 @@ from serving_common import ModelCore, Request, RequestError, to_json
 log = logging.getLogger(__name__)
 
 INTERNAL = "internal_error"
+DEADLINE = "deadline_exceeded"
 
 
 @dataclass
@@ -70,6 +75,19 @@ def internal_error(request_id: str | None, stage: str) -> Outcome:
     return Outcome(500, to_json(payload), INTERNAL)
 
 
+def out_of_time(request_id: str | None, stage: str) -> Outcome:
+    payload = {"code": 503, "type": DEADLINE, "request_id": request_id,
+               "message": f"this batch used up its time budget (responseTimeout) before {stage} this request; "
+                          "send it again"}
+    if request_id is None:
+        del payload["request_id"]
+    return Outcome(503, to_json(payload), DEADLINE)
+
+
+def _late(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() > deadline
+
+
 def _serialise(answer: Any, request_id: str | None) -> Outcome:
     try:
         return Outcome(200, to_json(answer))
@@ -83,13 +101,20 @@ def answer_batch(
     count: int,
     read: Callable[[int], Request],
     request_id: Callable[[int], str | None],
+    deadline: float | None = None,
 ) -> tuple[list[Outcome], BatchReport]:
-    """Outcomes for requests 0..count-1, in order; `read(i)` builds request i (and may refuse it)."""
+    """Outcomes for requests 0..count-1, in order; `read(i)` builds request i (and may refuse it).
+
+    `deadline` is a time.monotonic() value (serving_common.call_budget_s from now); None: no deadline.
+    """
     report = BatchReport(requests=count)
     outcomes: list[Outcome | None] = [None] * count
     parsed: list[tuple[int, Any]] = []
     started = time.perf_counter()
     for idx in range(count):
+        if _late(deadline):
+            outcomes[idx] = out_of_time(request_id(idx), "reading")
+            continue
         try:
             parsed.append((idx, core.parse_request(read(idx), model)))
         except RequestError as err:
@@ -99,7 +124,7 @@ def answer_batch(
     report.parse_ms = (time.perf_counter() - started) * 1000
     report.parsed = [p for _, p in parsed]
     started = time.perf_counter()
-    _predict_isolated(core, model, parsed, outcomes, request_id, report)
+    _predict_isolated(core, model, parsed, outcomes, request_id, report, deadline)
     report.predict_ms = (time.perf_counter() - started) * 1000
     for outcome in outcomes:
         if outcome.kind:
@@ -107,9 +132,15 @@ def answer_batch(
     return outcomes, report
 
 
-def _predict_isolated(core, model, items: Sequence[tuple[int, Any]], outcomes: list, request_id, report) -> None:
-    """Predict items together; on failure, split in halves until the failing requests are alone."""
+def _predict_isolated(core, model, items: Sequence[tuple[int, Any]], outcomes: list, request_id, report,
+                      deadline: float | None = None) -> None:
+    """Predict items together; on failure, split in halves until the failing requests are alone,
+    as long as the deadline allows (2n-1 forward passes at worst)."""
     if not items:
+        return
+    if _late(deadline):
+        for idx, _ in items:
+            outcomes[idx] = out_of_time(request_id(idx), "scoring")
         return
     report.predict_calls += 1
     try:
@@ -129,5 +160,5 @@ def _predict_isolated(core, model, items: Sequence[tuple[int, Any]], outcomes: l
         return
     log.warning("a batch of %d requests failed together; retrying it in halves to find the culprit", len(items))
     half = len(items) // 2
-    _predict_isolated(core, model, items[:half], outcomes, request_id, report)
-    _predict_isolated(core, model, items[half:], outcomes, request_id, report)
+    _predict_isolated(core, model, items[:half], outcomes, request_id, report, deadline)
+    _predict_isolated(core, model, items[half:], outcomes, request_id, report, deadline)

@@ -1,7 +1,8 @@
 """Respiratory-sound CNN: the model core, free of any serving runtime.
 
-A recording (any format libsndfile reads, or a float .npy array) is decoded, mixed
-down to mono, resampled to the model's rate, cut into overlapping windows, scored
+A recording (WAV, FLAC, OGG or MP3, or a float .npy array) is decoded a block at a
+time, mixed down to mono and resampled to the model's rate (audio_input.py, which
+bounds that work before doing it), cut into overlapping windows, scored
 by a raw-waveform CNN, and the window scores are aggregated into one probability
 that the speaker is unhealthy. Training (marport.train_respiratory), both serving
 adapters, the tests and the benchmarks call these same functions.
@@ -9,36 +10,27 @@ adapters, the tests and the benchmarks call these same functions.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import re
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 from torch import nn
 
+from audio_input import AudioLimits, Decoded, decode, to_rate
 from placement import Placement, place
 from review import ReviewBand, mark
 from serving_common import (
-    Request, RequestError, as_bytes, check_body_size, checkpoint_dir, read_settings, setting_flag,
+    Request, RequestError, as_bytes, check_body_size, checkpoint_dir, read_settings, refuse_form, setting_flag,
 )
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-NPY_TYPES = ("application/x-npy", "application/npy")
-NPY_MAGIC = b"\x93NUMPY"
 SILENCE_PEAK = 1e-4  # below this peak amplitude a recording is treated as silent
 LABELS = ("healthy", "unhealthy")
-TRUNCATED_DATA = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
-STREAMING_SIZES = (0, 0xFFFFFFFF)  # data sizes streaming writers use for "unknown"
-RATES = (100, 384_000)  # sample rates accepted, in Hz: a header outside this range is lying or broken
-LIMITS = ("max_duration_s", "max_channels", "max_body_bytes", "batch_windows", "explain_resolution_s",
+LIMITS = ("max_duration_s", "max_channels", "max_sample_rate", "max_decoded_samples", "max_body_bytes", "batch_windows", "explain_resolution_s",
           "explain_max_s")
 
 
@@ -112,6 +104,8 @@ class RespiratoryModel:
     audio: AudioConfig
     max_duration_s: float = 600.0  # seconds of audio per request
     max_channels: int = 8
+    max_sample_rate: int = 96_000  # Hz declared by the header: resampling work grows with it
+    max_decoded_samples: int = 57_600_000  # frames x channels, checked before and while decoding
     max_body_bytes: int = 64 * 1024 * 1024  # refused before decoding
     batch_windows: int = 32  # windows per forward pass: bounds activation memory
     explain_resolution_s: float = 1.0  # occlusion explanations silence this much audio at a time
@@ -137,6 +131,8 @@ class Recording:
     explain: bool = False  # answer with an occlusion map over time too
     decode_ms: float = 0.0  # bytes -> samples (operator metrics)
     resample_ms: float = 0.0  # samples -> the model's rate, mono, normalised
+    source_rate: int = 0  # Hz, as sent
+    channels: int = 1  # as sent
 
 
 # --------------------------------------------------------------------------- loading
@@ -191,163 +187,42 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
 # --------------------------------------------------------------------------- decoding
 
 
-def _check_limits(frames: int, rate: int, channels: int, model: RespiratoryModel) -> None:
-    if not RATES[0] <= rate <= RATES[1]:
-        raise RequestError(
-            f"sample rate {rate} Hz is outside {RATES[0]}-{RATES[1]} Hz", kind="invalid_sample_rate"
-        )
-    if channels < 1:
-        raise RequestError("recording declares no channels", kind="corrupt_audio")
-    if channels > model.max_channels:
-        raise RequestError(
-            f"recording has {channels} channels; at most {model.max_channels} are accepted",
-            kind="too_many_channels",
-        )
-    if frames == 0:
-        raise RequestError("recording has no samples (zero-length audio)", kind="empty_audio")
-    if frames / rate > model.max_duration_s:
-        raise RequestError(
-            f"recording lasts {frames / rate:.1f}s; at most {model.max_duration_s:g}s are accepted (max_duration_s)",
-            kind="audio_too_long",
-            code=413,
-        )
+def limits_of(model: RespiratoryModel) -> AudioLimits:
+    return AudioLimits(max_duration_s=model.max_duration_s, max_channels=model.max_channels,
+                       max_sample_rate=model.max_sample_rate, max_decoded_samples=model.max_decoded_samples)
 
 
-def decode_audio_file(data: bytes, model: RespiratoryModel) -> tuple[np.ndarray, int]:
-    """Bytes of WAV/FLAC/OGG/MP3/... -> (frames, channels) float32 and its sample rate."""
-    try:
-        info = sf.info(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise RequestError(
-            f"body is not a recording libsndfile can read ({exc}); send WAV, FLAC, OGG or MP3 bytes, "
-            "or a float array as application/x-npy",
-            kind="unreadable_audio",
-        ) from None
-    _check_limits(info.frames, info.samplerate, info.channels, model)
-    try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise RequestError(f"recording could not be decoded: {exc}", kind="corrupt_audio") from None
-    # libsndfile quietly plays what is left of a cut-short file; its header log
-    # ("data : 32000 (should be 15978)") says when the header promised more.
-    short = TRUNCATED_DATA.search(info.extra_info or "")
-    declared, present = map(int, short.groups()) if short else (0, 0)
-    if declared not in STREAMING_SIZES and declared > present:
-        raise RequestError(
-            f"recording is truncated: its header declares {declared} bytes of audio, the file holds {present}",
-            kind="truncated_audio",
-        )
-    if len(samples) == 0:
-        raise RequestError("recording has no samples (zero-length audio)", kind="empty_audio")
-    return samples, rate
-
-
-def _pickled() -> RequestError:
-    return RequestError(
-        "the .npy holds Python objects (a pickle); only numeric arrays are accepted", kind="pickled_array"
-    )
-
-
-def _npy_header(data: bytes) -> tuple[tuple, np.dtype, bool, int]:
-    """Shape, dtype, order and data offset from a .npy header, read without touching the data.
-
-    np.load would allocate the array the header promises before reading it: a few
-    bytes claiming a terabyte-sized shape must be refused first.
-    """
-    from numpy.lib import format as npy_format
-
-    stream = io.BytesIO(data)
-    try:
-        version = npy_format.read_magic(stream)
-        # Version 3 only adds UTF-8 field names, i.e. structured arrays, which are never samples.
-        readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
-        if version not in readers:
-            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported; use 1.0")
-        shape, fortran, dtype = readers[version](stream)
-    except Exception as exc:  # numpy raises several types for a damaged header
-        message = str(exc)
-        if "allow_pickle" in message or "Object arrays" in message:
-            raise _pickled() from None
-        raise RequestError(f"body is not a valid .npy array: {message}", kind="invalid_npy") from None
-    return shape, dtype, fortran, stream.tell()
-
-
-def decode_npy(data: bytes, rate: Any, model: RespiratoryModel) -> tuple[np.ndarray, int]:
-    """A .npy float array, never unpickled; the sample rate comes with the request."""
-    shape, dtype, fortran, offset = _npy_header(data)
-    if dtype.hasobject:
-        raise _pickled()
-    if dtype.names or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
-        raise RequestError(f"the .npy has dtype {dtype}; send float or integer samples", kind="invalid_npy")
-    if len(shape) not in (1, 2):
-        raise RequestError(f"the .npy has shape {shape}; send (samples,) or (samples, channels)", kind="invalid_npy")
-    count = int(np.prod(shape, dtype=object))
-    if count == 0:
-        raise RequestError("the .npy holds no samples (zero-length audio)", kind="empty_audio")
-    if count * dtype.itemsize != len(data) - offset:
-        raise RequestError(
-            f"the .npy header promises shape {shape} of {dtype} ({count * dtype.itemsize} bytes) "
-            f"but {len(data) - offset} bytes follow it",
-            kind="invalid_npy",
-        )
-    if rate is None:
-        raise RequestError(
-            "a .npy body needs its sample rate: send an X-Sample-Rate: 16000 header (or a sample_rate form field)",
-            kind="missing_sample_rate",
-        )
-    try:
-        rate = int(rate)
-    except (TypeError, ValueError, OverflowError):
-        rate = 0
-    if not RATES[0] <= rate <= RATES[1]:
-        raise RequestError(
-            f"sample_rate must be a whole number of Hz between {RATES[0]} and {RATES[1]}", kind="invalid_sample_rate"
-        )
-    channels = shape[1] if len(shape) == 2 else 1
-    _check_limits(shape[0], rate, channels, model)
-    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    samples = array.reshape(shape, order="F" if fortran else "C").reshape(shape[0], -1)
-    if np.issubdtype(samples.dtype, np.integer):
-        samples = samples / float(np.iinfo(samples.dtype).max)
-    return samples.astype(np.float32), rate
-
-
-def to_model_rate(samples: np.ndarray, rate: int, audio: AudioConfig) -> np.ndarray:
-    """Mix down to mono and resample (anti-aliased, soxr) straight to the CNN's rate.
-
-    One resampling step from the source rate to sample_rate / decimation equals
-    resampling to sample_rate and then decimating with a low-pass filter.
-    """
-    mono = samples.mean(axis=1) if samples.ndim == 2 else samples
-    mono = np.ascontiguousarray(mono, dtype=np.float32)
-    if rate == audio.model_rate:
-        return mono
-    return soxr.resample(mono, rate, audio.model_rate, quality="HQ").astype(np.float32)
-
-
-def prepare(samples: np.ndarray, rate: int, audio: AudioConfig) -> Recording:
-    """Decoded samples -> a normalised mono waveform at the model's rate."""
-    if not np.isfinite(samples).all():
-        raise RequestError("recording contains NaN or infinite samples", kind="non_finite_audio")
-    # Scale huge (finite) samples down before mixing: summing channels near float32's
-    # maximum would overflow to infinity. Loudness is normalised away below anyway.
-    source_peak = float(np.abs(samples).max())
-    if source_peak > 1.0:
-        samples = (samples / source_peak).astype(np.float32)
-    waveform = to_model_rate(samples, rate, audio)
-    duration = samples.shape[0] / rate
+def prepare(decoded: Decoded, audio: AudioConfig) -> Recording:
+    """A decoded mono waveform at the model's rate -> normalised float32, flagged when silent."""
+    waveform = decoded.waveform
     if waveform.size == 0:  # a few samples at a high rate: nothing left at the CNN's rate
         raise RequestError(
-            f"the recording lasts {duration * 1000:.2f} ms: shorter than one sample at the model's "
+            f"the recording lasts {decoded.duration_s * 1000:.2f} ms: shorter than one sample at the model's "
             f"{audio.model_rate} Hz", kind="empty_audio",
         )
     flags = []
-    peak = float(np.abs(waveform).max()) if waveform.size else 0.0
+    peak = float(np.abs(waveform).max())
     if peak < SILENCE_PEAK:
         flags.append("silent")  # answered, but the score means little
     else:
         waveform = waveform / peak  # loudness varies by phone and caller; shape matters
-    return Recording(waveform=waveform, duration_s=duration, flags=flags)
+    return Recording(waveform=waveform.astype(np.float32), duration_s=decoded.duration_s, flags=flags,
+                     decode_ms=decoded.decode_ms, resample_ms=decoded.resample_ms,
+                     source_rate=decoded.source_rate, channels=decoded.channels)
+
+
+def read_recording(data: bytes, model: RespiratoryModel, media_type: str = "", sample_rate: Any = None) -> Recording:
+    """Recording bytes (any accepted format) -> the Recording the CNN scores; training and benchmarks use it too."""
+    decoded = decode(data, media_type, lambda: sample_rate, model.audio.model_rate, limits_of(model))
+    return prepare(decoded, model.audio)
+
+
+def to_model_rate(samples: np.ndarray, rate: int, audio: AudioConfig) -> np.ndarray:
+    """(frames, channels) samples already in memory -> mono at the CNN's rate, as serving computes it."""
+    limits = AudioLimits(max_duration_s=float("inf"), max_channels=samples.shape[1] if samples.ndim == 2 else 1,
+                         max_sample_rate=max(rate, 1), max_decoded_samples=samples.size)
+    blocks = iter([samples if samples.ndim == 2 else samples[:, None]])
+    return to_rate(blocks, rate, audio.model_rate, limits, limits.max_channels).waveform.astype(np.float32)
 
 
 def windows(waveform: np.ndarray, audio: AudioConfig) -> tuple[np.ndarray, list[float]]:
@@ -368,20 +243,14 @@ def windows(waveform: np.ndarray, audio: AudioConfig) -> tuple[np.ndarray, list[
 
 def parse_request(request: Request, model: RespiratoryModel) -> Recording:
     """One request -> a Recording, or a RequestError saying what is wrong."""
+    refuse_form(request, "audio/wav")
     if request.body is None:
         raise RequestError("request body is empty; send the recording's bytes", kind="empty_body")
     check_body_size(request.body, model.max_body_bytes)
     data = as_bytes(request.body)
     if not data:
         raise RequestError("request body is empty; send the recording's bytes", kind="empty_body")
-    started = time.perf_counter()
-    if request.media_type in NPY_TYPES or data.startswith(NPY_MAGIC):
-        samples, rate = decode_npy(data, request.option("sample_rate"), model)
-    else:
-        samples, rate = decode_audio_file(data, model)
-    decoded = time.perf_counter()
-    recording = prepare(samples, rate, model.audio)
-    recording.decode_ms, recording.resample_ms = (decoded - started) * 1000, (time.perf_counter() - decoded) * 1000
+    recording = read_recording(data, model, request.media_type, request.option("sample_rate"))
     if request.explain:
         if recording.duration_s > model.explain_max_s:
             raise RequestError(

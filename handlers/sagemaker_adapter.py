@@ -19,6 +19,7 @@ import inspect
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ class Served:
     core: Any  # the model core module (sentiment, respiratory)
     model: Any  # what core.load returned
     s3: Any = None  # s3_input.S3Input when the model may read S3 references
+    budget_s: float | None = None  # seconds one call may spend (serving_common.call_budget_s)
 
 
 def _core_of(model_dir: str):
@@ -63,15 +65,17 @@ def model_fn(model_dir: str, context=None) -> Served:
     _keep_bodies_raw()
     core = _core_of(model_dir)
     from placement import place
-    from serving_common import configure_threads, read_settings
+    from serving_common import call_budget_s, configure_threads, read_config
 
     from s3_input import S3Input
 
-    settings = read_settings(model_dir, None)
+    config = read_config(model_dir, None)
+    settings = dict(config.get("handler") or {})
     configure_threads(settings)
     properties = getattr(context, "system_properties", None) or {}
     model = core.load(model_dir, settings, place(properties.get("gpu_id"), settings, core.DEFAULT_PRECISION))
-    return Served(core=core, model=model, s3=S3Input.from_settings(settings, core.body_limit(model)))
+    return Served(core=core, model=model, s3=S3Input.from_settings(settings, core.body_limit(model)),
+                  budget_s=call_budget_s(config))
 
 
 def transform_fn(served: Served, data: Any, content_type: str, accept: str, context=None):
@@ -84,14 +88,16 @@ def transform_fn(served: Served, data: Any, content_type: str, accept: str, cont
     from s3_input import resolve
     from serving_common import JSON_TYPE, Request, check_accept
 
+    deadline = time.monotonic() + served.budget_s if served.budget_s else None
+
     def read(_: int) -> Request:
         check_accept(accept)
-        return resolve(Request(body=data, content_type=content_type or ""), served.s3)
+        return resolve(Request(body=data, content_type=content_type or ""), served.s3, deadline)
 
     def request_id(_: int):
         return context.get_request_id(0) if context is not None else None
 
-    (outcome,), report = answer_batch(served.core, served.model, 1, read, request_id)
+    (outcome,), report = answer_batch(served.core, served.model, 1, read, request_id, deadline)
     log.info(report.line())
     if outcome.status != 200:
         if context is None:  # a toolkit without context passing: its own error type keeps the status

@@ -21,7 +21,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from placement import Placement, place
 from review import ReviewBand, mark
 from serving_common import (
-    JSON_TYPE, Request, RequestError, as_json, as_text, check_body_size, checkpoint_dir, read_settings, setting_flag,
+    JSON_TYPE, Request, RequestError, as_json, as_text, check_body_size, checkpoint_dir, explanation_refused,
+    read_settings, refuse_form, setting_flag,
 )
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ def _texts(request: Request, model: SentimentModel) -> tuple[list[str], bool, bo
     """The request's texts, whether it asked for one answer (not a list), and whether its JSON
     asked for an explanation ({"explain": true})."""
     body, limits = request.body, model.limits
+    refuse_form(request, "text/plain")
     if body is None or (isinstance(body, (bytes, bytearray, str)) and len(body) == 0):
         raise RequestError(
             'request body is empty; send text/plain, {"text": "..."} or {"inputs": [...]}',
@@ -278,7 +280,10 @@ def parse_request(request: Request, model: SentimentModel) -> TextRequest:
     """Accept text/plain, {"text": "..."} or {"inputs": ["...", ...]} (with "explain": true for word
     attributions, as TorchServe's /explanations route asks too); tokenise and check the token caps."""
     texts, single, explain = _texts(request, model)
-    parsed = text_request(model, texts, single, explain or request.explain)
+    explain = explain or request.explain
+    if explain and not request.allow_explain:
+        raise explanation_refused()
+    parsed = text_request(model, texts, single, explain)
     if parsed.explain and parsed.tokens > model.limits.explain_max_tokens:
         raise RequestError(
             f"an explanation was asked for {parsed.tokens} tokens; at most {model.limits.explain_max_tokens} per "

@@ -78,6 +78,7 @@ class Request:
     content_type: str = ""
     params: Mapping[str, str] = field(default_factory=dict)  # query string / form fields
     headers: Mapping[str, str] = field(default_factory=dict)  # request headers, lower-case names
+    allow_explain: bool = True  # False for a body fetched from S3 (s3_input: its words would be echoed back)
 
     def option(self, name: str) -> str | None:
         """A per-request option, such as `sample_rate`, wherever the client could put it.
@@ -110,6 +111,11 @@ class Request:
         return str(self.option("explain") or "").strip().lower() in TRUE_WORDS
 
 
+def explanation_refused() -> RequestError:
+    return RequestError("explanations of S3 objects are off for this model (handler.s3_explain): they would echo "
+                        "the object's content", kind="s3_explain_disabled", code=403)
+
+
 def _pairs(text: str, sep: str) -> dict[str, str]:
     pairs = {}
     for part in text.split(sep):
@@ -140,6 +146,21 @@ def as_bytes(body: Any) -> bytes:
         except UnicodeEncodeError as exc:
             raise RequestError(f"body has an unpaired surrogate at character {exc.start}", kind="invalid_encoding") from None
     raise RequestError(f"expected a raw request body, got {type(body).__name__}")
+
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def refuse_form(request: "Request", send_as: str) -> None:
+    """`curl --data` without -H sends application/x-www-form-urlencoded, which TorchServe splits into form
+    fields: the body arrives empty or mangled ('+' and '%' decoded, '&' and '=' cut), so it is refused
+    by name rather than guessed at (README, "Content types")."""
+    if request.media_type == FORM_TYPE:
+        raise RequestError(
+            f"the body was sent as {FORM_TYPE} (what curl --data sends without a Content-Type), which the server "
+            f"splits into form fields; send it as {send_as} (curl -H 'Content-Type: {send_as}' --data-binary ...)",
+            kind="form_encoded_body", code=415,
+        )
 
 
 def check_body_size(body: Any, limit: int) -> None:
@@ -243,12 +264,9 @@ def setting_flag(settings: Mapping[str, Any], key: str, default: bool = False) -
     return value if isinstance(value, bool) else str(value).strip().lower() in TRUE_WORDS
 
 
-def read_settings(model_dir: str, yaml_config: Mapping[str, Any] | None) -> dict:
-    """The `handler:` section of model-config.yaml.
-
-    TorchServe passes the parsed file in; the SageMaker toolkit path and
-    in-process callers read the copy packed in the archive.
-    """
+def read_config(model_dir: str, yaml_config: Mapping[str, Any] | None) -> dict:
+    """The whole model-config.yaml: TorchServe passes the parsed file in; the SageMaker toolkit
+    path and in-process callers read the copy packed in the archive."""
     config = yaml_config
     if config is None:
         path = os.path.join(model_dir, "model-config.yaml")
@@ -257,4 +275,22 @@ def read_settings(model_dir: str, yaml_config: Mapping[str, Any] | None) -> dict
 
             with open(path, encoding="utf-8") as fh:
                 config = yaml.safe_load(fh)
-    return dict((config or {}).get("handler") or {})
+    return dict(config or {})
+
+
+def read_settings(model_dir: str, yaml_config: Mapping[str, Any] | None) -> dict:
+    """The `handler:` section of model-config.yaml."""
+    return dict(read_config(model_dir, yaml_config).get("handler") or {})
+
+
+# TorchServe's own default when model-config.yaml names no responseTimeout.
+DEFAULT_RESPONSE_TIMEOUT_S = 120
+# A handler call stops starting new work (S3 fetches, bisection halves) after this share of
+# responseTimeout, so that what it has done still reaches the front end before the worker is
+# declared stuck and restarted (README, "Time budgets").
+BUDGET_SHARE = 0.85
+
+
+def call_budget_s(config: Mapping[str, Any]) -> float:
+    """Seconds one handler call may spend: BUDGET_SHARE of the model's responseTimeout."""
+    return BUDGET_SHARE * float(config.get("responseTimeout") or DEFAULT_RESPONSE_TIMEOUT_S)

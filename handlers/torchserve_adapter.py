@@ -16,7 +16,7 @@ from isolation import answer_batch
 from operator_metrics import OperatorMetrics
 from placement import place
 from s3_input import S3Input, resolve
-from serving_common import JSON_TYPE, Request, check_accept, configure_threads, read_settings
+from serving_common import JSON_TYPE, Request, call_budget_s, check_accept, configure_threads, read_config
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,14 @@ class CoreHandler:
         self.model = None
         self.metrics = None
         self.s3 = None  # S3 references accepted (handler.s3_allowed_buckets), else None
+        self.budget_s = None  # seconds a handler call may spend (serving_common.call_budget_s)
         self.initialized = False
 
     def initialize(self, context) -> None:
         model_dir = context.system_properties.get("model_dir")
-        settings = read_settings(model_dir, getattr(context, "model_yaml_config", None))
+        config = read_config(model_dir, getattr(context, "model_yaml_config", None))
+        settings = dict(config.get("handler") or {})
+        self.budget_s = call_budget_s(config)
         threads = configure_threads(settings)
         started = time.perf_counter()
         # TorchServe gives a worker its GPU (from deviceType/deviceIds in model-config.yaml) as gpu_id.
@@ -89,13 +92,14 @@ class CoreHandler:
 
     def handle(self, data, context) -> list:
         """One answer per request, each strict JSON with its own status; never raises."""
+        deadline = time.monotonic() + self.budget_s
 
         def read(idx: int) -> Request:
             request = to_request(data[idx], context.get_all_request_header(idx))
             check_accept(request.headers.get("accept"))
-            return resolve(request, self.s3)  # an {"s3_uri": ...} body becomes the object's bytes
+            return resolve(request, self.s3, deadline)  # an {"s3_uri": ...} body becomes the object's bytes
 
-        outcomes, report = answer_batch(self.core, self.model, len(data), read, context.get_request_id)
+        outcomes, report = answer_batch(self.core, self.model, len(data), read, context.get_request_id, deadline)
         for idx, outcome in enumerate(outcomes):
             context.set_response_content_type(idx, JSON_TYPE)
             if outcome.status != 200:

@@ -30,13 +30,13 @@ def recording_figure(path: Path, out: Path) -> Path:
 
     audio = respiratory.AudioConfig()
     limits = respiratory.RespiratoryModel(net=None, audio=audio)
-    samples, rate = respiratory.decode_audio_file(Path(path).read_bytes(), limits)
-    heard = respiratory.to_model_rate(samples, rate, audio)
+    recording = respiratory.read_recording(Path(path).read_bytes(), limits)
+    heard = recording.waveform
     fig, (wave_ax, mel_ax) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, layout="constrained")
     times = np.arange(len(heard)) / audio.model_rate
     wave_ax.plot(times, heard, linewidth=0.5)
-    wave_ax.set(title=f"{Path(path).name}: {len(samples) / rate:.1f} s at {rate} Hz, "
-                      f"{samples.shape[1]} channel(s), as the CNN hears it ({audio.model_rate} Hz)",
+    wave_ax.set(title=f"{Path(path).name}: {recording.duration_s:.1f} s at {recording.source_rate} Hz, "
+                      f"{recording.channels} channel(s), as the CNN hears it ({audio.model_rate} Hz, peak-normalised)",
                 ylabel="amplitude")
     mel = librosa.feature.melspectrogram(y=heard, sr=audio.model_rate, n_fft=256, hop_length=64,
                                          n_mels=MEL_BANDS, fmax=audio.model_rate / 2)

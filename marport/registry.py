@@ -82,6 +82,7 @@ MODELS = {
         summary="respiratory-sound CNN: a cough or breath recording in, P(unhealthy) out",
         entry="respiratory_handler.py",
         core="respiratory.py",
+        extra_modules=("audio_input.py",),
         trainer_module="marport.train_respiratory",
         sample_content_type="audio/wav",
         sample=_synthetic_recording,

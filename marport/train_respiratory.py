@@ -117,8 +117,7 @@ def load_recordings(examples: list[Example], model: respiratory.RespiratoryModel
     kept, recordings, skipped = [], [], []
     for example in tqdm(examples, desc=f"decoding {desc}", unit="file", leave=False):
         try:
-            samples, rate = respiratory.decode_audio_file(example.path.read_bytes(), model)
-            recordings.append(respiratory.prepare(samples, rate, model.audio))
+            recordings.append(respiratory.read_recording(example.path.read_bytes(), model))
             kept.append(example)
         except (RequestError, OSError) as exc:
             skipped.append(f"{example.path}: {getattr(exc, 'message', exc)}")

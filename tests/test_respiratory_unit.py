@@ -159,12 +159,12 @@ def test_folded_batchnorm_computes_the_same_logits(tmp_path, model):
 
 
 def test_a_recording_shorter_than_one_model_sample_is_refused(model):
-    """One sample at 384 kHz lasts 2.6 µs: nothing remains at 1600 Hz, so there is nothing to score."""
+    """One sample at 96 kHz lasts 10 µs: nothing remains at 1600 Hz, so there is nothing to score."""
     import io
 
     buf = io.BytesIO()
     np.save(buf, np.array([0.5], dtype=np.float32))
-    request = Request(body=buf.getvalue(), content_type="application/x-npy", headers={"x-sample-rate": "384000"})
+    request = Request(body=buf.getvalue(), content_type="application/x-npy", headers={"x-sample-rate": "96000"})
     with pytest.raises(RequestError) as caught:
         respiratory.parse_request(request, model)
     assert caught.value.kind == "empty_audio" and "shorter than one sample" in caught.value.message

@@ -38,7 +38,8 @@ def s3(s3_server):
     s3_input._client.cache_clear()
 
 
-ALLOWED = S3Input(((BUCKET, "recordings/"),), max_bytes=4096 * 1024)
+ALLOWED = S3Input(((BUCKET, "recordings"),), max_bytes=4096 * 1024)
+EXPLAINED = S3Input(((BUCKET, "recordings"),), max_bytes=4096 * 1024, explain=True)
 
 
 def ask(body, s3=ALLOWED, **params):
@@ -46,7 +47,7 @@ def ask(body, s3=ALLOWED, **params):
 
 
 def test_a_reference_becomes_the_objects_bytes_with_its_options(s3):
-    got = ask({"s3_uri": f"s3://{BUCKET}/recordings/a.wav", "sample_rate": 16000, "explain": True})
+    got = ask({"s3_uri": f"s3://{BUCKET}/recordings/a.wav", "sample_rate": 16000, "explain": True}, EXPLAINED)
     assert got.body == WAV and got.content_type == "audio/wav"
     assert got.option("sample_rate") == "16000" and got.explain
     assert ask({"s3_uri": f"s3://{BUCKET}/recordings/untyped.wav"}).content_type == "audio/x-wav"  # from the key
@@ -111,15 +112,104 @@ def test_ordinary_bodies_are_left_alone():
 
 
 @pytest.mark.parametrize("entries, allowed", [
-    (None, None), ([], None), (["calls"], ((BUCKET, ""),)), ("calls/recordings/,s3://b2", ((BUCKET, "recordings/"), ("b2", ""))),
+    (None, None), ([], None), (["calls"], ((BUCKET, ""),)), ("calls/recordings/,s3://b2", ((BUCKET, "recordings"), ("b2", ""))),
 ])
 def test_allow_list_settings(entries, allowed):
     got = S3Input.from_settings({"s3_allowed_buckets": entries}, 100)
     assert (got.allowed if got else None) == allowed
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-@given(st.one_of(st.text(max_size=80), st.builds(lambda b, k: f"s3://{b}/{k}", st.text(max_size=20), st.text(max_size=30)),
+# Keys that share the allowed prefix as a string but not as whole segments, or walk out of it.
+ESCAPES = ["recordings-private/notes.txt", "recordingsX/a.wav", "recordings/../private/notes.txt", "recordings//a.wav",
+           "recordings/./a.wav", "recordings/", "recordings", "./recordings/a.wav", "/recordings/a.wav",
+           "recordings/a.wav/..", "recordings/sub/../../other/b.wav"]
+
+
+@pytest.mark.parametrize("key", ESCAPES)
+def test_the_allow_list_is_whole_segments(s3, key):
+    s3.put_object(Bucket=BUCKET, Key=key.replace("//", "/x/").strip("/") or "x", Body=b"private words")
+    with pytest.raises(RequestError) as raised:
+        ask({"s3_uri": f"s3://{BUCKET}/{key}"})
+    assert raised.value.kind in ("s3_not_allowed", "invalid_s3_uri") and raised.value.code in (400, 403)
+
+
+def test_allow_list_entries_with_dot_segments_are_refused_at_load():
+    for entry in ("calls/recordings/../private", "calls/./x", "calls//x"):
+        with pytest.raises(ValueError):
+            S3Input.from_settings({"s3_allowed_buckets": [entry]}, 100)
+
+
+def test_explanations_of_fetched_objects_are_off_unless_configured(s3):
+    s3.put_object(Bucket=BUCKET, Key="recordings/explain.json", Body=b'{"text": "secret words", "explain": true}',
+                  ContentType="application/json")
+    with pytest.raises(RequestError) as raised:
+        ask({"s3_uri": f"s3://{BUCKET}/recordings/a.wav", "explain": True})
+    assert (raised.value.kind, raised.value.code) == ("s3_explain_disabled", 403)
+    with pytest.raises(RequestError) as raised:  # the /explanations route's header
+        resolve(Request(body=json.dumps({"s3_uri": f"s3://{BUCKET}/recordings/a.wav"}), content_type="application/json",
+                        headers={"explain": "True"}), ALLOWED)
+    assert raised.value.kind == "s3_explain_disabled"
+    # An object whose own JSON asks for an explanation is refused by the core, which sees where it came from.
+    from types import SimpleNamespace
+
+    import sentiment
+
+    fetched = ask({"s3_uri": f"s3://{BUCKET}/recordings/explain.json"})
+    assert fetched.allow_explain is False
+    with pytest.raises(RequestError) as raised:
+        sentiment.parse_request(fetched, SimpleNamespace(limits=sentiment.TextLimits()))  # refused before tokenising
+    assert raised.value.kind == "s3_explain_disabled"
+
+
+class Recorder:
+    """The real client, with its GET bodies watched (closed?) and an optional change between HEAD and GET."""
+
+    def __init__(self, client, change=None):
+        self.client, self.change, self.bodies = client, change, []
+
+    def head_object(self, **kw):
+        head = self.client.head_object(**kw)
+        if self.change:
+            self.client.put_object(Bucket=kw["Bucket"], Key=kw["Key"], Body=self.change)
+        return head
+
+    def get_object(self, **kw):
+        self.last_get = kw
+        got = self.client.get_object(**kw)
+        self.bodies.append(got["Body"])
+        return got
+
+
+def test_get_is_tied_to_head_and_its_stream_closed(s3, monkeypatch):
+    s3.put_object(Bucket=BUCKET, Key="recordings/moving.wav", Body=WAV)
+    watched = Recorder(s3_input._client())
+    monkeypatch.setattr(s3_input, "_client", lambda: watched)
+    assert ask({"s3_uri": f"s3://{BUCKET}/recordings/moving.wav"}).body == WAV
+    assert "IfMatch" in watched.last_get and all(b._raw_stream.closed for b in watched.bodies)
+    watched.change = b"swapped after the size check" * 1000
+    with pytest.raises(RequestError) as raised:
+        ask({"s3_uri": f"s3://{BUCKET}/recordings/moving.wav"})
+    assert (raised.value.kind, raised.value.code) == ("s3_object_changed", 409)
+    assert all(b._raw_stream.closed for b in watched.bodies)
+
+
+def test_no_fetch_starts_that_could_outlast_the_deadline(s3, monkeypatch):
+    import time
+
+    calls = []
+    monkeypatch.setattr(s3_input, "_client", lambda: calls.append(1))
+    request = Request(body=json.dumps({"s3_uri": f"s3://{BUCKET}/recordings/a.wav"}), content_type="application/json")
+    with pytest.raises(RequestError) as raised:
+        resolve(request, ALLOWED, deadline=time.monotonic() + s3_input.S3_BUDGET_S - 1)
+    assert (raised.value.kind, raised.value.code, calls) == ("deadline_exceeded", 503, [])
+
+
+SEGMENT = st.sampled_from(["recordings", "recordings-private", "recordingsX", "..", ".", "", "a.wav", "other", "Recordings"])
+KEYS = st.lists(SEGMENT, min_size=1, max_size=4).map("/".join) | st.text(max_size=30)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(st.one_of(st.text(max_size=80), st.builds(lambda b, k: f"s3://{b}/{k}", st.sampled_from([BUCKET, OTHER, "calls2"]) | st.text(max_size=20), KEYS),
                  st.integers(), st.none(), st.lists(st.text(max_size=5), max_size=2)))
 def test_no_uri_reaches_outside_the_allow_list(s3, uri):
     """Whatever the client writes, only an allowed bucket and prefix is ever read; everything else is a 4xx."""
@@ -128,4 +218,7 @@ def test_no_uri_reaches_outside_the_allow_list(s3, uri):
     except RequestError as err:
         assert 400 <= err.code < 500, err.payload()
     else:
-        assert isinstance(uri, str) and uri.startswith(f"s3://{BUCKET}/recordings/") and got.body == WAV
+        key = uri.removeprefix(f"s3://{BUCKET}/")
+        parts = key.split("/")
+        assert uri.startswith(f"s3://{BUCKET}/") and parts[0] == "recordings" and len(parts) > 1
+        assert not any(p in ("", ".", "..") for p in parts) and got.body == WAV
