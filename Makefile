@@ -8,7 +8,7 @@ MARPORT := $(VENV)/bin/marport
 STAMP := $(VENV)/.installed-stamp
 HANDLER_FILES := $(wildcard handlers/*.py handlers/config/*.yaml)
 
-.PHONY: install models serve stop test bench bench-quick clean
+.PHONY: install models serve stop test test-container bench bench-quick clean
 
 install: $(STAMP)
 
@@ -45,6 +45,26 @@ stop:
 
 test: models
 	$(PY) -m pytest
+
+# SageMaker's PyTorch TorchServe image, as far as the handlers see it (docs/container.md): torch 2.6.0,
+# TorchServe 0.12.0, toolkit 2.0.25 and the archives' pinned code/requirements.txt, in a second venv.
+# The cores' unit tests and the toolkit-route serving test run there. About 3 GB of CUDA wheels on a
+# first run (torch 2.6 exists on PyPI only as a CUDA build; it runs on the CPU here).
+CONTAINER_VENV := .venv-container
+CONTAINER_STAMP := $(CONTAINER_VENV)/.installed-stamp
+CONTAINER_TESTS := tests/test_respiratory_unit.py tests/test_sentiment_unit.py tests/test_hostile_inputs.py \
+	tests/test_s3_input.py tests/test_sagemaker_toolkit.py
+
+$(CONTAINER_STAMP): requirements/container.txt marport/registry.py $(STAMP)
+	test -x $(CONTAINER_VENV)/bin/python || $(PYTHON) -m venv $(CONTAINER_VENV)
+	$(CONTAINER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CONTAINER_VENV)/bin/python -m pip install --quiet -r requirements/container.txt \
+		$$($(PY) -m marport.registry) -r requirements/container-test.txt
+	$(CONTAINER_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+test-container: models $(CONTAINER_STAMP)
+	$(CONTAINER_VENV)/bin/python -m pytest $(CONTAINER_TESTS)
 
 # Speed lives here, not in the tests: about 25 minutes on 2 cores; writes BENCHMARKS.md.
 bench: models

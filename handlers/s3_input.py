@@ -111,7 +111,7 @@ def _client():
 
     # Credentials, region and endpoint (AWS_ENDPOINT_URL) come from the environment: the serving role.
     return boto3.client("s3", config=Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
-                                            retries={"max_attempts": ATTEMPTS, "mode": "standard"}))
+                                            retries={"total_max_attempts": ATTEMPTS, "mode": "standard"}))
 
 
 def _failure(err: Exception, uri: str) -> RequestError:

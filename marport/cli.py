@@ -74,6 +74,9 @@ def _serve(args, workspace: Workspace) -> None:
     except TimeoutError as exc:
         server.stop()
         raise SystemExit(str(exc))
+    except BaseException:  # SIGTERM/Ctrl-C before it was ready: not left half-started
+        server.stop()
+        raise
     print(f"TorchServe is serving {', '.join(names)} at {server.inference_url} (logs in {server.run_dir / 'logs'})")
     print("Try:")
     for name in names:
@@ -235,9 +238,15 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from marport.processes import Stopped, stop_on_signals
+
     args = parser(argv).parse_args(argv)
     workspace = activate(Workspace.at(args.workdir, args.model_store))
-    args.run(args, workspace)
+    stop_on_signals()  # a server this command started is stopped on SIGTERM as on Ctrl-C
+    try:
+        args.run(args, workspace)
+    except Stopped as why:
+        raise SystemExit(f"stopped by {why}; everything this command started has been stopped") from None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import time
 
@@ -46,3 +47,20 @@ def end_processes(procs: list[psutil.Process], timeout: float) -> None:
         if alive(proc):
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived: unwinds like Ctrl-C, so every `finally` and `with` that started a
+    server stops it (Python's default for SIGTERM is to die on the spot and leave children running)."""
+
+
+def _raise_stopped(signum, _frame):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not interrupt the stopping itself
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signal.Signals(signum).name)
+
+
+def stop_on_signals() -> None:
+    """Make SIGTERM (process managers, `kill`) unwind the main thread as SIGINT (Ctrl-C) does."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_stopped)

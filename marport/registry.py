@@ -63,7 +63,9 @@ def _synthetic_recording(workspace: Workspace) -> Path | None:
     return next(iter(sorted((workspace.build / "respiratory" / "synthetic").glob("*.wav"))), None)
 
 
-# Ranges, not pins to this project's versions: the container's torch 2.6 and numpy stay as they are.
+# Exact pins: what `make test-container` runs the handlers with beside SageMaker's torch 2.6
+# (requirements/container.txt). A range would let the next transformers release, which may drop
+# torch 2.6, into every fresh container start.
 MODELS = {
     "sentiment": ModelKind(
         name="sentiment",
@@ -74,8 +76,8 @@ MODELS = {
         trainer_module="marport.train_sentiment",
         sample_content_type="text/plain",
         sample=lambda _: "The staff were friendly and breakfast was generous",
-        container_requirements=("transformers>=4.46,<6", "tokenizers>=0.20", "safetensors>=0.4",
-                                "onnxruntime>=1.20", "onnx>=1.16", "captum>=0.8"),
+        container_requirements=("transformers==5.24.0", "tokenizers==0.23.3", "safetensors==0.8.0",
+                                "onnxruntime==1.32.0", "onnx==1.23.2", "captum==0.9.0"),
     ),
     "respiratory": ModelKind(
         name="respiratory",
@@ -86,7 +88,7 @@ MODELS = {
         trainer_module="marport.train_respiratory",
         sample_content_type="audio/wav",
         sample=_synthetic_recording,
-        container_requirements=("soundfile>=0.12", "soxr>=0.3", "safetensors>=0.4"),
+        container_requirements=("soundfile==0.14.0", "soxr==1.1.0", "safetensors==0.8.0"),
     ),
 }
 
@@ -115,3 +117,12 @@ def for_archive(mar: Path) -> ModelKind:
         return for_entry(handler)
     except KeyError as err:
         raise ValueError(f"{mar}: {err.args[0]}") from None
+
+
+def container_requirements() -> list[str]:
+    """Every model's container pins, once each (`make test-container` installs them)."""
+    return sorted({req for kind in MODELS.values() for req in kind.container_requirements})
+
+
+if __name__ == "__main__":  # python -m marport.registry: the pins, one a line
+    print("\n".join(container_requirements()))

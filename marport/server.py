@@ -147,6 +147,11 @@ class LocalTorchServe:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def start(self, models: list[str] | None = None) -> None:
+        # TorchServe writes key_file.json under the process umask before it restricts the file: the run
+        # folder is this user's alone (0700) and the daemon starts with umask 077, so no moment exists
+        # when another user could read the keys.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.chmod(0o700)
         (self.run_dir / "tmp").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "key_file.json").unlink(missing_ok=True)
         props = dict(self.props)
@@ -168,7 +173,7 @@ class LocalTorchServe:
         errors = self.run_dir / "logs" / "stderr.log"
         with open(errors, "wb") as err:
             started = subprocess.run(cmd, cwd=self.run_dir, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=err, check=False)
+                                     stdout=subprocess.DEVNULL, stderr=err, check=False, umask=0o077)
         if started.returncode != 0:
             raise RuntimeError(f"torchserve --start failed ({started.returncode}); see {errors} and "
                                f"{self.run_dir / 'logs' / 'ts_log.log'}: {errors.read_text(errors='replace')[-2000:]}")

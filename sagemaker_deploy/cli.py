@@ -74,13 +74,15 @@ def _serve_local(args, workspace: Workspace) -> None:
         tarball = package(mar, tarball_path(workspace, mar))
     workdir = Path(tempfile.mkdtemp(prefix="sagemaker-local-"))
     endpoint = LocalEndpoint(tarball, workdir, port=args.port)
-    with endpoint:
-        print(f"SageMaker toolkit serving {tarball} at {endpoint.url} (/ping, /invocations); Ctrl-C stops it")
-        print(f"logs: {workdir / 'logs'}")
+    with endpoint:  # marport's main turns SIGTERM into the same unwinding as Ctrl-C
+        print(f"SageMaker toolkit serving {tarball} at {endpoint.url} (/ping, /invocations); "
+              "Ctrl-C or SIGTERM stops it and everything it started", flush=True)
+        print(f"logs: {workdir / 'logs'}", flush=True)
         try:
             signal.pause()
         except KeyboardInterrupt:
-            pass
+            print("stopping the toolkit, TorchServe and its workers", flush=True)
+    print("stopped", flush=True)
 
 
 def _deploy(args, workspace: Workspace) -> None:

@@ -11,7 +11,10 @@ with every port on 127.0.0.1:
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -21,12 +24,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-import requests
 
 from marport.processes import end_processes, free_port, process_family
 from marport.server import TS_MAIN_CLASS
 
 READY_TIMEOUT_S = 300
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+def unix_get(path: Path, url: str, timeout: float = 5) -> tuple[int, bytes]:
+    """An HTTP GET over a Unix socket: (status, body)."""
+    conn = _UnixHTTPConnection(path, timeout)
+    try:
+        conn.request("GET", url)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 @dataclass
@@ -48,7 +73,19 @@ class LocalEndpoint:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def management_socket(self) -> Path:
+        """TorchServe's management API, as a Unix socket inside the private workdir: the toolkit turns
+        token authorization off, so no TCP port may offer it to other users of the machine."""
+        return self.workdir / "management.sock"
+
+    def management(self, path: str, timeout: float = 5) -> tuple[int, bytes]:
+        """GET `path` from the management API (over its socket)."""
+        return unix_get(self.management_socket, path, timeout)
+
     def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o700)  # the key file, logs and the management socket are this user's alone
         base = self.workdir / "opt_ml"
         model_dir = base / "model"
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +94,6 @@ class LocalEndpoint:
         for sub in ("tmp", "logs"):
             (self.workdir / sub).mkdir(exist_ok=True)
         self.port = self.port or free_port()
-        self._management = free_port()
         if self.env is None:
             import yaml
 
@@ -76,7 +112,7 @@ class LocalEndpoint:
             # The toolkit binds 0.0.0.0; TorchServe's TS_* variables (enable_envvars_config
             # is on in its config) keep every listener on loopback here.
             TS_INFERENCE_ADDRESS=self.url,
-            TS_MANAGEMENT_ADDRESS=f"http://127.0.0.1:{self._management}",
+            TS_MANAGEMENT_ADDRESS=f"unix:{self.management_socket}",
             TS_METRICS_ADDRESS=f"http://127.0.0.1:{free_port()}",
             TS_GRPC_INFERENCE_PORT=str(free_port()),
             TS_GRPC_MANAGEMENT_PORT=str(free_port()),
@@ -88,7 +124,7 @@ class LocalEndpoint:
         log = open(self.workdir / "logs" / "toolkit.log", "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"{__package__}.toolkit_entry", str(self.ts_config)],
-            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, umask=0o077,
         )
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
@@ -99,10 +135,10 @@ class LocalEndpoint:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the toolkit exited ({self.process.returncode}); see {self.workdir / 'logs'}")
             try:
-                got = requests.get(f"http://127.0.0.1:{self._management}/models/model", timeout=5)
-                if got.ok and any(w["status"] == "READY" for w in got.json()[0]["workers"]):
+                status, body = self.management("/models/model")
+                if status == 200 and any(w["status"] == "READY" for w in json.loads(body)[0]["workers"]):
                     return
-            except requests.RequestException:
+            except (OSError, ValueError, KeyError, IndexError):
                 pass
             time.sleep(1)
         raise TimeoutError(f"no READY worker after {timeout:.0f}s; see {self.workdir / 'logs'}")
@@ -141,10 +177,10 @@ class LocalEndpoint:
         return None
 
     def __enter__(self):
-        self.start()
         try:
+            self.start()
             self.wait_ready()
-        except Exception:
+        except BaseException:  # a SIGTERM or Ctrl-C while starting stops it too
             self.stop()
             raise
         return self

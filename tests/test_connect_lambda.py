@@ -23,7 +23,10 @@ ENDPOINT = "respiratory-triage"
 FLAT_KEYS = {"label", "probability", "threshold", "review", "error"}
 
 
-def contact_flow_event(parameters: dict | None = None, attributes: dict | None = None) -> dict:
+CONTACT = "5ca32fbd-8f92-46af-92a5-6b0f970f0efe"
+
+
+def contact_flow_event(parameters: dict | None = None, attributes: dict | None = None, contact: str = CONTACT) -> dict:
     """What Connect's "Invoke AWS Lambda function" block sends."""
     return {
         "Name": "ContactFlowEvent",
@@ -31,9 +34,9 @@ def contact_flow_event(parameters: dict | None = None, attributes: dict | None =
             "ContactData": {
                 "Attributes": attributes or {},
                 "Channel": "VOICE",
-                "ContactId": "5ca32fbd-8f92-46af-92a5-6b0f970f0efe",
+                "ContactId": contact,
                 "CustomerEndpoint": {"Address": "+441632960001", "Type": "TELEPHONE_NUMBER"},
-                "InitialContactId": "5ca32fbd-8f92-46af-92a5-6b0f970f0efe",
+                "InitialContactId": contact,
                 "InitiationMethod": "INBOUND",
                 "InstanceARN": "arn:aws:connect:eu-west-1:123456789012:instance/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
                 "PreviousContactId": "5ca32fbd-8f92-46af-92a5-6b0f970f0efe",
@@ -57,7 +60,11 @@ def recordings(s3_server):
 @pytest.fixture
 def endpoint(recordings, monkeypatch):
     monkeypatch.setenv("SAGEMAKER_ENDPOINT", ENDPOINT)
-    return recordings
+    monkeypatch.setenv("RECORDING_BUCKET", BUCKET)
+    monkeypatch.setenv("RECORDING_PREFIX", "connect/instance/CallRecordings")
+    fn._build_clients.cache_clear()  # clients are kept per container: these tests change their endpoints
+    yield recordings
+    fn._build_clients.cache_clear()
 
 
 def answer_next(server: str, answer: dict) -> None:
@@ -84,23 +91,79 @@ def sent_bodies(monkeypatch) -> list[dict]:
 def test_a_recording_named_in_the_blocks_parameters_is_scored(endpoint, monkeypatch):
     sent = sent_bodies(monkeypatch)
     answer_next(endpoint, {"label": "unhealthy", "probability": 0.7134, "threshold": 0.0841, "review": False})
-    got = fn.lambda_handler(contact_flow_event({"recording_bucket": BUCKET, "recording_key": KEY}))
+    got = fn.lambda_handler(contact_flow_event({"recording_key": KEY}))
     assert got == {"label": "unhealthy", "probability": "0.7134", "threshold": "0.0841", "review": "false", "error": ""}
     (call,) = sent
     assert call["EndpointName"] == ENDPOINT and call["ContentType"] == "application/json"
     assert json.loads(call["Body"]) == {"s3_uri": f"s3://{BUCKET}/{KEY}"}  # a reference, never the audio
 
 
-def test_a_recording_uri_in_the_contacts_attributes_is_scored(endpoint):
+def test_a_recording_uri_in_the_blocks_parameters_is_scored(endpoint):
     answer_next(endpoint, {"label": "healthy", "probability": 0.031, "threshold": 0.084, "review": True})
-    got = fn.lambda_handler(contact_flow_event(attributes={"recording_s3_uri": f"s3://{BUCKET}/{KEY2}"}))
+    got = fn.lambda_handler(contact_flow_event({"recording_s3_uri": f"s3://{BUCKET}/{KEY2}"}, contact=KEY2.split("/")[-1][:36]))
     assert (got["label"], got["review"], got["error"]) == ("healthy", "true", "")
+
+
+MISSING = KEY.rsplit("/", 1)[0] + f"/{CONTACT}_missing.wav"
+HOSTILE = [  # (parameters, attributes): none may reach S3 or the endpoint
+    ({}, {"recording_s3_uri": f"s3://{BUCKET}/{KEY}"}),  # attributes are never read
+    ({}, {"recording_bucket": "other-bucket", "recording_key": KEY}),
+    ({"recording_s3_uri": f"s3://other-bucket/{KEY}"}, {}),
+    ({"recording_key": KEY2}, {}),  # another caller's recording
+    ({"recording_key": "connect/instance/Other/" + KEY.rsplit("/", 1)[1]}, {}),  # outside RECORDING_PREFIX
+    ({"recording_key": "connect/instance/CallRecordings-private/" + KEY.rsplit("/", 1)[1]}, {}),
+    ({"recording_key": "connect/instance/CallRecordings/../Other/" + KEY.rsplit("/", 1)[1]}, {}),
+    ({"recording_key": "connect/instance/CallRecordings//" + KEY.rsplit("/", 1)[1]}, {}),
+    ({"recording_key": "connect/instance/CallRecordings"}, {}),
+    ({"recording_key": f"connect/instance/CallRecordings/{CONTACT}/../x.wav"}, {}),
+]
+
+
+@pytest.mark.parametrize("parameters, attributes", HOSTILE)
+def test_events_cannot_redirect_the_lambda(endpoint, monkeypatch, parameters, attributes):
+    sent = sent_bodies(monkeypatch)
+    heads = []
+    s3, _ = fn._clients()
+    s3.meta.events.register("provide-client-params.s3.HeadObject", lambda params, **_: heads.append(params))
+    got = fn.lambda_handler(contact_flow_event(parameters, attributes))
+    assert (got["label"], got["review"]) == ("error", "true")
+    assert got["error"].split(":")[0] in ("no_recording", "recording_not_allowed"), got["error"]
+    assert heads == [] and sent == []
+
+
+def test_contact_binding_can_be_turned_off_for_flows_that_name_recordings_otherwise(endpoint, monkeypatch):
+    monkeypatch.setenv("RECORDING_KEY_MATCH_CONTACT", "false")
+    key = "connect/instance/CallRecordings/custom-name.wav"
+    with pytest.raises(fn.Unscorable, match="recording_unavailable"):  # allowed, so it is looked for
+        fn.score(*fn.recording_location(contact_flow_event({"recording_key": key})))
+
+
+class FakeContext:
+    """Lambda's context object: how long the function has left."""
+
+    def __init__(self, ms: int):
+        self.ms = ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.ms
+
+
+def test_one_deadline_under_connects_limit(endpoint, monkeypatch):
+    sent = sent_bodies(monkeypatch)
+    got = fn.lambda_handler(contact_flow_event({"recording_key": KEY}), FakeContext(2000))
+    assert got["error"].startswith("no_time") and sent == []  # 1.7 s left cannot hold the endpoint's 5.5 s
+    s3, runtime = fn._clients()
+    worst = (s3.meta.config.connect_timeout + s3.meta.config.read_timeout + runtime.meta.config.connect_timeout
+             + runtime.meta.config.read_timeout)
+    assert worst <= fn.BUDGET_S < fn.CONNECT_LIMIT_S
+    assert s3.meta.config.retries["total_max_attempts"] == runtime.meta.config.retries["total_max_attempts"] == 1
+    assert fn._clients() == (s3, runtime)  # built once per container
 
 
 @pytest.mark.parametrize("event, error", [
     (contact_flow_event(), "no_recording"),
     (contact_flow_event({"recording_s3_uri": "https://example.com/a.wav"}), "bad_recording_uri"),
-    (contact_flow_event({"recording_bucket": BUCKET, "recording_key": "missing.wav"}), "recording_unavailable"),
+    (contact_flow_event({"recording_key": MISSING}), "recording_unavailable"),
     ({}, "no_recording"),
 ])
 def test_unscorable_calls_still_branch_to_a_person(endpoint, event, error):
@@ -135,6 +198,7 @@ def test_a_model_error_is_passed_on_in_error(endpoint, monkeypatch):
 
 def test_a_missing_endpoint_setting_is_named(recordings, monkeypatch):
     monkeypatch.delenv("SAGEMAKER_ENDPOINT", raising=False)
+    monkeypatch.setenv("RECORDING_BUCKET", BUCKET)
     got = fn.lambda_handler(contact_flow_event({"recording_s3_uri": f"s3://{BUCKET}/{KEY}"}))
     assert got["error"].startswith("misconfigured") and got["review"] == "true"
 

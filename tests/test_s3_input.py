@@ -222,3 +222,18 @@ def test_no_uri_reaches_outside_the_allow_list(s3, uri):
         parts = key.split("/")
         assert uri.startswith(f"s3://{BUCKET}/") and parts[0] == "recordings" and len(parts) > 1
         assert not any(p in ("", ".", "..") for p in parts) and got.body == WAV
+
+
+def test_s3_waits_fit_inside_the_handler_calls_budget(s3):
+    from serving_common import call_budget_s
+
+    config = s3_input._client().meta.config
+    worst = 2 * config.retries["total_max_attempts"] * (config.connect_timeout + config.read_timeout)  # HEAD + GET
+    assert worst == s3_input.S3_BUDGET_S
+    for model in ("sentiment", "respiratory"):  # the shipped responseTimeouts leave room to score after a fetch
+        import yaml
+
+        from marport.resources import model_config
+
+        budget = call_budget_s(yaml.safe_load(model_config(model).read_text()))
+        assert s3_input.S3_BUDGET_S < budget / 2 and budget <= 60
