@@ -43,6 +43,7 @@ MIN_RATE = 100  # Hz: a header below this is broken or lying
 UNKNOWN_LENGTH = 2**63 - 1  # libsndfile's frame count for a stream that does not declare its length
 TRUNCATED_DATA = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
 STREAMING_SIZES = (0, 0xFFFFFFFF)  # data sizes streaming writers use for "unknown"
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,13 @@ def _check_counted(frames: int, rate: int, channels: int, limits: AudioLimits) -
 
 
 def to_rate(blocks: Iterator[np.ndarray], rate: int, out_rate: int, limits: AudioLimits,
-            channels: int) -> Decoded:
+            channels: int, scale: float = 1.0) -> Decoded:
     """Mix each (frames, channels) block to mono and resample it incrementally to out_rate.
 
     The frame count is checked against the caps as blocks arrive, so a header that
     understates its length is stopped at the cap, not after decoding everything.
+    `scale` multiplies every sample (1 / the peak of a float source louder than 1.0:
+    soxr overflows on samples near float32's limit; loudness is normalised away later).
     """
     stream = None if rate == out_rate else soxr.ResampleStream(rate, out_rate, 1, dtype="float64", quality="HQ")
     pieces, frames, decode_s, resample_s = [], 0, 0.0, 0.0
@@ -113,6 +116,8 @@ def to_rate(blocks: Iterator[np.ndarray], rate: int, out_rate: int, limits: Audi
     for block in blocks:
         frames += len(block)
         _check_counted(frames, rate, channels, limits)
+        if scale != 1.0:  # before mixing: a sum of channels near the float limit would overflow
+            block = block * np.float64(scale)
         mono = block.mean(axis=1, dtype=np.float64) if block.ndim == 2 else block.astype(np.float64)
         if not np.isfinite(mono).all():
             raise RequestError("recording contains NaN or infinite samples", kind="non_finite_audio")
@@ -129,6 +134,21 @@ def to_rate(blocks: Iterator[np.ndarray], rate: int, out_rate: int, limits: Audi
     waveform = np.concatenate(pieces) if pieces else np.zeros(0)
     resample_s += time.perf_counter() - started
     return Decoded(waveform, rate, channels, frames, decode_s * 1000, resample_s * 1000)
+
+
+def peak_of(blocks: Iterator[np.ndarray]) -> float:
+    """The largest absolute sample, block by block; NaN or infinity is refused here."""
+    peak = 0.0
+    for block in blocks:
+        block_peak = float(np.abs(block).max()) if block.size else 0.0
+        if not np.isfinite(block_peak):
+            raise RequestError("recording contains NaN or infinite samples", kind="non_finite_audio")
+        peak = max(peak, block_peak)
+    return peak
+
+
+def _scale_for(peak: float) -> float:
+    return 1.0 / peak if peak > 1.0 else 1.0
 
 
 # --------------------------------------------------------------------------- files libsndfile reads
@@ -170,7 +190,10 @@ def decode_file(data: bytes, out_rate: int, limits: AudioLimits) -> Decoded:
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise RequestError(f"recording could not be decoded: {exc}", kind="corrupt_audio") from None
 
-    decoded = to_rate(blocks(), info.samplerate, out_rate, limits, info.channels)
+    # Float samples may be anything up to float32's limit: one extra pass finds the peak (integer PCM,
+    # FLAC, Vorbis and MP3 decode to about +-1 and need none).
+    scale = _scale_for(peak_of(blocks())) if info.subtype in FLOAT_SUBTYPES else 1.0
+    decoded = to_rate(blocks(), info.samplerate, out_rate, limits, info.channels, scale)
     _check_complete(info)
     return decoded
 
@@ -251,14 +274,16 @@ def decode_npy(data: bytes, rate: Any, out_rate: int, limits: AudioLimits) -> De
     check_declared(shape[0], sample_rate, channels, limits)
     array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
     samples = array.reshape(shape, order="F" if fortran else "C").reshape(shape[0], -1)  # a view: nothing copied
-    scale = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
-    return to_rate(_array_blocks(samples, scale), sample_rate, out_rate, limits, channels)
+    if np.issubdtype(dtype, np.integer):
+        scale = 1.0 / float(np.iinfo(dtype).max)
+    else:  # a float array may hold anything up to its type's limit
+        scale = _scale_for(peak_of(_array_blocks(samples)))
+    return to_rate(_array_blocks(samples), sample_rate, out_rate, limits, channels, scale)
 
 
-def _array_blocks(samples: np.ndarray, scale: float) -> Iterator[np.ndarray]:
+def _array_blocks(samples: np.ndarray) -> Iterator[np.ndarray]:
     for start in range(0, len(samples), BLOCK_FRAMES):
-        block = samples[start : start + BLOCK_FRAMES].astype(np.float64)
-        yield block / scale if scale != 1.0 else block
+        yield samples[start : start + BLOCK_FRAMES]
 
 
 def media_check(media_type: str, is_npy: bool) -> None:

@@ -12,6 +12,7 @@ import json
 import struct
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +24,7 @@ from sentiment_handler import SentimentHandler
 from serving_common import Request, RequestError
 from tests.audio_helpers import cough_like, encode, npy_bytes
 from tests.conftest import built_archive
-from tests.hostile import GOOD_TEXT, HandlerRig, respiratory_cases, sentiment_cases
+from tests.hostile import GOOD_TEXT, HandlerRig, respiratory_cases, sentiment_cases, strict_json
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])
@@ -110,6 +111,49 @@ def test_a_failing_forward_pass_fails_only_its_culprit(rigs, monkeypatch):
         else:
             (_, alone), = rig.run([(text.encode(), {"Content-Type": "text/plain"})])
             assert status == 200 and close(answer, alone)
+
+
+def test_bisection_stops_at_the_deadline_and_says_why(rigs, monkeypatch):
+    """A batch whose every forward fails, slowly: halves are tried only while the call's budget lasts; the
+    rest get a 503 deadline_exceeded (not the whole batch lost to TorchServe's responseTimeout)."""
+    import time
+
+    rig = rigs["sentiment"]
+    calls = []
+
+    def slow_failure(model, requests):
+        calls.append(len(requests))
+        time.sleep(0.2)
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(rig.handler, "budget_s", 0.5)
+    monkeypatch.setattr(sentiment, "predict", slow_failure)
+    texts = [f"text number {i}" for i in range(16)]
+    started = time.monotonic()
+    results = rig.run([(t.encode(), {"Content-Type": "text/plain"}) for t in texts])
+    took = time.monotonic() - started
+    statuses = [status for status, _ in results]
+    assert len(calls) < 2 * len(texts) - 1 and took < 0.5 + 0.2 + 0.5  # stopped early: not 31 forward passes
+    late = [answer for status, answer in results if status == 503]
+    assert late and all(a["type"] == "deadline_exceeded" and "responseTimeout" in a["message"] for a in late)
+    assert set(statuses) <= {500, 503}
+
+
+def test_the_call_budget_comes_from_response_timeout(rigs):
+    for name, rig in rigs.items():
+        config = yaml.safe_load((rig.model_dir / "model-config.yaml").read_text())
+        assert rig.handler.budget_s == pytest.approx(0.85 * config["responseTimeout"])
+
+
+@pytest.mark.parametrize("model", ["sentiment", "respiratory"])
+def test_curl_data_without_a_content_type_is_named(rigs, model):
+    """`curl --data 'I hated it'` sends a form; TorchServe splits it into fields and the body arrives empty."""
+    rig = rigs[model]
+    context = rig._context(rig.model_dir, rig.name, [{"Content-Type": "application/x-www-form-urlencoded"}])
+    (answer,) = rig.handler.handle([{"I hated it": bytearray(b"")}], context)
+    status, body = context.get_response_status(0)[0], strict_json(answer)
+    assert status == 415 and body["type"] == "form_encoded_body"
+    assert "text/plain" in body["message"] or "audio/wav" in body["message"]
 
 
 def test_non_finite_answers_become_a_500_for_that_request_alone(rigs, monkeypatch):

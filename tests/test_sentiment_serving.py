@@ -75,6 +75,24 @@ def test_ping_needs_the_token_and_answers_healthy(server):
     assert ping.status_code == 200 and ping.json()["status"] == "Healthy"
 
 
+def test_the_key_file_and_its_folder_are_the_users_alone(server):
+    """TorchServe writes key_file.json under the process umask before restricting it: neither it nor the
+    run folder may ever be readable by another user."""
+    import stat
+
+    assert stat.S_IMODE(server.run_dir.stat().st_mode) == 0o700
+    key_file = server.run_dir / "key_file.json"
+    assert key_file.exists() and stat.S_IMODE(key_file.stat().st_mode) & 0o077 == 0
+
+
+def test_curl_data_without_a_content_type_is_named(server):
+    """`curl --data 'I hated it'` sends a form: a 415 that names it and says what to send."""
+    got = requests.post(f"{server.inference_url}/predictions/sentiment", data="I hated it", headers=server.headers(),
+                        timeout=60)
+    assert got.request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert got.status_code == 415 and got.json()["type"] == "form_encoded_body" and "text/plain" in got.json()["message"]
+
+
 def test_prediction_without_token_is_refused(server):
     assert post(server, TEXTS[0], auth=False).status_code in (400, 401)
 

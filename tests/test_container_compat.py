@@ -1,0 +1,28 @@
+"""Handler code that runs in SageMaker's container (Python 3.12) and on the Python >= 3.10 the wheel supports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from marport.registry import MODELS, container_requirements
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKED = sorted({*(ROOT / "handlers").glob("*.py"), ROOT / "connect_lambda" / "lambda_function.py"})
+
+
+@pytest.mark.parametrize("path", PACKED, ids=[p.name for p in PACKED])
+def test_packed_modules_parse_with_python_3_10s_grammar(path):
+    ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 10))
+
+
+def test_the_containers_requirements_are_exact_pins():
+    """A range in code/requirements.txt is installed afresh at every container start: pin what was tested."""
+    pins = container_requirements()
+    assert pins and all(req.count("==") == 1 and not any(c in req for c in "<>~!,") for req in pins), pins
+    tested = (ROOT / "Makefile").read_text()
+    assert "python -m marport.registry" in tested.replace("$(PY)", "python")
+    for kind in MODELS.values():
+        assert set(kind.container_requirements) <= set(pins)

@@ -1,0 +1,93 @@
+"""Servers that marport commands start behave like services: SIGTERM stops everything they started,
+and the local toolkit's management API is out of other users' reach."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from marport.processes import alive, free_port
+from marport.sagemaker_deploy.local import unix_get
+from marport.sagemaker_deploy.package import package
+from marport.server import TS_MAIN_CLASS
+from tests.conftest import REPO_ROOT, built_archive
+
+pytestmark = pytest.mark.integration
+
+
+def _wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float) -> re.Match:
+    deadline, seen = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        found = re.search(pattern, line)
+        if found:
+            return found
+    raise AssertionError(f"no line matching {pattern!r}; saw {''.join(seen)[-2000:]}")
+
+
+def _torchserve_of(workdir: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if TS_MAIN_CLASS in cmdline and any(workdir in part for part in cmdline):
+            found.append(proc)
+    return found
+
+
+def test_serve_local_stops_everything_on_sigterm_and_keeps_management_private(tmp_path):
+    tarball = package(built_archive("sentiment"), tmp_path / "model.tar.gz")
+    port = free_port()
+    cli = subprocess.Popen([sys.executable, "-m", "marport", "sagemaker", "serve-local", str(tarball), "--port",
+                            str(port)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        _wait_for_line(cli, r"SageMaker toolkit serving", 300)
+        workdir = _wait_for_line(cli, r"logs: (.*)/logs", 10).group(1)
+        ping = requests.get(f"http://127.0.0.1:{port}/ping", timeout=10)
+        assert ping.status_code == 200
+        java = _torchserve_of(workdir)
+        assert len(java) == 1
+        family = [psutil.Process(cli.pid), *psutil.Process(cli.pid).children(recursive=True), java[0],
+                  *java[0].children(recursive=True)]
+        assert len(family) >= 4  # the CLI, the toolkit, Java and a worker at least
+
+        # The management API is a Unix socket in a folder only this user may enter ...
+        assert stat.S_IMODE(Path(workdir).stat().st_mode) == 0o700
+        status, body = unix_get(Path(workdir) / "management.sock", "/models/model")
+        assert status == 200 and b"READY" in body
+        # ... and no TCP listener of the server answers a keyless management call.
+        ports = {c.laddr.port for p in family if alive(p) for c in p.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN}
+        assert port in ports
+        for listener in ports:
+            for method, path in (("GET", "/models"), ("PUT", "/models/model?min_worker=2")):
+                try:
+                    got = requests.request(method, f"http://127.0.0.1:{listener}{path}", timeout=5)
+                except requests.RequestException:
+                    continue  # not HTTP (gRPC): nothing answered
+                assert got.status_code >= 400, (listener, method, path, got.status_code, got.text[:200])
+
+        cli.send_signal(signal.SIGTERM)
+        said = _wait_for_line(cli, r"stopped", 90)
+        assert said
+        assert cli.wait(timeout=90) == 0
+        survivors = [p for p in family if alive(p)]
+        assert not survivors, [p.cmdline() for p in survivors]
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        for proc in _torchserve_of(str(tmp_path)):
+            proc.kill()
