@@ -52,8 +52,8 @@ test: models
 # first run (torch 2.6 exists on PyPI only as a CUDA build; it runs on the CPU here).
 CONTAINER_VENV := .venv-container
 CONTAINER_STAMP := $(CONTAINER_VENV)/.installed-stamp
-CONTAINER_TESTS := tests/test_respiratory_unit.py tests/test_sentiment_unit.py tests/test_hostile_inputs.py \
-	tests/test_s3_input.py tests/test_sagemaker_toolkit.py
+CONTAINER_TESTS := tests/test_respiratory_unit.py tests/test_audio_bounds.py tests/test_sentiment_unit.py \
+	tests/test_hostile_inputs.py tests/test_s3_input.py tests/test_container_compat.py tests/test_sagemaker_toolkit.py
 
 $(CONTAINER_STAMP): requirements/container.txt marport/registry.py $(STAMP)
 	test -x $(CONTAINER_VENV)/bin/python || $(PYTHON) -m venv $(CONTAINER_VENV)
@@ -64,6 +64,8 @@ $(CONTAINER_STAMP): requirements/container.txt marport/registry.py $(STAMP)
 	touch $@
 
 test-container: models $(CONTAINER_STAMP)
+	$(CONTAINER_VENV)/bin/python -c "import sys, torch, ts, transformers; \
+		print('container stack: Python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)"
 	$(CONTAINER_VENV)/bin/python -m pytest $(CONTAINER_TESTS)
 
 # Speed lives here, not in the tests: about 25 minutes on 2 cores; writes BENCHMARKS.md.

@@ -26,3 +26,19 @@ def test_the_containers_requirements_are_exact_pins():
     assert "python -m marport.registry" in tested.replace("$(PY)", "python")
     for kind in MODELS.values():
         assert set(kind.container_requirements) <= set(pins)
+
+
+def test_the_container_venv_has_the_images_versions():
+    """Under `make test-container` this runs with SageMaker's stack; in the main venv, with the project's."""
+    import sys
+
+    import torch
+
+    venv = Path(sys.prefix).name
+    if venv == ".venv-container":
+        assert torch.__version__.startswith("2.6.0")
+        from importlib.metadata import version
+
+        assert version("torchserve") == "0.12.0" and version("sagemaker-pytorch-inference") == "2.0.25"
+    else:
+        assert venv != ".venv-container"

@@ -53,6 +53,7 @@ def test_serve_local_stops_everything_on_sigterm_and_keeps_management_private(tm
     cli = subprocess.Popen([sys.executable, "-m", "marport", "sagemaker", "serve-local", str(tarball), "--port",
                             str(port)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    workdir = None
     try:
         _wait_for_line(cli, r"SageMaker toolkit serving", 300)
         workdir = _wait_for_line(cli, r"logs: (.*)/logs", 10).group(1)
@@ -89,5 +90,5 @@ def test_serve_local_stops_everything_on_sigterm_and_keeps_management_private(tm
     finally:
         if cli.poll() is None:
             cli.kill()
-        for proc in _torchserve_of(str(tmp_path)):
+        for proc in _torchserve_of(workdir) if workdir else []:
             proc.kill()
