@@ -198,7 +198,28 @@ Long texts at concurrency 32: {s['long']['served_c32']['throughput']:.2f} texts/
 
 {reliability(r)}
 
-{explanations(r)}"""
+{explanations(r)}
+
+{decoding(r)}"""
+
+
+def decoding(r: dict) -> str:
+    d = r.get("decoding")
+    if not d:
+        return "### Decoding recordings\n\nNot measured in this run (`marport bench --only decoding`)."
+    rows = [[f["format"], f"{f['body_mb']:.2f} MB", f"{f['samples'] / 1e6:.1f} M", f"{f['seconds']:.2f} s",
+             f"{f['msamples_per_s']:.1f} M/s", f"{f['peak_mb']:.1f} MB", f"{f['whole_float32_mb']:.0f} MB"]
+            for f in d["formats"]]
+    return f"""### Decoding recordings
+
+Each format decoded in-process as a request is (`handlers/audio_input.py`: block by block, mixed to mono,
+resampled to 1,600 Hz; `bench/decode_bench.py`), median time and peak traced memory against what the whole
+recording would take as float32:
+
+{table(rows, ["format", "body", "samples", "time", "rate", "peak memory", "whole, float32"])}
+
+The shipped `max_decoded_samples` ({d['max_decoded_samples']:,}) at the slowest rate, {d['batch_size']} recordings to a
+handler call: {d['largest_call_s']:.1f} s against {d['budget_s']:.0f} s (half of the call's budget)."""
 
 
 def explanations(r: dict) -> str:

@@ -51,7 +51,7 @@ def machine() -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small counts, one repetition: checks the harness")
     parser.add_argument("--out", type=Path, help="results file (default: bench/results/latest.json in the workdir)")
-    parser.add_argument("--only", choices=["reliability", "precision", "explanations"],
+    parser.add_argument("--only", choices=["reliability", "precision", "explanations", "decoding"],
                         help="run one step and merge it into the existing results (e.g. after changing the caps)")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite BENCHMARKS.md and the plot from the results file")
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> None:
         return
     plan = QUICK if args.quick else Plan()
     started = time.perf_counter()
+    from .decode_bench import decoding_bench
     from .explain_bench import explanation_bench
     from .reliability import reliability_bench
 
@@ -76,6 +77,8 @@ def run(args: argparse.Namespace) -> None:
             result["reliability"] = reliability_bench(plan)
         elif args.only == "explanations":
             result["explanations"] = explanation_bench(plan)
+        elif args.only == "decoding":
+            result["decoding"] = decoding_bench(plan)
         else:
             result["precision"] = precision_step(plan, result["sentiment"]["settings"])
         result["machine"][f"{args.only}_commit"] = machine()["commit"]
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> None:
     log("reliability")
     result["reliability"] = reliability_bench(plan)
     result["explanations"] = explanation_bench(plan)
+    result["decoding"] = decoding_bench(plan)
     result["seconds"] = time.perf_counter() - started
     _write(result, args)
 
