@@ -68,7 +68,8 @@ def _setting(name: str) -> str:
 def recording_location(event: dict) -> tuple[str, str]:
     """(bucket, key) of the recording the block's parameters name, if the configuration allows it."""
     bucket = _setting("RECORDING_BUCKET")
-    details = (event or {}).get("Details") or {}
+    details = event.get("Details") if isinstance(event, dict) else None
+    details = details if isinstance(details, dict) else {}
     parameters = details.get("Parameters") or {}
     parameters = parameters if isinstance(parameters, dict) else {}
     uri = _first(parameters, URI_KEYS)
