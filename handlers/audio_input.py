@@ -50,9 +50,9 @@ FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 class AudioLimits:
     """What one recording may cost (model-config.yaml; README, "Caps")."""
 
-    max_duration_s: float = 600.0
+    max_duration_s: float = 600.0  # seconds of audio per request
     max_channels: int = 8
-    max_sample_rate: int = 96_000  # Hz, as declared by the header (or sent with a .npy)
+    max_sample_rate: int = 96_000  # Hz, as declared by the header (or sent with a .npy): resampling work grows with it
     max_decoded_samples: int = 57_600_000  # frames x channels: bounds the decoding and resampling work
 
 
@@ -72,6 +72,14 @@ class Decoded:
         return self.frames / self.source_rate
 
 
+def _empty() -> RequestError:
+    return RequestError("recording has no samples (zero-length audio)", kind="empty_audio")
+
+
+def _non_finite() -> RequestError:
+    return RequestError("recording contains NaN or infinite samples", kind="non_finite_audio")
+
+
 def check_declared(frames: int, rate: int, channels: int, limits: AudioLimits) -> None:
     """Refuse what the header declares before a sample is decoded."""
     if not MIN_RATE <= rate <= limits.max_sample_rate:
@@ -83,7 +91,7 @@ def check_declared(frames: int, rate: int, channels: int, limits: AudioLimits) -
         raise RequestError(f"recording has {channels} channels; at most {limits.max_channels} are accepted",
                            kind="too_many_channels")
     if frames == 0:
-        raise RequestError("recording has no samples (zero-length audio)", kind="empty_audio")
+        raise _empty()
     if frames == UNKNOWN_LENGTH:
         raise RequestError("recording does not declare its length (a streamed FLAC?); re-encode it as a file",
                            kind="unknown_length")
@@ -103,7 +111,7 @@ def _check_counted(frames: int, rate: int, channels: int, limits: AudioLimits) -
 
 def to_rate(blocks: Iterator[np.ndarray], rate: int, out_rate: int, limits: AudioLimits,
             channels: int, scale: float = 1.0) -> Decoded:
-    """Mix each (frames, channels) block to mono and resample it incrementally to out_rate.
+    """Mix each (frames, channels) block (always 2-D) to mono and resample it incrementally to out_rate.
 
     The frame count is checked against the caps as blocks arrive, so a header that
     understates its length is stopped at the cap, not after decoding everything.
@@ -118,20 +126,20 @@ def to_rate(blocks: Iterator[np.ndarray], rate: int, out_rate: int, limits: Audi
         _check_counted(frames, rate, channels, limits)
         if scale != 1.0:  # before mixing: a sum of channels near the float limit would overflow
             block = block * np.float64(scale)
-        mono = block.mean(axis=1, dtype=np.float64) if block.ndim == 2 else block.astype(np.float64)
+        mono = block.mean(axis=1, dtype=np.float64)
         if not np.isfinite(mono).all():
-            raise RequestError("recording contains NaN or infinite samples", kind="non_finite_audio")
+            raise _non_finite()
         started = time.perf_counter()
         decode_s += started - mark
         pieces.append(mono if stream is None else stream.resample_chunk(mono, last=False))
         mark = time.perf_counter()
         resample_s += mark - started
     if frames == 0:
-        raise RequestError("recording has no samples (zero-length audio)", kind="empty_audio")
+        raise _empty()
     started = time.perf_counter()
     if stream is not None:
         pieces.append(stream.resample_chunk(np.zeros(0, dtype=np.float64), last=True))
-    waveform = np.concatenate(pieces) if pieces else np.zeros(0)
+    waveform = np.concatenate(pieces)
     resample_s += time.perf_counter() - started
     return Decoded(waveform, rate, channels, frames, decode_s * 1000, resample_s * 1000)
 
@@ -142,7 +150,7 @@ def peak_of(blocks: Iterator[np.ndarray]) -> float:
     for block in blocks:
         block_peak = float(np.abs(block).max()) if block.size else 0.0
         if not np.isfinite(block_peak):
-            raise RequestError("recording contains NaN or infinite samples", kind="non_finite_audio")
+            raise _non_finite()
         peak = max(peak, block_peak)
     return peak
 

@@ -30,8 +30,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SILENCE_PEAK = 1e-4  # below this peak amplitude a recording is treated as silent
 LABELS = ("healthy", "unhealthy")
-LIMITS = ("max_duration_s", "max_channels", "max_sample_rate", "max_decoded_samples", "max_body_bytes", "batch_windows", "explain_resolution_s",
-          "explain_max_s")
+LIMITS = ("max_duration_s", "max_channels", "max_sample_rate", "max_decoded_samples", "max_body_bytes",
+          "batch_windows", "explain_resolution_s", "explain_max_s")
 
 
 @dataclass
@@ -102,10 +102,11 @@ class RespiratoryModel:
 
     net: RespiratoryCNN
     audio: AudioConfig
-    max_duration_s: float = 600.0  # seconds of audio per request
-    max_channels: int = 8
-    max_sample_rate: int = 96_000  # Hz declared by the header: resampling work grows with it
-    max_decoded_samples: int = 57_600_000  # frames x channels, checked before and while decoding
+    # What one recording may cost (audio_input.AudioLimits holds the defaults and their reasons).
+    max_duration_s: float = AudioLimits.max_duration_s
+    max_channels: int = AudioLimits.max_channels
+    max_sample_rate: int = AudioLimits.max_sample_rate
+    max_decoded_samples: int = AudioLimits.max_decoded_samples
     max_body_bytes: int = 64 * 1024 * 1024  # refused before decoding
     batch_windows: int = 32  # windows per forward pass: bounds activation memory
     explain_resolution_s: float = 1.0  # occlusion explanations silence this much audio at a time

@@ -24,6 +24,7 @@ Packed flat into each `.mar`; boto3 is imported only when a reference arrives.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import mimetypes
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from serving_common import JSON_TYPE, Request, RequestError, setting_flag
+from serving_common import JSON_TYPE, Request, RequestError, explanation_refused, setting_flag
 
 SETTING = "s3_allowed_buckets"
 EXPLAIN_SETTING = "s3_explain"
@@ -203,12 +204,10 @@ def resolve(request: Request, s3: S3Input | None, deadline: float | None = None)
     options = {name: str(doc[name]) for name in OPTIONS if name in doc}
     resolved = Request(body=b"", content_type="", params={**request.params, **options}, headers=request.headers,
                        allow_explain=s3.explain)
-    if resolved.explain and not s3.explain:
-        raise RequestError(f"explanations of S3 objects are off for this model (handler.{EXPLAIN_SETTING}): they "
-                           "would echo the object's content", kind="s3_explain_disabled", code=403)
+    if resolved.explain and not s3.explain:  # refused before the fetch; the core refuses what the object asks
+        raise explanation_refused()
     data, head = fetch(bucket, key, s3.max_bytes, deadline)
     declared = str(head.get("ContentType") or "")
     content_type = doc.get("content_type") or (declared if declared.lower() not in GENERIC_TYPES else "") \
         or mimetypes.guess_type(key)[0] or "application/octet-stream"
-    resolved.body, resolved.content_type = data, str(content_type)
-    return resolved
+    return dataclasses.replace(resolved, body=data, content_type=str(content_type))

@@ -65,12 +65,12 @@ def model_fn(model_dir: str, context=None) -> Served:
     _keep_bodies_raw()
     core = _core_of(model_dir)
     from placement import place
-    from serving_common import call_budget_s, configure_threads, read_config
+    from serving_common import call_budget_s, configure_threads, handler_settings, read_config
 
     from s3_input import S3Input
 
     config = read_config(model_dir, None)
-    settings = dict(config.get("handler") or {})
+    settings = handler_settings(config)
     configure_threads(settings)
     properties = getattr(context, "system_properties", None) or {}
     model = core.load(model_dir, settings, place(properties.get("gpu_id"), settings, core.DEFAULT_PRECISION))

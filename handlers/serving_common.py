@@ -154,7 +154,7 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 def refuse_form(request: "Request", send_as: str) -> None:
     """`curl --data` without -H sends application/x-www-form-urlencoded, which TorchServe splits into form
     fields: the body arrives empty or mangled ('+' and '%' decoded, '&' and '=' cut), so it is refused
-    by name rather than guessed at (README, "Content types")."""
+    by name rather than guessed at (README, "`curl --data` without a content type")."""
     if request.media_type == FORM_TYPE:
         raise RequestError(
             f"the body was sent as {FORM_TYPE} (what curl --data sends without a Content-Type), which the server "
@@ -278,9 +278,14 @@ def read_config(model_dir: str, yaml_config: Mapping[str, Any] | None) -> dict:
     return dict(config or {})
 
 
+def handler_settings(config: Mapping[str, Any]) -> dict:
+    """The `handler:` section of a parsed model-config.yaml."""
+    return dict(config.get("handler") or {})
+
+
 def read_settings(model_dir: str, yaml_config: Mapping[str, Any] | None) -> dict:
     """The `handler:` section of model-config.yaml."""
-    return dict(read_config(model_dir, yaml_config).get("handler") or {})
+    return handler_settings(read_config(model_dir, yaml_config))
 
 
 # TorchServe's own default when model-config.yaml names no responseTimeout.

@@ -16,7 +16,9 @@ from isolation import answer_batch
 from operator_metrics import OperatorMetrics
 from placement import place
 from s3_input import S3Input, resolve
-from serving_common import JSON_TYPE, Request, call_budget_s, check_accept, configure_threads, read_config
+from serving_common import (
+    JSON_TYPE, Request, call_budget_s, check_accept, configure_threads, handler_settings, read_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class CoreHandler:
     def initialize(self, context) -> None:
         model_dir = context.system_properties.get("model_dir")
         config = read_config(model_dir, getattr(context, "model_yaml_config", None))
-        settings = dict(config.get("handler") or {})
+        settings = handler_settings(config)
         self.budget_s = call_budget_s(config)
         threads = configure_threads(settings)
         started = time.perf_counter()
