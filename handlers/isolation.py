@@ -3,9 +3,12 @@
 Both runtime adapters (TorchServe's handler, SageMaker's `code/inference.py`) hand
 their requests to `answer_batch`, which
 
-- parses each request on its own: a RequestError becomes that request's 4xx, any
-  other exception is our bug and becomes that request's 500 with its request id
-  (logged with the traceback);
+- reads each request on its own (core.read_request): a RequestError becomes that
+  request's 4xx, any other exception is our bug and becomes that request's 500 with
+  its request id (logged with the traceback);
+- parses the read requests together (core.parse_batch: one tokenizer call for all
+  their texts), each still refused alone; should that call fail as a whole, each
+  request is parsed by itself, so the failure stays with the request that caused it;
 - runs the parsed requests through the model together, and if that fails, finds
   the request(s) responsible by re-running the batch in halves, so the rest are
   still answered;
@@ -109,18 +112,19 @@ def answer_batch(
     """
     report = BatchReport(requests=count)
     outcomes: list[Outcome | None] = [None] * count
-    parsed: list[tuple[int, Any]] = []
+    read_ok: list[tuple[int, Any]] = []
     started = time.perf_counter()
     for idx in range(count):
         if _late(deadline):
             outcomes[idx] = out_of_time(request_id(idx), "reading")
             continue
         try:
-            parsed.append((idx, core.parse_request(read(idx), model)))
+            read_ok.append((idx, core.read_request(read(idx), model)))
         except RequestError as err:
             outcomes[idx] = rejection(err, request_id(idx))
         except Exception:  # noqa: BLE001 - anything else is our bug, confined to this request
             outcomes[idx] = internal_error(request_id(idx), "reading")
+    parsed = _parse_isolated(core, model, read_ok, outcomes, request_id)
     report.parse_ms = (time.perf_counter() - started) * 1000
     report.parsed = [p for _, p in parsed]
     started = time.perf_counter()
@@ -130,6 +134,31 @@ def answer_batch(
         if outcome.kind:
             report.rejected[outcome.kind] = report.rejected.get(outcome.kind, 0) + 1
     return outcomes, report
+
+
+def _parse_isolated(core, model, items: list[tuple[int, Any]], outcomes: list, request_id) -> list[tuple[int, Any]]:
+    """core.parse_batch over the read requests; if it fails as a whole, one request at a time."""
+    if not items:
+        return []
+    try:
+        results = core.parse_batch(model, [item for _, item in items])
+    except Exception as exc:  # noqa: BLE001 - find the request responsible, alone
+        if len(items) == 1 and isinstance(exc, RequestError):
+            outcomes[items[0][0]] = rejection(exc, request_id(items[0][0]))
+            return []
+        if len(items) == 1:
+            idx = items[0][0]
+            outcomes[idx] = internal_error(request_id(idx), "reading")
+            return []
+        log.warning("parsing %d requests together failed; parsing each alone", len(items))
+        return [p for one in items for p in _parse_isolated(core, model, [one], outcomes, request_id)]
+    parsed = []
+    for (idx, _), result in zip(items, results):
+        if isinstance(result, RequestError):
+            outcomes[idx] = rejection(result, request_id(idx))
+        else:
+            parsed.append((idx, result))
+    return parsed
 
 
 def _predict_isolated(core, model, items: Sequence[tuple[int, Any]], outcomes: list, request_id, report,

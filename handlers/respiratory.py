@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from audio_input import AudioLimits, Decoded, decode, to_rate
-from placement import Placement, place
+from placement import Placement, device_settings, place
 from review import ReviewBand, mark
 from serving_common import (
     Request, RequestError, as_bytes, check_body_size, checkpoint_dir, read_settings, refuse_form, setting_flag,
@@ -165,6 +165,7 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
 
     settings = read_settings(model_dir, None) if settings is None else settings  # default: the archive's own
     placement = placement or place(None, settings, DEFAULT_PRECISION)
+    settings = device_settings(settings, placement.device)  # `auto` values for this device
     if placement.precision == "int8":
         raise ValueError("the respiratory CNN has no int8 path; use precision fp32, bf16 or auto")
     path = checkpoint_dir(model_dir)
@@ -261,6 +262,15 @@ def parse_request(request: Request, model: RespiratoryModel) -> Recording:
             )
         recording.explain = True
     return recording
+
+
+# Decoding is the work of each recording alone: reading a request is parsing it.
+read_request = parse_request
+
+
+def parse_batch(model: RespiratoryModel, items: Sequence[Recording]) -> list[Recording]:
+    """Nothing to do together for recordings (serving_common.ModelCore)."""
+    return list(items)
 
 
 def preprocess(model: RespiratoryModel, recordings: Sequence[Recording]) -> tuple[torch.Tensor, list]:

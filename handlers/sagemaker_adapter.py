@@ -64,16 +64,14 @@ def model_fn(model_dir: str, context=None) -> Served:
     """The toolkit passes its TorchServe context, whose gpu_id says which GPU this worker owns."""
     _keep_bodies_raw()
     core = _core_of(model_dir)
-    from placement import place
-    from serving_common import call_budget_s, configure_threads, handler_settings, read_config
+    from placement import load_core
+    from serving_common import call_budget_s, read_config
 
     from s3_input import S3Input
 
     config = read_config(model_dir, None)
-    settings = handler_settings(config)
-    configure_threads(settings)
     properties = getattr(context, "system_properties", None) or {}
-    model = core.load(model_dir, settings, place(properties.get("gpu_id"), settings, core.DEFAULT_PRECISION))
+    model, _, settings = load_core(core, model_dir, config, properties.get("gpu_id"))
     return Served(core=core, model=model, s3=S3Input.from_settings(settings, core.body_limit(model)),
                   budget_s=call_budget_s(config))
 

@@ -15,10 +15,11 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from placement import Placement, place
+from placement import Placement, device_settings, place
 from review import ReviewBand, mark
 from serving_common import (
     JSON_TYPE, Request, RequestError, as_json, as_text, check_body_size, checkpoint_dir, explanation_refused,
@@ -29,11 +30,6 @@ log = logging.getLogger(__name__)
 
 # bf16 where the hardware has it: labels agree with fp32 on 99.9% of held-out texts (BENCHMARKS.md).
 DEFAULT_PRECISION = "auto"
-# Padding floors per device (measured, BENCHMARKS.md): on 2 CPU cores every padded token costs as much as a
-# real one, so micro-batches keep 90% real tokens; on a GPU a kernel launch costs more than padding does, and
-# the floor cut an H100's throughput at batch 64 by three quarters, so there micro-batches are cut by size only.
-CPU_PADDING_FLOOR = 0.9
-GPU_PADDING_FLOOR = 0.0
 TEXT_TYPES = ("text/plain", "")  # an absent Content-Type is read as text
 # Categories of characters a reader cannot see: spaces, controls, format marks (zero-width, BOM, bidi).
 INVISIBLE = ("Zs", "Zl", "Zp", "Cc", "Cf")
@@ -50,20 +46,23 @@ class TextLimits:
     max_chars: int = 5000  # per text: bounds tokenisation work before it starts
     max_items: int = 64  # texts per {"inputs": [...]} request
     max_tokens: int = 2048  # per request, counted after tokenisation (and truncation to the model's length)
-    batch_tokens: int = 2048  # padded tokens per forward pass: texts run in length-sorted micro-batches
-    # A micro-batch closes rather than drop below this share of real tokens (README, "No padding waste").
-    min_padding_efficiency: float = CPU_PADDING_FLOOR
+    # Per device (model-config.yaml's handler.devices; these are the CPU's): padded tokens per forward pass,
+    # texts in length-sorted micro-batches, and the share of real tokens below which a micro-batch closes
+    # rather than grow (README, "No padding waste").
+    batch_tokens: int = 2048
+    min_padding_efficiency: float = 0.9
     # Explanations cost explain_steps forward and backward passes per text: their own, smaller token cap.
     explain_max_tokens: int = 128  # per explained request (README, "Explanations")
     explain_steps: int = 16  # integrated-gradients interpolation steps
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], device: torch.device = torch.device("cpu")) -> "TextLimits":
-        """`min_padding_efficiency: auto` (or absent) is the floor for the device the model runs on."""
+    def from_settings(cls, settings: Mapping[str, Any]) -> "TextLimits":
+        """From handler settings already resolved for the device (placement.device_settings)."""
         kinds = {k: type(getattr(cls, k)) for k in cls.__dataclass_fields__}
         given = {k: settings[k] for k in kinds if k in settings}
-        if str(given.get("min_padding_efficiency", "auto")).lower() == "auto":
-            given["min_padding_efficiency"] = CPU_PADDING_FLOOR if device.type == "cpu" else GPU_PADDING_FLOOR
+        unresolved = [k for k, v in given.items() if str(v).strip().lower() == "auto"]
+        if unresolved:
+            raise ValueError(f"handler.{unresolved[0]} is auto, but handler.devices gives no value for this device")
         return cls(**{k: kinds[k](v) for k, v in given.items()})
 
 
@@ -78,6 +77,7 @@ class SentimentModel:
     precision: str = "fp32"
     review: ReviewBand | None = None  # handler.review_band: answers too close to call are marked for a person
     source: str = ""  # the checkpoint folder (an int8 model explains through a torch copy loaded from it)
+    encoder: Any = None  # the fast tokenizer's backend, set to truncate (batch_encoder); None: a slow tokenizer
     _explainer: Any = None
 
     def explainer(self) -> torch.nn.Module:
@@ -136,6 +136,7 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
     """
     settings = read_settings(model_dir, None) if settings is None else settings  # default: the archive's own
     placement = placement or place(None, settings, DEFAULT_PRECISION)
+    settings = device_settings(settings, placement.device)  # `auto` values for this device
     path = checkpoint_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if placement.precision == "int8":
@@ -152,12 +153,13 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
     config = model.config
     labels = [str(config.id2label[i]).lower() for i in range(len(config.id2label))]
     limit = min(int(tokenizer.model_max_length or 512), position_limit(config))
-    limits = TextLimits.from_settings(settings, placement.device)
+    limits = TextLimits.from_settings(settings)
     if limits.batch_tokens < limit:
         raise ValueError(f"batch_tokens ({limits.batch_tokens}) must hold one text of {limit} tokens")
     loaded = SentimentModel(tokenizer=tokenizer, model=model, labels=labels, max_length=limit, limits=limits,
                             device=placement.device, precision=placement.precision,
-                            review=ReviewBand.from_settings(settings), source=path)
+                            review=ReviewBand.from_settings(settings), source=path,
+                            encoder=batch_encoder(tokenizer, limit))
     warm_up(loaded)
     return loaded
 
@@ -258,16 +260,42 @@ def _texts(request: Request, model: SentimentModel) -> tuple[list[str], bool, bo
 
 def tokenize(model: SentimentModel, texts: Sequence[str], offsets: bool = False):
     """Token ids per text, truncated to the model's length, which texts were truncated and,
-    with `offsets`, each token's character span (empty for special tokens)."""
-    offsets = offsets and model.tokenizer.is_fast  # a slow tokenizer has no spans: words become tokens
+    with `offsets`, each token's character span (empty for special tokens).
+
+    One call for all the texts: with a fast tokenizer, its Rust backend (`backend_tokenizer`,
+    set up at load to truncate as `tokenizer(..., truncation=True, max_length=...)` does) encodes
+    them in parallel with no Python work per token; a slow tokenizer is called as usual.
+    """
+    texts = list(texts)
     try:
-        enc = model.tokenizer(list(texts), truncation=True, max_length=model.max_length,
-                              return_offsets_mapping=offsets)
+        if model.encoder is not None:
+            # encode_batch_fast skips the character spans, wanted only for explanations (about 20% less work).
+            fast = getattr(model.encoder, "encode_batch_fast", None)
+            encodings = (model.encoder.encode_batch if offsets or fast is None else fast)(texts)
+            ids = [e.ids for e in encodings]
+            truncated = [bool(e.overflowing) for e in encodings]
+            spans = [list(e.offsets) for e in encodings] if offsets else []
+            return ids, truncated, spans
+        offsets = offsets and model.tokenizer.is_fast  # a slow tokenizer has no spans: words become tokens
+        enc = model.tokenizer(texts, truncation=True, max_length=model.max_length, return_offsets_mapping=offsets)
     except Exception as exc:  # the Rust tokenizer raises TypeError/ValueError/its own types
         raise RequestError(f"text could not be tokenised: {exc}", kind="untokenizable_text") from None
     truncated = [bool(e.overflowing) for e in enc.encodings] if enc.encodings else [False] * len(texts)
     spans = [[tuple(span) for span in row] for row in enc["offset_mapping"]] if offsets else []
     return list(enc["input_ids"]), truncated, spans
+
+
+def batch_encoder(tokenizer: Any, max_length: int) -> Any:
+    """The fast tokenizer's Rust backend, truncating at `max_length` and padding nothing (preprocess
+    pads each micro-batch), or None for a slow tokenizer."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    import copy
+
+    encoder = copy.deepcopy(tokenizer.backend_tokenizer)  # the tokenizer's own stays as the library set it
+    encoder.no_padding()
+    encoder.enable_truncation(max_length)
+    return encoder
 
 
 def text_request(model: SentimentModel, texts: Sequence[str], single: bool, explain: bool = False) -> TextRequest:
@@ -276,28 +304,68 @@ def text_request(model: SentimentModel, texts: Sequence[str], single: bool, expl
     return TextRequest(list(texts), single=single, ids=ids, truncated=truncated, explain=explain, offsets=offsets)
 
 
-def parse_request(request: Request, model: SentimentModel) -> TextRequest:
+def read_request(request: Request, model: SentimentModel) -> TextRequest:
     """Accept text/plain, {"text": "..."} or {"inputs": ["...", ...]} (with "explain": true for word
-    attributions, as TorchServe's /explanations route asks too); tokenise and check the token caps."""
+    attributions, as TorchServe's /explanations route asks too): every check that needs no tokens.
+    parse_batch tokenises a handler call's texts together and checks the token caps."""
     texts, single, explain = _texts(request, model)
     explain = explain or request.explain
     if explain and not request.allow_explain:
         raise explanation_refused()
-    parsed = text_request(model, texts, single, explain)
-    if parsed.explain and parsed.tokens > model.limits.explain_max_tokens:
+    return TextRequest(texts, single=single, explain=explain)
+
+
+def check_tokens(model: SentimentModel, parsed: TextRequest) -> TextRequest:
+    """The token caps of one tokenised request."""
+    tokens = parsed.tokens
+    if parsed.explain and tokens > model.limits.explain_max_tokens:
         raise RequestError(
-            f"an explanation was asked for {parsed.tokens} tokens; at most {model.limits.explain_max_tokens} per "
+            f"an explanation was asked for {tokens} tokens; at most {model.limits.explain_max_tokens} per "
             "request are explained (explain_max_tokens); explain fewer or shorter texts",
             kind="too_many_tokens_to_explain",
             code=413,
         )
-    if parsed.tokens > model.limits.max_tokens:
+    if tokens > model.limits.max_tokens:
         raise RequestError(
-            f"request has {parsed.tokens} tokens; at most {model.limits.max_tokens} per request (max_tokens); "
+            f"request has {tokens} tokens; at most {model.limits.max_tokens} per request (max_tokens); "
             "split it into smaller requests",
             kind="too_many_tokens",
             code=413,
         )
+    return parsed
+
+
+def parse_batch(model: SentimentModel, items: Sequence[TextRequest]) -> list[TextRequest | RequestError]:
+    """Tokenise the texts of a handler call's requests in one tokenizer call, then hold each request to
+    the token caps: one entry per request, the request or the error that refuses it. Should the
+    tokenizer refuse the call, each request is tokenised alone, so a text it cannot take costs only
+    its own request."""
+    texts = [t for item in items for t in item.texts]
+    try:
+        ids, truncated, offsets = tokenize(model, texts, offsets=any(item.explain for item in items))
+    except RequestError as err:
+        if len(items) == 1:
+            return [err]
+        return [parse_batch(model, [item])[0] for item in items]
+    out: list[TextRequest | RequestError] = []
+    start = 0
+    for item in items:
+        end = start + len(item.texts)
+        item.ids, item.truncated = ids[start:end], truncated[start:end]
+        item.offsets = offsets[start:end] if item.explain else []
+        start = end
+        try:
+            out.append(check_tokens(model, item))
+        except RequestError as err:
+            out.append(err)
+    return out
+
+
+def parse_request(request: Request, model: SentimentModel) -> TextRequest:
+    """One request, read, tokenised and held to every cap (raises RequestError)."""
+    parsed = parse_batch(model, [read_request(request, model)])[0]
+    if isinstance(parsed, RequestError):
+        raise parsed
     return parsed
 
 
@@ -324,22 +392,31 @@ def micro_batches(lengths: Sequence[int], budget: int, min_efficiency: float = 0
 
 
 def preprocess(model: SentimentModel, requests: Sequence[TextRequest]) -> list[MicroBatch]:
-    """Every text of every request, in length-sorted micro-batches under the token budget."""
+    """Every text of every request, in length-sorted micro-batches under the token budget, padded
+    on the right with the tokenizer's pad token (numpy fills them: no Python work per token)."""
     ids = [i for r in requests for i in r.ids]
     lengths = [len(i) for i in ids]
+    pad = model.tokenizer.pad_token_id or 0
     batches = []
     for rows in micro_batches(lengths, model.limits.batch_tokens, model.limits.min_padding_efficiency):
-        padded = model.tokenizer.pad({"input_ids": [ids[r] for r in rows]}, return_tensors="pt")
-        inputs = {k: padded[k].to(model.device) for k in ("input_ids", "attention_mask")}
-        batches.append(MicroBatch(rows, inputs, sum(lengths[r] for r in rows), len(rows) * max(lengths[r] for r in rows)))
+        sizes = np.fromiter((lengths[r] for r in rows), dtype=np.int64, count=len(rows))
+        width = int(sizes.max())
+        input_ids = np.full((len(rows), width), pad, dtype=np.int64)
+        for j, r in enumerate(rows):
+            input_ids[j, : sizes[j]] = ids[r]
+        mask = (np.arange(width) < sizes[:, None]).astype(np.int64)
+        inputs = {"input_ids": torch.from_numpy(input_ids).to(model.device, non_blocking=True),
+                  "attention_mask": torch.from_numpy(mask).to(model.device, non_blocking=True)}
+        batches.append(MicroBatch(rows, inputs, int(sizes.sum()), len(rows) * width))
     return batches
 
 
 def forward(model: SentimentModel, batch: MicroBatch) -> torch.Tensor:
-    """Class probabilities, one row per text of the micro-batch (softmax in fp32 whatever the precision)."""
+    """Class probabilities, one row per text of the micro-batch, left on the model's device
+    (softmax in fp32 whatever the precision)."""
     with torch.inference_mode():
         logits = model.model(**batch.inputs).logits
-    return torch.softmax(logits.float(), dim=-1).cpu()
+        return torch.softmax(logits.float(), dim=-1)
 
 
 def padding_efficiency(batches: Sequence[MicroBatch]) -> float:
@@ -349,17 +426,19 @@ def padding_efficiency(batches: Sequence[MicroBatch]) -> float:
 
 
 def postprocess(model: SentimentModel, probs: torch.Tensor, requests: Sequence[TextRequest]) -> list:
-    """Split the flat rows back into one answer per request, in order."""
-    rows = probs.tolist()
+    """Split the flat rows (a CPU tensor, in request order) back into one answer per request, in order."""
+    rows, best = probs.tolist(), probs.argmax(dim=1).tolist()
+    labels, band = model.labels, model.review
     answers, start = [], 0
     for req in requests:
         results = []
-        for row, truncated in zip(rows[start : start + len(req.texts)], req.truncated or [False] * len(req.texts)):
-            best = max(range(len(row)), key=row.__getitem__)
-            result = {"label": model.labels[best], "score": row[best], "scores": dict(zip(model.labels, row))}
+        for i, truncated in enumerate(req.truncated or [False] * len(req.texts), start):
+            row, top = rows[i], best[i]
+            result = {"label": labels[top], "score": row[top], "scores": dict(zip(labels, row))}
             if truncated:
                 result["truncated"] = True  # only the first max_length tokens were read
-            mark(result, row[best], model.review)
+            if band is not None:
+                mark(result, row[top], band)
             results.append(result)
         start += len(req.texts)
         answers.append(results[0] if req.single else results)
@@ -367,13 +446,14 @@ def postprocess(model: SentimentModel, probs: torch.Tensor, requests: Sequence[T
 
 
 def predict(model: SentimentModel, requests: Sequence[TextRequest]) -> list:
-    """The whole pipeline for already-parsed requests."""
+    """The whole pipeline for already-parsed requests: the micro-batches' probabilities stay on the
+    device until the last one is done, then come back in one transfer."""
     if not requests:
         return []
     batches = preprocess(model, requests)
-    probs = torch.empty(sum(len(r.texts) for r in requests), len(model.labels))
-    for batch in batches:
-        probs[batch.rows] = forward(model, batch)
+    found = torch.cat([forward(model, batch) for batch in batches]).cpu()
+    probs = torch.empty_like(found)
+    probs[torch.tensor([r for b in batches for r in b.rows])] = found  # back into request order
     log.info(
         "%d texts, %d tokens, %d padded tokens in %d micro-batches, padding efficiency %.2f",
         len(probs), sum(b.real_tokens for b in batches), sum(b.padded_tokens for b in batches), len(batches),

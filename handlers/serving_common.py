@@ -50,7 +50,10 @@ class ModelCore(Protocol):
     """What a model core module (sentiment.py, respiratory.py) provides to the runtime adapters.
 
     `load` puts the model where `placement` (placement.Placement: device and precision) says;
-    `parse_request` does all per-request validation and refuses with RequestError;
+    `read_request` does the checks of one request that need no model work and refuses with RequestError;
+    `parse_batch` does the rest for a handler call's read requests together (one tokenizer call, say),
+    answering each entry with the parsed request or the RequestError that refuses it alone;
+    `parse_request` is both for one request (for callers outside a handler call);
     `predict` runs already-parsed requests together and answers each in order;
     `figures` says what a handler call did, for the operator metrics.
     """
@@ -58,6 +61,10 @@ class ModelCore(Protocol):
     DEFAULT_PRECISION: str  # what handler.precision means when model-config.yaml leaves it out
 
     def load(self, model_dir: str, settings: Mapping[str, Any] | None = None, placement: Any = None) -> Any: ...
+
+    def read_request(self, request: "Request", model: Any) -> Any: ...
+
+    def parse_batch(self, model: Any, items: Sequence[Any]) -> list: ...
 
     def parse_request(self, request: "Request", model: Any) -> Any: ...
 
@@ -79,6 +86,16 @@ class Request:
     params: Mapping[str, str] = field(default_factory=dict)  # query string / form fields
     headers: Mapping[str, str] = field(default_factory=dict)  # request headers, lower-case names
     allow_explain: bool = True  # False for a body fetched from S3 (s3_input: its words would be echoed back)
+    # Worked out once, here: a handler call asks each request for its type and options several times.
+    media_type: str = field(init=False, default="")  # the Content-Type's media type, lower case
+    _custom: dict = field(init=False, repr=False, default_factory=dict)  # SageMaker's custom attributes
+    _media_params: dict = field(init=False, repr=False, default_factory=dict)  # the Content-Type's parameters
+
+    def __post_init__(self) -> None:
+        kind, _, params = self.content_type.partition(";")
+        self.media_type = kind.strip().lower()
+        self._media_params = _pairs(params, ";")
+        self._custom = _pairs(self.headers.get(CUSTOM_ATTRIBUTES, ""), ";")
 
     def option(self, name: str) -> str | None:
         """A per-request option, such as `sample_rate`, wherever the client could put it.
@@ -90,16 +107,10 @@ class Request:
         parameter (`application/x-npy; sample_rate=16000`), which every route keeps.
         """
         header = "x-" + name.replace("_", "-")
-        custom = _pairs(self.headers.get(CUSTOM_ATTRIBUTES, ""), ";")
-        media = _pairs(self.content_type.partition(";")[2], ";")
-        for source, key in ((self.params, name), (self.headers, header), (custom, name), (media, name)):
+        for source, key in ((self.params, name), (self.headers, header), (self._custom, name), (self._media_params, name)):
             if source.get(key):
                 return source[key]
         return None
-
-    @property
-    def media_type(self) -> str:
-        return self.content_type.split(";", 1)[0].strip().lower()
 
     @property
     def explain(self) -> bool:
@@ -117,6 +128,8 @@ def explanation_refused() -> RequestError:
 
 
 def _pairs(text: str, sep: str) -> dict[str, str]:
+    if not text:
+        return {}
     pairs = {}
     for part in text.split(sep):
         key, eq, value = part.partition("=")
@@ -127,7 +140,9 @@ def _pairs(text: str, sep: str) -> dict[str, str]:
 
 def check_accept(accept: str | None) -> None:
     """Answers are JSON; a client that accepts nothing like it gets a 406."""
-    offered = [a.split(";", 1)[0].strip().lower() for a in (accept or "").split(",")]
+    if not accept or accept == "*/*":  # what nearly every client sends
+        return
+    offered = [a.split(";", 1)[0].strip().lower() for a in accept.split(",")]
     if not any(a in JSON_ACCEPTS for a in offered):
         raise RequestError(
             f"cannot answer with {accept!r}: answers are application/json",
@@ -236,9 +251,13 @@ def as_json(body: Any, content_type: str = "") -> Any:
         raise RequestError(f"invalid JSON: {exc}", kind="invalid_json") from None
 
 
+# Built once: json.dumps with options builds a new encoder per call.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+
+
 def to_json(answer: Any) -> str:
     """Strict JSON (no NaN or Infinity): what every answer is sent as."""
-    return json.dumps(answer, allow_nan=False, ensure_ascii=False)
+    return _STRICT_JSON.encode(answer)
 
 
 def checkpoint_dir(model_dir: str) -> str:
@@ -247,13 +266,20 @@ def checkpoint_dir(model_dir: str) -> str:
     return sub if os.path.isdir(sub) else model_dir
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def configure_threads(settings: Mapping[str, Any]) -> int:
     """Give each worker a fixed number of intra-op threads.
 
-    Several workers each using every core fight over the same two CPUs; the
-    `threads` setting (or MARPORT_TORCH_THREADS) divides them on purpose.
+    Several workers each using every core fight over the same CPUs; the `threads`
+    setting (or MARPORT_TORCH_THREADS) divides them on purpose. `all` is every core this
+    process may run on (the CPU default for one worker); `auto` left unresolved means the same.
     """
-    threads = int(os.environ.get(THREADS_ENV) or settings.get("threads") or 1)
+    value = str(os.environ.get(THREADS_ENV) or settings.get("threads") or 1).strip().lower()
+    threads = usable_cores() if value in ("all", "auto") else int(value)
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
 

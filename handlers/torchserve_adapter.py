@@ -14,10 +14,10 @@ from typing import Any, Mapping
 
 from isolation import answer_batch
 from operator_metrics import OperatorMetrics
-from placement import place
+from placement import load_core
 from s3_input import S3Input, resolve
 from serving_common import (
-    JSON_TYPE, Request, call_budget_s, check_accept, configure_threads, handler_settings, read_config,
+    JSON_TYPE, Request, call_budget_s, check_accept, read_config,
 )
 
 log = logging.getLogger(__name__)
@@ -27,13 +27,15 @@ log = logging.getLogger(__name__)
 BODY_FIELDS = ("body", "data", "file", "audio", "text", "inputs")
 
 
-def _lower_keys(headers: Mapping[str, Any]) -> dict:
-    return {str(k).lower(): v for k, v in (headers or {}).items()}
-
-
 def to_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> Request:
     """One entry of TorchServe's batch -> Request (body, content type, parameters)."""
-    headers = _lower_keys(headers)
+    lowered, plain_headers = {}, {}  # all headers by lower-case name; those that are plain strings
+    for key, value in (headers or {}).items():
+        key = str(key).lower()
+        lowered[key] = value
+        if isinstance(value, str):
+            plain_headers[key] = value
+    headers = lowered
     name = next((f for f in BODY_FIELDS if row.get(f) is not None), None)
     if name is None:
         # A multipart upload under some other field name: take its one file part. Raw
@@ -60,7 +62,6 @@ def to_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> Request:
         if isinstance(value, (bytes, bytearray)):
             value = bytes(value).decode("utf-8", errors="replace")
         params[key] = value if isinstance(value, str) else str(value)
-    plain_headers = {k: v for k, v in headers.items() if isinstance(v, str)}
     return Request(body=body, content_type=content_type, params=params, headers=plain_headers)
 
 
@@ -79,15 +80,9 @@ class CoreHandler:
     def initialize(self, context) -> None:
         model_dir = context.system_properties.get("model_dir")
         config = read_config(model_dir, getattr(context, "model_yaml_config", None))
-        settings = handler_settings(config)
         self.budget_s = call_budget_s(config)
-        threads = configure_threads(settings)
-        started = time.perf_counter()
         # TorchServe gives a worker its GPU (from deviceType/deviceIds in model-config.yaml) as gpu_id.
-        placement = place(context.system_properties.get("gpu_id"), settings, self.core.DEFAULT_PRECISION)
-        self.model = self.core.load(model_dir, settings, placement)
-        log.info("%s loaded in %.2fs on %s with %d torch threads", self.core.__name__, time.perf_counter() - started,
-                 placement.describe(), threads)
+        self.model, _, settings = load_core(self.core, model_dir, config, context.system_properties.get("gpu_id"))
         self.metrics = OperatorMetrics(getattr(context, "metrics", None), getattr(context, "model_name", ""))
         self.s3 = S3Input.from_settings(settings, self.core.body_limit(self.model))
         self.initialized = True

@@ -26,7 +26,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | None = None,
-          review_band: str | None = None, s3_allow: list[str] | None = None) -> Path:
+          review_band: str | None = None, s3_allow: list[str] | None = None, device: str = "cpu",
+          gpus: int = 1) -> Path:
     """Lay out the archive's data: pack/checkpoint/ and model-config.yaml.
 
     torch-model-archiver copies the *contents* of a folder given as an extra file
@@ -48,7 +49,7 @@ def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | Non
     config_text = kind.config.read_text()
     if precision:
         config_text = with_handler_setting(config_text, "precision", precision)
-    config_text = deployment_settings(config_text, review_band, s3_allow)
+    config_text = deployment_settings(config_text, review_band, s3_allow, device, gpus)
     (staged / "model-config.yaml").write_text(config_text)
     import yaml
 
@@ -70,8 +71,58 @@ def with_handler_setting(config_text: str, key: str, value: str) -> str:
     return config_text.replace("handler:\n", f"handler:\n  {key}: {value}\n", 1)
 
 
-def deployment_settings(config_text: str, review_band: str | None = None, s3_allow: list[str] | None = None) -> str:
+def with_top_level_setting(config_text: str, key: str, value: str, why: str = "") -> str:
+    """The model-config.yaml text with the top-level <key> set to `value` (YAML), its comments kept."""
+    import re
+
+    line = re.compile(rf"^({re.escape(key)}:[ \t]*)[^#\n]*?([ \t]*(#.*)?)$", re.MULTILINE)
+    if line.search(config_text):
+        return line.sub(lambda m: m.group(1) + value + (f"  # {why}" if why else (m.group(2) or "")), config_text, count=1)
+    first = re.search(r"^[A-Za-z]", config_text, re.MULTILINE)  # before the first key, after the header comment
+    at = first.start() if first else len(config_text)
+    return config_text[:at] + f"{key}: {value}" + (f"  # {why}" if why else "") + "\n" + config_text[at:]
+
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def resolve_device(device: str | None, gpus: int | None = None) -> tuple[str, int]:
+    """`auto` (or None) is `gpu` where this machine has CUDA, else `cpu`; GPUs default to those visible (at least 1)."""
+    import torch
+
+    device = device or "auto"
+    if device == "auto":
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+    return device, max(1, gpus or (torch.cuda.device_count() if torch.cuda.is_available() else 1))
+
+
+def for_device(config_text: str, device: str, gpus: int = 1) -> str:
+    """The yaml for an archive served on `device`. `cpu`: as written (its top-level keys are the CPU's).
+    `gpu`: deviceType gpu, and handler.devices.gpu's TorchServe keys at the top level: batchSize, maxBatchDelay,
+    and workers_per_gpu x `gpus` workers (TorchServe spreads a model's workers over the GPUs)."""
+    if device == "cpu":
+        return config_text
+    import yaml
+
+    if device != "gpu":
+        raise SystemExit(f"--device takes one of {', '.join(DEVICES)}, got {device!r}")
+    entry = ((yaml.safe_load(config_text).get("handler") or {}).get("devices") or {}).get("gpu") or {}
+    why = "handler.devices.gpu (marport build --device gpu)"
+    config_text = with_top_level_setting(config_text, "deviceType", "gpu", why)
+    for key in ("batchSize", "maxBatchDelay"):
+        if key in entry:
+            config_text = with_top_level_setting(config_text, key, str(entry[key]), why)
+    if "workers_per_gpu" in entry:
+        workers = str(int(entry["workers_per_gpu"]) * gpus)
+        for key in ("minWorkers", "maxWorkers"):
+            config_text = with_top_level_setting(config_text, key, workers, f"{entry['workers_per_gpu']} per GPU x {gpus}")
+    return config_text
+
+
+def deployment_settings(config_text: str, review_band: str | None = None, s3_allow: list[str] | None = None,
+                        device: str = "cpu", gpus: int = 1) -> str:
     """The yaml with the settings a deployment chooses (at build or at SageMaker packaging), comments kept."""
+    config_text = for_device(config_text, device, gpus)
     if review_band is not None:
         config_text = with_handler_setting(config_text, "review_band", review_band_yaml(review_band))
     if s3_allow:
@@ -148,7 +199,8 @@ def extract_archive(mar: Path, dest: Path) -> Path:
 
 def build(model: str, checkpoint: Path | None = None, export_dir: Path | None = None,
           name: str | None = None, precision: str | None = None, workspace: Workspace | None = None,
-          review_band: str | None = None, s3_allow: list[str] | None = None) -> Path:
+          review_band: str | None = None, s3_allow: list[str] | None = None, device: str | None = None,
+          gpus: int | None = None) -> Path:
     """Build `<export_dir>/<name>.mar`; export_dir defaults to the workspace's model store."""
     workspace = workspace or Workspace.at()
     kind = MODELS[model]
@@ -166,8 +218,10 @@ def build(model: str, checkpoint: Path | None = None, export_dir: Path | None = 
         print(f"[1/3] using checkpoint {checkpoint}", flush=True)
     if not (checkpoint / "config.json").exists():
         raise SystemExit(f"{checkpoint} has no config.json: not a checkpoint saved with save_pretrained")
-    print("[2/3] staging checkpoint, handler modules and model-config.yaml", flush=True)
-    staged = stage(kind, checkpoint, workspace.build / name, precision, review_band, s3_allow)
+    device, gpus = resolve_device(device, gpus)
+    target = f"{gpus} GPU(s)" if device == "gpu" else "the CPU (--device gpu packs a GPU archive)"
+    print(f"[2/3] staging checkpoint, handler modules and model-config.yaml for {target}", flush=True)
+    staged = stage(kind, checkpoint, workspace.build / name, precision, review_band, s3_allow, device, gpus)
     print(f"[3/3] archiving with torch-model-archiver into {export_dir}", flush=True)
     mar = archive(kind, staged, export_dir, name)
     size_mb = mar.stat().st_size / 1e6
@@ -189,9 +243,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s3-allow", action="append", metavar="BUCKET[/PREFIX]",
                         help="accept {\"s3_uri\": ...} requests for objects in this bucket (and key prefix); "
                              "repeatable (handler.s3_allowed_buckets; default: off)")
+    add_device_arguments(parser)
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="what the archive is served on: gpu packs deviceType gpu with handler.devices.gpu's "
+                             "batchSize, maxBatchDelay and workers per GPU; cpu leaves model-config.yaml as written; "
+                             "auto (default): gpu where this machine has CUDA")
+    parser.add_argument("--gpus", type=int, metavar="N",
+                        help="GPUs per host, for the worker count of a GPU archive (default: those visible, or 1)")
 
 
 def run(args: argparse.Namespace, workspace: Workspace) -> None:
     checkpoint = args.checkpoint.resolve() if args.checkpoint else None
     build(args.model, checkpoint, name=args.name, precision=args.precision, workspace=workspace,
-          review_band=args.review_band, s3_allow=args.s3_allow)
+          review_band=args.review_band, s3_allow=args.s3_allow, device=args.device, gpus=args.gpus)

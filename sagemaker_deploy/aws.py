@@ -75,6 +75,16 @@ class DeployOptions:
     review_band: str | None = None  # "LOW,HIGH" or "off": handler.review_band packed for this endpoint
     asynchronous: AsyncOptions | None = None  # an async endpoint (async_inference.py) instead of a real-time one
     s3_allow: list[str] = field(default_factory=list)  # buckets[/prefixes] the endpoint may read references from
+    device: str | None = None  # cpu or gpu batching and workers (build.for_device); None: from the instance type
+    gpus: int = 1  # GPUs per instance, for a GPU archive's worker count
+
+
+GPU_FAMILIES = ("ml.g", "ml.p")  # SageMaker's GPU instance families (ml.g5.xlarge, ml.p4d.24xlarge, ...)
+
+
+def instance_device(instance_type: str) -> str:
+    """`gpu` for SageMaker's GPU instance families, `cpu` for the rest."""
+    return "gpu" if instance_type.startswith(GPU_FAMILIES) else "cpu"
 
 
 def _endpoint_exists(client, name: str) -> bool:
@@ -97,7 +107,8 @@ def deploy(mar: Path, options: DeployOptions, workdir: Path = Path("build/sagema
         raise DeployError("no execution role: pass --role arn:aws:iam::<account>:role/<name> or set SAGEMAKER_ROLE")
     session = sagemaker_session(options.region, options.bucket)
     tarball = package(mar, workdir / options.endpoint / "model.tar.gz", review_band=options.review_band,
-                      s3_allow=options.s3_allow)
+                      s3_allow=options.s3_allow, device=options.device or instance_device(options.instance_type),
+                      gpus=options.gpus)
     key_prefix = f"{options.prefix}/{options.endpoint}"
     model_data = session.upload_data(str(tarball), bucket=session.default_bucket(), key_prefix=key_prefix)
     tags = [{"Key": k, "Value": v} for k, v in options.tags.items()]

@@ -58,7 +58,8 @@ def _package(args, workspace: Workspace) -> None:
 
     mar = archive_path(workspace, args.archive)
     print(package(mar, args.out or tarball_path(workspace, mar), manifest=not args.toolkit_only,
-                  review_band=args.review_band, s3_allow=args.s3_allow))
+                  review_band=args.review_band, s3_allow=args.s3_allow, device=args.device or "cpu",
+                  gpus=args.gpus or 1))
 
 
 def _serve_local(args, workspace: Workspace) -> None:
@@ -106,6 +107,7 @@ def _deploy(args, workspace: Workspace) -> None:
         instance_count=args.instance_count, bucket=args.bucket, prefix=args.prefix, region=args.region,
         batching=batching, autoscale=autoscale, tags=_pairs(args.tag, "--tag"), wait=not args.no_wait,
         review_band=args.review_band, asynchronous=asynchronous, s3_allow=args.s3_allow or [],
+        device=args.device, gpus=args.gpus or 1,
     )
     print(json.dumps(deploy(archive_path(workspace, args.archive), options), indent=2))
 
@@ -158,6 +160,13 @@ def _delete(args, workspace: Workspace) -> None:
         print(f"deleted {item}")
 
 
+def _device_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--device", choices=("cpu", "gpu"),
+                        help="gpu: pack handler.devices.gpu's batchSize, maxBatchDelay and workers per GPU "
+                             f"(README, \"Device-aware defaults\"); {default}")
+    parser.add_argument("--gpus", type=int, metavar="N", help="GPUs per instance, for a GPU archive's workers (default 1)")
+
+
 def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     """The `marport sagemaker` subcommands; `common` carries --workdir and --model-store."""
     archive_help = "a .mar file, or the name of an archive in the model store"
@@ -169,6 +178,7 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--toolkit-only", action="store_true", help="leave out the manifest: serve via code/inference.py")
     p.add_argument("--review-band", metavar="LOW,HIGH", help=REVIEW_BAND_HELP)
     p.add_argument("--s3-allow", action="append", metavar="BUCKET[/PREFIX]", help=S3_ALLOW_HELP)
+    _device_arguments(p, "cpu: batching and workers as archived")
     p.set_defaults(run=_package)
 
     p = sub.add_parser("serve-local", parents=common,
@@ -194,6 +204,7 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--tag", action="append", metavar="KEY=VALUE")
     p.add_argument("--review-band", metavar="LOW,HIGH", help=REVIEW_BAND_HELP)
     p.add_argument("--s3-allow", action="append", metavar="BUCKET[/PREFIX]", help=S3_ALLOW_HELP)
+    _device_arguments(p, "default: gpu for the ml.g* and ml.p* instance types, else as archived")
     p.add_argument("--no-wait", action="store_true")
     group = p.add_argument_group("asynchronous inference (input and answers in S3; README, \"Real-time or async\")")
     group.add_argument("--async", dest="asynchronous", action="store_true", help="create an async endpoint")

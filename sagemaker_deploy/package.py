@@ -34,12 +34,14 @@ def container_requirements(kind: ModelKind) -> str:
 
 
 def package(mar: Path, out: Path, manifest: bool = True, review_band: str | None = None,
-            s3_allow: list[str] | None = None) -> Path:
+            s3_allow: list[str] | None = None, device: str = "cpu", gpus: int = 1) -> Path:
     """Write model.tar.gz for `mar`; manifest=False leaves only the toolkit route.
 
     `review_band` ("0.4,0.6" or "off") and `s3_allow` (buckets, with optional key prefixes)
     replace handler.review_band and handler.s3_allowed_buckets in the packed model-config.yaml:
-    the settings that are the deployment's, not the model's, to choose.
+    the settings that are the deployment's, not the model's, to choose. `device="gpu"` packs
+    handler.devices.gpu's batching and workers per GPU (x `gpus`) for a GPU instance type
+    (marport.build.for_device); `cpu` leaves them as archived.
     """
     from marport.build import deployment_settings
 
@@ -52,7 +54,7 @@ def package(mar: Path, out: Path, manifest: bool = True, review_band: str | None
                 continue
             data = archive.read(name)
             if name == MODEL_CONFIG:
-                data = deployment_settings(data.decode(), review_band, s3_allow).encode()
+                data = deployment_settings(data.decode(), review_band, s3_allow, device, gpus).encode()
             _add(tar, name, data)
         _add(tar, f"code/{TOOLKIT_ENTRY}", handler_file(TOOLKIT_ADAPTER).read_bytes())
         _add(tar, "code/requirements.txt", container_requirements(kind).encode())

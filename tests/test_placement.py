@@ -97,7 +97,6 @@ class _Context:
 
 def test_torchserve_adapter_passes_the_workers_gpu_id(monkeypatch, tmp_path):
     """A worker given GPU 1 asks placement for GPU 1; the core loads where placement says."""
-    import torchserve_adapter
     from sentiment_handler import SentimentHandler
 
     asked = []
@@ -106,7 +105,7 @@ def test_torchserve_adapter_passes_the_workers_gpu_id(monkeypatch, tmp_path):
         asked.append((gpu_id, settings.get("precision"), default))
         return placement.Placement(torch.device("cpu"), "fp32", "test")
 
-    monkeypatch.setattr(torchserve_adapter, "place", spy)
+    monkeypatch.setattr(placement, "place", spy)
     handler = SentimentHandler()
     handler.initialize(_Context(extract_archive(built_archive("sentiment"), tmp_path), gpu_id=1))
     assert asked == [(1, "fp32", "auto")]

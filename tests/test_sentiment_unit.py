@@ -209,11 +209,3 @@ def test_position_limit_for_bert_style_models():
     from transformers import BertConfig
 
     assert sentiment.position_limit(BertConfig(max_position_embeddings=512)) == 512
-
-
-def test_padding_floor_follows_the_device_unless_set():
-    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert sentiment.TextLimits.from_settings({}, cpu).min_padding_efficiency == sentiment.CPU_PADDING_FLOOR
-    assert sentiment.TextLimits.from_settings({"min_padding_efficiency": "auto"}, gpu).min_padding_efficiency == 0.0
-    assert sentiment.TextLimits.from_settings({"min_padding_efficiency": 0.5}, gpu).min_padding_efficiency == 0.5
-    assert sentiment.TextLimits.from_settings({"max_tokens": "300"}, cpu).max_tokens == 300

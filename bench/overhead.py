@@ -1,0 +1,212 @@
+"""Where a text's time goes outside the model: `marport bench --only overhead`.
+
+A tiny RoBERTa (hidden size 32, one layer: its forward pass costs next to nothing) makes
+the handler's own work visible on a CPU, as a GPU makes it visible at full size. Both
+handlers run in-process exactly as TorchServe's worker drives them: TorchServe's own
+`Context` (with its metrics cache), `handle(batch of B requests, context)` with text/plain
+bodies, logging on at INFO as in a worker. The model's calls are timed separately, so each
+figure splits into microseconds per text inside the forward passes and outside them.
+
+- marport: the archive's handler with the shipped model-config.yaml (device defaults included);
+- the HF example (bench/hf_example.py): per-request tokenising padded to 150, fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from marport.resources import model_config, use_handlers
+from marport.sentiment_data import LABELS
+from marport.workspace import current
+
+from .served import log
+from .workloads import bench_dir, short_texts
+
+use_handlers()
+
+BATCH = 256  # requests per handler call: what a busy GPU worker is handed (batchSize)
+TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=514, type_vocab_size=1)
+
+
+def tiny_checkpoint(out: Path | None = None) -> Path:
+    """A random one-layer RoBERTa with the demo model's tokenizer and labels."""
+    out = out or bench_dir() / "roberta-tiny"
+    if (out / "config.json").exists():
+        return out
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(current().checkpoint("sentiment"))
+    torch.manual_seed(0)
+    config = RobertaConfig(**TINY, vocab_size=len(tokenizer), num_labels=len(LABELS),
+                           id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)},
+                           pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id)
+    RobertaForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+class TimedCalls:
+    """Stands in for a model (or a tokenizer): forwards every call and attribute, adding up the seconds
+    spent in calls, of the object itself or, with `methods`, of those methods."""
+
+    def __init__(self, inner: Any, device: torch.device, *methods: str):
+        self.inner, self.device, self.methods = inner, device, methods
+        self.seconds, self.calls = 0.0, 0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, *args, **kwargs):
+        self._sync()
+        started = time.perf_counter()
+        out = self.inner(*args, **kwargs)
+        self._sync()
+        self.seconds += time.perf_counter() - started
+        self.calls += 1
+        return out
+
+    def __getattr__(self, name: str):
+        found = getattr(self.inner, name)
+        if name not in self.methods:
+            return found
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return found(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        return timed
+
+
+def torchserve_context(model_dir: Path, config: dict | None, gpu: int | None):
+    """TorchServe's Context as its model loader builds one, metrics cache included."""
+    import importlib.resources
+
+    from ts.context import Context
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    metrics = MetricsCacheYamlImpl(config_file_path=str(importlib.resources.files("ts") / "configs" / "metrics.yaml"))
+    metrics.initialize_cache()
+    return Context("sentiment", str(model_dir), {"model": {}}, BATCH, gpu, "0.12.0", metrics=metrics,
+                   model_yaml_config=config)
+
+
+def drive(handler: Any, context: Any, texts: list[str], batch: int) -> float:
+    """Seconds to answer `texts` in handler calls of `batch` requests, as TorchServe's service.predict calls them."""
+    from ts.context import RequestProcessor
+
+    headers = {"Content-Type": "text/plain", "body": {"content-type": "text/plain"}}
+    seconds = 0.0
+    for start in range(0, len(texts), batch):
+        rows = [{"body": t.encode()} for t in texts[start : start + batch]]
+        context.request_ids = {i: f"req-{start + i}" for i in range(len(rows))}
+        context.request_processor = [RequestProcessor(dict(headers)) for _ in rows]
+        context.metrics.request_ids = context.request_ids
+        started = time.perf_counter()
+        answers = handler.handle(rows, context)
+        seconds += time.perf_counter() - started
+        assert len(answers) == len(rows)
+    return seconds
+
+
+def measure(handler: Any, timers: tuple[TimedCalls, TimedCalls], context: Any, texts: list[str], batch: int,
+            reps: int) -> dict:
+    """Median microseconds per text through `handle`, in the model's calls, in the tokenizer's and in the
+    rest (the handler's own work); 'outside' is everything but the model."""
+    model, tokenizer = timers
+    runs = []
+    with contextlib.redirect_stdout(io.StringIO()):  # the example prints its logits, as it does into a worker's log
+        drive(handler, context, texts[: 2 * batch], batch)  # first-call paths, untimed
+        for _ in range(reps):
+            for timer in timers:
+                timer.seconds, timer.calls = 0.0, 0
+            total = drive(handler, context, texts, batch)
+            runs.append((total, model.seconds, tokenizer.seconds, model.calls))
+    per_text = 1e6 / len(texts)
+    total, forward, tokenizing, calls = (statistics.median(r[i] for r in runs) for i in range(4))
+    return {"us_per_text": total * per_text, "forward_us_per_text": forward * per_text,
+            "outside_us_per_text": (total - forward) * per_text, "tokenizer_us_per_text": tokenizing * per_text,
+            "handler_us_per_text": (total - forward - tokenizing) * per_text,
+            "forward_calls_per_handle": calls / -(-len(texts) // batch)}
+
+
+def ours(model_dir: Path, gpu: int | None, settings: dict | None = None) -> tuple[Any, tuple, Any]:
+    from sentiment_handler import SentimentHandler
+
+    config = yaml.safe_load(model_config("sentiment").read_text())
+    config["handler"].update(settings or {})
+    context = torchserve_context(model_dir, config, gpu)
+    handler = SentimentHandler()
+    handler.initialize(context)
+    core = handler.model
+    timers = TimedCalls(core.model, core.device), TimedCalls(core.encoder, core.device, "encode_batch", "encode_batch_fast")
+    core.model, core.encoder = timers
+    return handler, timers, context
+
+
+def ours_before(model_dir: Path, gpu: int | None) -> tuple[Any, tuple, Any]:
+    """The handler as it was before issue 21 (a checkout of that commit on sys.path), for the record."""
+    from sentiment_handler import SentimentHandler
+
+    context = torchserve_context(model_dir, yaml.safe_load(model_config("sentiment").read_text()), gpu)
+    handler = SentimentHandler()
+    handler.initialize(context)
+    core = handler.model
+    timers = TimedCalls(core.model, core.device), TimedCalls(core.tokenizer, core.device)
+    core.model, core.tokenizer = timers
+    return handler, timers, context
+
+
+def example(model_dir: Path, gpu: int | None) -> tuple[Any, tuple, Any]:
+    from .hf_example import ExampleHandler
+
+    context = torchserve_context(model_dir, None, gpu)
+    handler = ExampleHandler()
+    handler.initialize(context)
+    timers = TimedCalls(handler.model, handler.device), TimedCalls(handler.tokenizer, handler.device)
+    handler.model, handler.tokenizer = timers
+    return handler, timers, context
+
+
+@contextlib.contextmanager
+def worker_logging():
+    """INFO logging into a sink, as a TorchServe worker logs (to its stdout, read by the frontend)."""
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:]
+    root.handlers[:] = [logging.StreamHandler(io.StringIO())]
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+
+
+def overhead_bench(plan, gpu: int | None = None, texts: list[str] | None = None) -> dict:
+    log("handler overhead: microseconds per text outside the model (tiny model, B = 256)")
+    checkpoint = tiny_checkpoint()
+    texts = texts or short_texts(768 if plan.quick else 3072)
+    reps = max(1, plan.reps)
+    result: dict = {"batch": BATCH, "texts": len(texts), "model": TINY, "threads": torch.get_num_threads()}
+    with worker_logging():
+        for name, make in (("marport", ours), ("hf_example", example)):
+            handler, timers, context = make(checkpoint, gpu)
+            result[name] = measure(handler, timers, context, texts, BATCH, reps)
+            log(f"  {name}: {result[name]['us_per_text']:.0f} us/text, "
+                f"{result[name]['outside_us_per_text']:.0f} outside the model")
+    result["outside_ratio"] = result["hf_example"]["outside_us_per_text"] / result["marport"]["outside_us_per_text"]
+    return result
