@@ -123,25 +123,29 @@ def drive(handler: Any, context: Any, texts: list[str], batch: int) -> float:
     return seconds
 
 
-def measure(handler: Any, timers: tuple[TimedCalls, TimedCalls], context: Any, texts: list[str], batch: int,
-            reps: int) -> dict:
-    """Median microseconds per text through `handle`, in the model's calls, in the tokenizer's and in the
-    rest (the handler's own work); 'outside' is everything but the model."""
-    model, tokenizer = timers
-    runs = []
+def measure(handlers: dict[str, tuple], texts: list[str], batch: int, reps: int) -> dict:
+    """Median microseconds per text through `handle` for each handler, in the model's calls, in the
+    tokenizer's and in the rest (the handler's own work); 'outside' is everything but the model.
+    The handlers take turns, rep by rep, so that a slower spell of the machine falls on all of them."""
+    runs: dict[str, list] = {name: [] for name in handlers}
     with contextlib.redirect_stdout(io.StringIO()):  # the example prints its logits, as it does into a worker's log
-        drive(handler, context, texts[: 2 * batch], batch)  # first-call paths, untimed
+        for handler, _, context in handlers.values():
+            drive(handler, context, texts[: 2 * batch], batch)  # first-call paths, untimed
         for _ in range(reps):
-            for timer in timers:
-                timer.seconds, timer.calls = 0.0, 0
-            total = drive(handler, context, texts, batch)
-            runs.append((total, model.seconds, tokenizer.seconds, model.calls))
+            for name, (handler, timers, context) in handlers.items():
+                for timer in timers:
+                    timer.seconds, timer.calls = 0.0, 0
+                total = drive(handler, context, texts, batch)
+                runs[name].append((total, timers[0].seconds, timers[1].seconds, timers[0].calls))
     per_text = 1e6 / len(texts)
-    total, forward, tokenizing, calls = (statistics.median(r[i] for r in runs) for i in range(4))
-    return {"us_per_text": total * per_text, "forward_us_per_text": forward * per_text,
-            "outside_us_per_text": (total - forward) * per_text, "tokenizer_us_per_text": tokenizing * per_text,
-            "handler_us_per_text": (total - forward - tokenizing) * per_text,
-            "forward_calls_per_handle": calls / -(-len(texts) // batch)}
+    out = {}
+    for name, rows in runs.items():
+        total, forward, tokenizing, calls = (statistics.median(r[i] for r in rows) for i in range(4))
+        out[name] = {"us_per_text": total * per_text, "forward_us_per_text": forward * per_text,
+                     "outside_us_per_text": (total - forward) * per_text, "tokenizer_us_per_text": tokenizing * per_text,
+                     "handler_us_per_text": (total - forward - tokenizing) * per_text,
+                     "forward_calls_per_handle": calls / -(-len(texts) // batch)}
+    return out
 
 
 def ours(model_dir: Path, gpu: int | None, settings: dict | None = None) -> tuple[Any, tuple, Any]:
@@ -200,13 +204,13 @@ def overhead_bench(plan, gpu: int | None = None, texts: list[str] | None = None)
     log("handler overhead: microseconds per text outside the model (tiny model, B = 256)")
     checkpoint = tiny_checkpoint()
     texts = texts or short_texts(768 if plan.quick else 3072)
-    reps = max(1, plan.reps)
-    result: dict = {"batch": BATCH, "texts": len(texts), "model": TINY, "threads": torch.get_num_threads()}
+    reps = 1 if plan.quick else 5
     with worker_logging():
-        for name, make in (("marport", ours), ("hf_example", example)):
-            handler, timers, context = make(checkpoint, gpu)
-            result[name] = measure(handler, timers, context, texts, BATCH, reps)
-            log(f"  {name}: {result[name]['us_per_text']:.0f} us/text, "
-                f"{result[name]['outside_us_per_text']:.0f} outside the model")
+        handlers = {"marport": ours(checkpoint, gpu), "hf_example": example(checkpoint, gpu)}
+        result: dict = {"batch": BATCH, "texts": len(texts), "model": TINY, "reps": reps,
+                        "threads": torch.get_num_threads(), **measure(handlers, texts, BATCH, reps)}
+    for name in handlers:
+        log(f"  {name}: {result[name]['us_per_text']:.0f} us/text, {result[name]['outside_us_per_text']:.0f} outside "
+            f"the model ({result[name]['tokenizer_us_per_text']:.0f} tokenizing)")
     result["outside_ratio"] = result["hf_example"]["outside_us_per_text"] / result["marport"]["outside_us_per_text"]
     return result

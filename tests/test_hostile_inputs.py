@@ -113,6 +113,29 @@ def test_a_failing_forward_pass_fails_only_its_culprit(rigs, monkeypatch):
             assert status == 200 and close(answer, alone)
 
 
+def test_a_parse_batch_bug_fails_only_its_culprit(rigs, monkeypatch):
+    """If parsing a handler call's requests together raises (our bug, not a RequestError), each request is
+    parsed alone: the one that raises gets a 500 with its id, the rest are answered as when alone."""
+    rig = rigs["sentiment"]
+    real = sentiment.parse_batch
+
+    def buggy(model, items):
+        if any("BUG" in t for item in items for t in item.texts):
+            raise KeyError("simulated bug")
+        return real(model, items)
+
+    monkeypatch.setattr(sentiment, "parse_batch", buggy)
+    texts = ["Lovely staff", "a BUG here", "Awful food", "Great value"]
+    results = rig.run([(t.encode(), {"Content-Type": "text/plain"}) for t in texts])
+    monkeypatch.setattr(sentiment, "parse_batch", real)
+    for idx, (text, (status, answer)) in enumerate(zip(texts, results)):
+        if "BUG" in text:
+            assert status == 500 and answer["type"] == "internal_error" and answer["request_id"] == f"req-{idx}"
+        else:
+            (_, alone), = rig.run([(text.encode(), {"Content-Type": "text/plain"})])
+            assert status == 200 and close(answer, alone)
+
+
 def test_bisection_stops_at_the_deadline_and_says_why(rigs, monkeypatch):
     """A batch whose every forward fails, slowly: halves are tried only while the call's budget lasts; the
     rest get a 503 deadline_exceeded (not the whole batch lost to TorchServe's responseTimeout)."""

@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification
@@ -209,3 +209,89 @@ def test_position_limit_for_bert_style_models():
     from transformers import BertConfig
 
     assert sentiment.position_limit(BertConfig(max_position_embeddings=512)) == 512
+
+
+# --------------------------------------------------------------------------- one tokenizer call per handler call
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(min_size=1, max_size=700), min_size=1, max_size=12))
+def test_batched_tokenising_equals_the_tokenizers_own_call(demo, texts):
+    """The backend's encode_batch (set up at load) gives what tokenizer(text, truncation=True,
+    max_length=...) gives for each text alone: the same ids, truncation and spans."""
+    try:
+        [t.encode("utf-8") for t in texts]
+    except UnicodeEncodeError:  # unpaired surrogates are refused before tokenising
+        return
+    ids, truncated, spans = sentiment.tokenize(demo, texts, offsets=True)
+    fast_ids, fast_truncated, _ = sentiment.tokenize(demo, texts)
+    assert fast_ids == ids and fast_truncated == truncated
+    for text, got, cut, span in zip(texts, ids, truncated, spans):
+        one = demo.tokenizer(text, truncation=True, max_length=demo.max_length, return_offsets_mapping=True)
+        assert got == one["input_ids"]
+        assert cut == bool(one.encodings[0].overflowing)
+        assert [tuple(s) for s in span] == [tuple(s) for s in one["offset_mapping"]]
+
+
+def test_a_handler_calls_texts_are_tokenised_in_one_call(demo, monkeypatch):
+    calls = []
+    real = demo.encoder
+
+    class Spy:
+        def __getattr__(self, name):
+            found = getattr(real, name)
+            return (lambda texts: calls.append(len(texts)) or found(texts)) if name.startswith("encode_batch") else found
+
+    monkeypatch.setattr(demo, "encoder", Spy())
+    items = [sentiment.read_request(Request(body=t, content_type="text/plain"), demo) for t in ("Great stay", "Awful")]
+    items.append(sentiment.read_request(Request(body=json.dumps({"inputs": ["Fine", "Bad food"]}),
+                                                content_type="application/json"), demo))
+    parsed = sentiment.parse_batch(demo, items)
+    assert calls == [4]
+    assert [p.texts for p in parsed] == [["Great stay"], ["Awful"], ["Fine", "Bad food"]]
+    assert all(len(p.ids) == len(p.texts) == len(p.truncated) for p in parsed)
+
+
+def test_token_caps_refuse_only_their_own_request_in_a_batch(demo):
+    limits = dataclasses.replace(demo.limits, max_tokens=30)
+    model = dataclasses.replace(demo, limits=limits)
+    items = [sentiment.read_request(Request(body=t, content_type="text/plain"), model)
+             for t in ("short one", "word " * 35, "another short one")]
+    parsed = sentiment.parse_batch(model, items)
+    assert isinstance(parsed[1], RequestError) and parsed[1].kind == "too_many_tokens"
+    assert parsed[0].texts == ["short one"] and parsed[2].texts == ["another short one"]
+
+
+def test_a_text_the_tokenizer_refuses_costs_only_its_request(demo, monkeypatch):
+    """Should the tokenizer raise on one text, the call is tokenised request by request."""
+    real = demo.encoder
+
+    class Picky:
+        def __getattr__(self, name):
+            found = getattr(real, name)
+            if not name.startswith("encode_batch"):
+                return found
+
+            def encode(texts):
+                if "poison" in " ".join(texts):
+                    raise ValueError("cannot take this text")
+                return found(texts)
+            return encode
+
+    monkeypatch.setattr(demo, "encoder", Picky())
+    items = [sentiment.read_request(Request(body=t, content_type="text/plain"), demo)
+             for t in ("fine text", "poison text", "good text")]
+    parsed = sentiment.parse_batch(demo, items)
+    assert isinstance(parsed[1], RequestError) and parsed[1].kind == "untokenizable_text"
+    assert [p.texts for p in (parsed[0], parsed[2])] == [["fine text"], ["good text"]]
+
+
+def test_padding_is_on_the_right_with_the_pad_token(demo):
+    requests = [sentiment.text_request(demo, [t], single=True) for t in ("a b c d e f g", "a")]
+    (batch,) = sentiment.preprocess(dataclasses.replace(demo, limits=dataclasses.replace(
+        demo.limits, min_padding_efficiency=0.0)), requests)
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    short = batch.rows.index(1)
+    n = len(requests[1].ids[0])
+    assert mask[short, :n].all() and not mask[short, n:].any()
+    assert (ids[short, n:] == demo.tokenizer.pad_token_id).all()
+    assert ids[short, :n].tolist() == requests[1].ids[0]
