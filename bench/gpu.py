@@ -6,7 +6,8 @@ The handler cores run in-process on `cuda:0`, placed by the same `placement.plac
 that TorchServe's `gpu_id` drives, and the TorchServe adapter is driven once with a
 context that hands it GPU 0. Measures: which precision `auto` picks; label agreement
 of bf16/fp16 with fp32 on the trained demo model (held-out test split, batches of 8);
-roberta-base-size texts/s per precision; the respiratory CNN's windows/s.
+roberta-base-size texts/s per precision; the respiratory CNN's windows/s; and serving side by side at
+B = 256 (bench/gpu_serving.py: the bare model, the GPU archive's handler, TorchServe's HF example).
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ def _texts_per_s(model, texts: list[str], batch: int = BATCH, reps: int = 3) -> 
 
 
 def _load(path: Path, precision: str):
-    settings = {"precision": precision}
+    """The core with the shipped handler settings (their `auto` resolved for the GPU), at `precision`."""
+    import yaml
+
+    from marport.resources import model_config
+
+    settings = {**yaml.safe_load(model_config("sentiment").read_text())["handler"], "precision": precision}
     return sentiment.load(str(path), settings, placement.place(0, settings))
 
 
@@ -151,6 +157,10 @@ def main(argv: list[str] | None = None) -> None:
 
     result["adapter"] = adapter_on_gpu(args.demo)
     print(f"adapter: {result['adapter']}", flush=True)
+    from .gpu_serving import gpu_serving_bench
+    from .plan import Plan
+
+    result["serving"] = gpu_serving_bench(Plan(), base, gpu=0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -13,12 +13,27 @@ fp32; prints the logits (it does, to the worker's log); and takes each row's arg
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from ts.torch_handler.base_handler import BaseHandler
 
 log = logging.getLogger(__name__)
+
+try:
+    from ts.torch_handler.base_handler import BaseHandler
+except ImportError:  # a GPU machine without TorchServe: the same three stages, timed as BaseHandler.handle times them
+    class BaseHandler:  # type: ignore[no-redef]
+        def __init__(self):
+            self.context = None
+            self.initialized = False
+
+        def handle(self, data, context):
+            started = time.time()
+            self.context = context
+            output = self.postprocess(self.inference(self.preprocess(data)))
+            context.metrics.add_time("HandlerTime", round((time.time() - started) * 1000, 2), None, "ms")
+            return output
 
 EXAMPLE_MAX_LENGTH = 150  # the example's setup_config.json
 

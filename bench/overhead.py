@@ -93,11 +93,15 @@ class TimedCalls:
 
 
 def torchserve_context(model_dir: Path, config: dict | None, gpu: int | None):
-    """TorchServe's Context as its model loader builds one, metrics cache included."""
+    """TorchServe's Context as its model loader builds one, metrics cache included (a GPU machine
+    without TorchServe installed gets the stand-in below)."""
     import importlib.resources
 
-    from ts.context import Context
-    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+    try:
+        from ts.context import Context
+        from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+    except ImportError:
+        return StandInContext(str(model_dir), config, gpu)
 
     metrics = MetricsCacheYamlImpl(config_file_path=str(importlib.resources.files("ts") / "configs" / "metrics.yaml"))
     metrics.initialize_cache()
@@ -105,16 +109,67 @@ def torchserve_context(model_dir: Path, config: dict | None, gpu: int | None):
                    model_yaml_config=config)
 
 
+class _Metrics:
+    request_ids: Any = None
+
+    def add_time(self, *args, **kwargs) -> None:
+        pass
+
+    def add_metric(self, *args, **kwargs) -> Any:
+        return self
+
+    def add_or_update(self, *args, **kwargs) -> None:
+        pass
+
+
+class _Headers:
+    def __init__(self, headers: dict):
+        self.headers, self.status, self.reason = headers, 200, None
+
+    def get_request_property(self, key: str) -> Any:
+        return self.headers.get(key)
+
+
+class StandInContext:
+    """The parts of ts.context.Context the handlers use, for hosts without TorchServe (the GPU machines)."""
+
+    def __init__(self, model_dir: str, config: dict | None, gpu: int | None):
+        self.system_properties = {"model_dir": model_dir, "gpu_id": gpu, "batch_size": BATCH}
+        self.model_yaml_config, self.manifest, self.model_name = config, {"model": {}}, "sentiment"
+        self.metrics, self.request_ids, self.request_processor = _Metrics(), {}, []
+
+    def get_request_id(self, idx: int = 0) -> str | None:
+        return self.request_ids.get(idx)
+
+    def get_request_header(self, idx: int, key: str) -> Any:
+        return self.request_processor[idx].get_request_property(key)
+
+    def get_all_request_header(self, idx: int) -> dict:
+        return self.request_processor[idx].headers
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        pass
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.request_processor[idx].status, self.request_processor[idx].reason = code, phrase
+
+
+def request_processors(context: Any, headers: list[dict]) -> list:
+    try:
+        from ts.context import RequestProcessor
+    except ImportError:
+        return [_Headers(h) for h in headers]
+    return [RequestProcessor(h) for h in headers]
+
+
 def drive(handler: Any, context: Any, texts: list[str], batch: int) -> float:
     """Seconds to answer `texts` in handler calls of `batch` requests, as TorchServe's service.predict calls them."""
-    from ts.context import RequestProcessor
-
     headers = {"Content-Type": "text/plain", "body": {"content-type": "text/plain"}}
     seconds = 0.0
     for start in range(0, len(texts), batch):
         rows = [{"body": t.encode()} for t in texts[start : start + batch]]
         context.request_ids = {i: f"req-{start + i}" for i in range(len(rows))}
-        context.request_processor = [RequestProcessor(dict(headers)) for _ in rows]
+        context.request_processor = request_processors(context, [dict(headers) for _ in rows])
         context.metrics.request_ids = context.request_ids
         started = time.perf_counter()
         answers = handler.handle(rows, context)
@@ -148,17 +203,22 @@ def measure(handlers: dict[str, tuple], texts: list[str], batch: int, reps: int)
     return out
 
 
-def ours(model_dir: Path, gpu: int | None, settings: dict | None = None) -> tuple[Any, tuple, Any]:
+def ours(model_dir: Path, gpu: int | None, settings: dict | None = None, timed: bool = True) -> tuple[Any, tuple, Any]:
+    """The archive's handler with the shipped model-config.yaml, as `marport build --device` packs it for
+    where it runs (a GPU archive when given a GPU); `settings` override its handler section. `timed`
+    wraps the model and tokenizer in timers (which wait for the GPU at each call: not for throughput)."""
+    from marport.build import for_device
     from sentiment_handler import SentimentHandler
 
-    config = yaml.safe_load(model_config("sentiment").read_text())
+    config = yaml.safe_load(for_device(model_config("sentiment").read_text(), "cpu" if gpu is None else "gpu"))
     config["handler"].update(settings or {})
     context = torchserve_context(model_dir, config, gpu)
     handler = SentimentHandler()
     handler.initialize(context)
     core = handler.model
     timers = TimedCalls(core.model, core.device), TimedCalls(core.encoder, core.device, "encode_batch", "encode_batch_fast")
-    core.model, core.encoder = timers
+    if timed:
+        core.model, core.encoder = timers
     return handler, timers, context
 
 
@@ -175,14 +235,15 @@ def ours_before(model_dir: Path, gpu: int | None) -> tuple[Any, tuple, Any]:
     return handler, timers, context
 
 
-def example(model_dir: Path, gpu: int | None) -> tuple[Any, tuple, Any]:
+def example(model_dir: Path, gpu: int | None, timed: bool = True) -> tuple[Any, tuple, Any]:
     from .hf_example import ExampleHandler
 
     context = torchserve_context(model_dir, None, gpu)
     handler = ExampleHandler()
     handler.initialize(context)
     timers = TimedCalls(handler.model, handler.device), TimedCalls(handler.tokenizer, handler.device)
-    handler.model, handler.tokenizer = timers
+    if timed:
+        handler.model, handler.tokenizer = timers
     return handler, timers, context
 
 

@@ -51,7 +51,7 @@ def machine() -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small counts, one repetition: checks the harness")
     parser.add_argument("--out", type=Path, help="results file (default: bench/results/latest.json in the workdir)")
-    parser.add_argument("--only", choices=["reliability", "precision", "explanations", "decoding"],
+    parser.add_argument("--only", choices=["reliability", "precision", "explanations", "decoding", "overhead", "gpu"],
                         help="run one step and merge it into the existing results (e.g. after changing the caps)")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite BENCHMARKS.md and the plot from the results file")
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     from .decode_bench import decoding_bench
     from .explain_bench import explanation_bench
+    from .overhead import overhead_bench
     from .reliability import reliability_bench
 
     if args.only:
@@ -79,6 +80,10 @@ def run(args: argparse.Namespace) -> None:
             result["explanations"] = explanation_bench(plan)
         elif args.only == "decoding":
             result["decoding"] = decoding_bench(plan)
+        elif args.only == "overhead":
+            result["overhead"] = overhead_bench(plan)
+        elif args.only == "gpu":
+            result["gpu_serving"] = gpu_step(plan, required=True)
         else:
             result["precision"] = precision_step(plan, result["sentiment"]["settings"])
         result["machine"][f"{args.only}_commit"] = machine()["commit"]
@@ -100,8 +105,22 @@ def run(args: argparse.Namespace) -> None:
     result["reliability"] = reliability_bench(plan)
     result["explanations"] = explanation_bench(plan)
     result["decoding"] = decoding_bench(plan)
+    result["overhead"] = overhead_bench(plan)
+    result["gpu_serving"] = gpu_step(plan)
     result["seconds"] = time.perf_counter() - started
     _write(result, args)
+
+
+def gpu_step(plan: Plan, required: bool = False) -> dict | None:
+    """The GPU side-by-side, where this machine has CUDA; elsewhere it is skipped (CI never needs a GPU)."""
+    if not torch.cuda.is_available():
+        if required:
+            raise SystemExit("--only gpu needs a CUDA device; this machine has none")
+        log("GPU serving: skipped, no CUDA device here")
+        return None
+    from .gpu_serving import gpu_serving_bench
+
+    return gpu_serving_bench(plan)
 
 
 def precision_step(plan: Plan, settings: dict) -> dict:

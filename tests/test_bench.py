@@ -31,3 +31,36 @@ def test_clients_run_on_one_core_and_the_caller_gets_every_core_back():
         thread.join()
     assert seen["mask"] == {core} and core in allowed
     assert os.sched_getaffinity(0) == allowed
+
+
+def test_overhead_step_splits_each_handlers_time_consistently():
+    """`marport bench --only overhead` on a quick plan: both handlers answer through `handle`, and each
+    figure adds up (the model's calls + the tokenizer's + the handler's own = the whole)."""
+    from marport.bench.overhead import overhead_bench
+    from marport.bench.plan import QUICK
+    from marport.bench.report import overhead
+
+    result = overhead_bench(QUICK)
+    for name in ("marport", "hf_example"):
+        r = result[name]
+        assert r["forward_us_per_text"] > 0 and r["tokenizer_us_per_text"] > 0
+        assert abs(r["outside_us_per_text"] - (r["us_per_text"] - r["forward_us_per_text"])) < 1e-6
+        assert abs(r["handler_us_per_text"] - (r["outside_us_per_text"] - r["tokenizer_us_per_text"])) < 1e-6
+    assert result["hf_example"]["forward_calls_per_handle"] == 1  # it pads a whole call to 150 tokens
+    assert "Handler overhead" in overhead({"overhead": result})
+
+
+def test_gpu_side_by_side_harness_runs_on_the_cpu():
+    """The GPU step's harness (worker processes from a barrier, the bare model, both handlers), run on the
+    CPU with the tiny model: CI has no GPU, so this is what keeps the GPU step from rotting."""
+    from marport.bench.gpu_serving import gpu_serving_bench
+    from marport.bench.overhead import tiny_checkpoint
+    from marport.bench.plan import QUICK
+    from marport.bench.report import gpu_serving
+    from marport.bench.workloads import short_texts
+
+    result = gpu_serving_bench(QUICK, tiny_checkpoint(), gpu=None, texts=short_texts(512))
+    workers = result["workers_per_gpu"]
+    for key in ("bare_bf16", "marport_1_worker", f"marport_{workers}_workers", "hf_example"):
+        assert result[key] > 0
+    assert "share of the bare model" in gpu_serving(result)

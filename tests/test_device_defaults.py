@@ -137,6 +137,7 @@ def test_marport_build_device_gpu_packs_a_gpu_archive(tmp_path):
     from marport.workspace import Workspace
     from sagemaker_deploy.package import read_model_config
 
-    mar = build("respiratory", export_dir=tmp_path, name="resp-gpu", workspace=Workspace.at(), device="gpu", gpus=2)
+    checkpoint = Workspace.at().checkpoint("respiratory")
+    mar = build("respiratory", checkpoint, export_dir=tmp_path, workspace=Workspace.at(tmp_path), device="gpu", gpus=2)
     config = read_model_config(mar)
     assert config["deviceType"] == "gpu" and config["minWorkers"] == config["maxWorkers"] == 4

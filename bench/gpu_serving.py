@@ -1,0 +1,154 @@
+"""Serving on a GPU, side by side at B = 256: `marport bench` runs this step only where CUDA is present.
+
+Same texts (short reviews), same run, roberta-base size:
+
+- bare: the model alone in bf16, the texts tokenised beforehand, sorted by length and cut into 16k-token
+  micro-batches already on the GPU: what the arithmetic allows;
+- marport: the archive's handler as `marport build --device gpu` packs it (handler.devices.gpu), driven as
+  TorchServe drives it (`handle(256 requests, context)`, text/plain bodies), with one worker process and with
+  the GPU archive's workers per GPU, all on the one GPU;
+- hf_example: TorchServe's Hugging Face example handler (bench/hf_example.py: fp32, each text padded to 150),
+  one worker, as its example config has it.
+
+Worker processes start from a shared barrier; a rate is all texts over the span from the first start to the
+last finish, the median of `reps`. No TorchServe is needed (the GPU machines have no Java): the handlers get
+TorchServe's own Context where `ts` is installed and a stand-in otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing as mp
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .served import log
+
+RESULT_TIMEOUT_S = 900
+BARE_BUDGET = 16384  # padded tokens per micro-batch of the bare model (its best on an H200, issue 21)
+
+
+def bare_rate(checkpoint: Path, texts: list[str], device: torch.device, dtype: torch.dtype, reps: int,
+              budget: int = BARE_BUDGET) -> float:
+    """Texts/s of the model alone: pre-tokenised, length-sorted micro-batches of at most `budget` padded tokens."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).to(device=device, dtype=dtype).eval()
+    ids = sorted(tokenizer(texts, truncation=True, max_length=512)["input_ids"], key=len)
+    batches, group = [], []
+    for row in ids:
+        if group and (len(group) + 1) * len(row) > budget:
+            batches.append(group)
+            group = []
+        group.append(row)
+    batches.append(group)
+    inputs = []
+    for group in batches:
+        padded = tokenizer.pad({"input_ids": group}, return_tensors="pt")
+        inputs.append({k: padded[k].to(device) for k in ("input_ids", "attention_mask")})
+
+    def one_pass() -> float:
+        _sync(device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for batch in inputs:
+                model(**batch)
+        _sync(device)
+        return time.perf_counter() - started
+
+    one_pass()  # kernel selection and allocation, untimed
+    return len(texts) / statistics.median(one_pass() for _ in range(reps))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _worker(kind: str, checkpoint: str, gpu: int | None, texts: list[str], reps: int, barrier, results) -> None:
+    """One serving worker process: its handler, its share of the texts, `reps` timed passes from the barrier."""
+    from marport.resources import use_handlers
+
+    use_handlers()
+    from .overhead import BATCH, drive, example, ours, worker_logging
+
+    with worker_logging(), contextlib.redirect_stdout(io.StringIO()):  # the example prints its logits
+        handler, _, context = (ours if kind == "marport" else example)(Path(checkpoint), gpu, timed=False)
+        drive(handler, context, texts[: 2 * BATCH], BATCH)  # first-call paths, untimed
+        device = torch.device("cpu") if gpu is None else torch.device("cuda", gpu)
+        for rep in range(reps):
+            barrier.wait()
+            started = time.perf_counter()
+            drive(handler, context, texts, BATCH)
+            _sync(device)
+            results.put((rep, started, time.perf_counter(), len(texts)))
+
+
+def served_rate(kind: str, checkpoint: Path, texts: list[str], gpu: int | None, workers: int, reps: int) -> float:
+    """Texts/s of `workers` processes of a handler (`marport` or `hf_example`) sharing the texts."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_worker, daemon=True,
+                         args=(kind, str(checkpoint), gpu, texts[part::workers], reps, barrier, results))
+             for part in range(workers)]
+    for proc in procs:
+        proc.start()
+    import queue
+
+    done: list = []
+    deadline = time.monotonic() + RESULT_TIMEOUT_S
+    try:
+        while len(done) < workers * reps:
+            try:
+                done.append(results.get(timeout=1.0))
+            except queue.Empty:
+                failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if failed or time.monotonic() > deadline:
+                    raise RuntimeError(f"{kind} worker(s) exited with {failed} before reporting" if failed
+                                       else f"{kind} workers reported nothing in {RESULT_TIMEOUT_S} s")
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    rates = []
+    for rep in range(reps):
+        passes = [d for d in done if d[0] == rep]
+        rates.append(sum(n for *_, n in passes) / (max(d[2] for d in passes) - min(d[1] for d in passes)))
+    return statistics.median(rates)
+
+
+def gpu_serving_bench(plan: Any, checkpoint: Path | None = None, gpu: int | None = 0,
+                      texts: list[str] | None = None) -> dict:
+    """The side-by-side; `gpu=None` runs the same harness on the CPU (what the tests check it with)."""
+    import yaml
+
+    from marport.resources import model_config
+
+    from .workloads import realsize_checkpoint, short_texts
+
+    checkpoint = checkpoint or realsize_checkpoint()
+    texts = texts or short_texts(1536 if plan.quick else 6144)
+    reps = 1 if plan.quick else 3
+    device = torch.device("cpu") if gpu is None else torch.device("cuda", gpu)
+    workers = int(yaml.safe_load(model_config("sentiment").read_text())["handler"]["devices"]["gpu"]["workers_per_gpu"])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    log(f"GPU serving side by side on {name}: {len(texts)} texts, B = 256")
+    result: dict = {"device": name, "torch": torch.__version__, "texts": len(texts), "batch": 256,
+                    "date": time.strftime("%Y-%m-%d"), "workers_per_gpu": workers}
+    result["bare_bf16"] = bare_rate(checkpoint, texts, device, torch.bfloat16, reps)
+    log(f"  bare model, bf16: {result['bare_bf16']:.0f} texts/s")
+    for key, kind, n in (("marport_1_worker", "marport", 1), (f"marport_{workers}_workers", "marport", workers),
+                         ("hf_example", "hf_example", 1)):
+        result[key] = served_rate(kind, checkpoint, texts, gpu, n, reps)
+        log(f"  {key}: {result[key]:.0f} texts/s")
+    best = max(result["marport_1_worker"], result[f"marport_{workers}_workers"])
+    result["over_hf_example"] = best / result["hf_example"]
+    result["share_of_bare"] = best / result["bare_bf16"]
+    return result
