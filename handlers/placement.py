@@ -127,6 +127,11 @@ def device_settings(settings: Mapping[str, Any], device: torch.device) -> dict:
 def check_batching(config: Mapping[str, Any], device: torch.device) -> None:
     """Say so in the worker log when the archive's batchSize is not the one measured for this device:
     TorchServe fixed it before the worker started (`marport build --device gpu` packs the GPU's)."""
+    if str(config.get("deviceType", "")).lower() == "gpu" and device.type == "cpu":
+        log.warning("a GPU archive (deviceType gpu, batchSize %s) is running on the CPU: its largest handler call "
+                    "is sized for a GPU and may outlast responseTimeout here; serve a CPU archive "
+                    "(marport build --device cpu)", config.get("batchSize"))
+        return
     table = (config.get("handler") or {}).get("devices") or {}
     wanted = (table.get(device_kind(device)) or {}).get("batchSize")
     if wanted and int(config.get("batchSize") or 1) < int(wanted):

@@ -130,6 +130,9 @@ def test_a_worker_on_a_gpu_with_a_cpu_archives_batch_size_says_so(caplog):
         placement.check_batching(config, CPU)
         placement.check_batching(yaml.safe_load(for_device(model_config("sentiment").read_text(), "gpu")), GPU)
     assert caplog.text == ""
+    with caplog.at_level(logging.WARNING, logger="placement"):
+        placement.check_batching(yaml.safe_load(for_device(model_config("sentiment").read_text(), "gpu")), CPU)
+    assert "GPU archive" in caplog.text and "running on the CPU" in caplog.text
 
 
 def test_marport_build_device_gpu_packs_a_gpu_archive(tmp_path):
