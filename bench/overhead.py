@@ -28,6 +28,7 @@ from marport.resources import model_config, use_handlers
 from marport.sentiment_data import LABELS
 from marport.workspace import current
 
+from .plan import CORES, cpu_name
 from .served import log
 from .workloads import bench_dir, short_texts
 
@@ -268,7 +269,8 @@ def overhead_bench(plan, gpu: int | None = None, texts: list[str] | None = None)
     reps = 1 if plan.quick else 5
     with worker_logging():
         handlers = {"marport": ours(checkpoint, gpu), "hf_example": example(checkpoint, gpu)}
-        result: dict = {"batch": BATCH, "texts": len(texts), "model": TINY, "reps": reps,
+        result: dict = {"batch": BATCH, "texts": len(texts), "model": TINY, "reps": reps, "cpu": cpu_name(),
+                        "cores": CORES,
                         "threads": torch.get_num_threads(), **measure(handlers, texts, BATCH, reps)}
     for name in handlers:
         log(f"  {name}: {result[name]['us_per_text']:.0f} us/text, {result[name]['outside_us_per_text']:.0f} outside "

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 CORES = len(os.sched_getaffinity(0))
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as the figures' machine."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
 # Workers x torch threads that use every core: one wide worker, or one single-thread worker per core.
 LAYOUTS = tuple(sorted({(1, CORES), (CORES, 1)}))
 

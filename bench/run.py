@@ -22,7 +22,7 @@ import torch
 
 from marport.workspace import current
 
-from .plan import CORES, QUICK, Plan
+from .plan import CORES, QUICK, Plan, cpu_name
 from .respiratory_bench import respiratory_bench
 from .sentiment_bench import FP32_REFERENCE, sentiment_bench
 from .served import cold_start, configure, log
@@ -38,8 +38,7 @@ def results_file() -> Path:
 def machine() -> dict:
     import importlib.metadata as md
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=current().root, capture_output=True, text=True)
     return {
         "cpu": cpu, "cores": CORES, "python": platform.python_version(),
