@@ -1,24 +1,19 @@
 """TorchServe adapter over a model core (sentiment.py, respiratory.py).
 
-A core module (serving_common.ModelCore) provides `load`, `parse_request` and
-`predict`. This adapter turns TorchServe's batch into Requests and hands them to
-isolation.answer_batch, which answers each request on its own (a bad one with its
-own 4xx JSON error) and runs the good ones through the model together.
+A core module (serving_common.ModelCore) is loaded and served by endpoint.Endpoint,
+the same object every runtime uses. This adapter only turns TorchServe's batch into
+Requests (body, content type, form fields, headers) and the outcomes back into
+TorchServe's per-request statuses, with TorchServe's metrics API for the figures.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Mapping
 
-from isolation import answer_batch
+from endpoint import JSON_TYPE, Endpoint
 from operator_metrics import OperatorMetrics
-from placement import load_core
-from s3_input import S3Input, resolve
-from serving_common import (
-    JSON_TYPE, Request, call_budget_s, check_accept, read_config,
-)
+from serving_common import Request
 
 log = logging.getLogger(__name__)
 
@@ -71,46 +66,27 @@ class CoreHandler:
     core = None  # set by subclasses
 
     def __init__(self):
-        self.model = None
-        self.metrics = None
-        self.s3 = None  # S3 references accepted (handler.s3_allowed_buckets), else None
-        self.budget_s = None  # seconds a handler call may spend (serving_common.call_budget_s)
+        self.endpoint: Endpoint | None = None
         self.initialized = False
 
+    @property
+    def model(self) -> Any:
+        return self.endpoint.model if self.endpoint else None
+
     def initialize(self, context) -> None:
-        model_dir = context.system_properties.get("model_dir")
-        config = read_config(model_dir, getattr(context, "model_yaml_config", None))
-        self.budget_s = call_budget_s(config)
         # TorchServe gives a worker its GPU (from deviceType/deviceIds in model-config.yaml) as gpu_id.
-        self.model, _, settings = load_core(self.core, model_dir, config, context.system_properties.get("gpu_id"))
-        self.metrics = OperatorMetrics(getattr(context, "metrics", None), getattr(context, "model_name", ""))
-        self.s3 = S3Input.from_settings(settings, self.core.body_limit(self.model))
+        metrics = OperatorMetrics(getattr(context, "metrics", None), getattr(context, "model_name", ""))
+        self.endpoint = Endpoint(self.core, context.system_properties.get("model_dir"),
+                                 getattr(context, "model_yaml_config", None),
+                                 context.system_properties.get("gpu_id"), metrics)
         self.initialized = True
 
     def handle(self, data, context) -> list:
         """One answer per request, each strict JSON with its own status; never raises."""
-        deadline = time.monotonic() + self.budget_s
-
-        def read(idx: int) -> Request:
-            request = to_request(data[idx], context.get_all_request_header(idx))
-            check_accept(request.headers.get("accept"))
-            return resolve(request, self.s3, deadline)  # an {"s3_uri": ...} body becomes the object's bytes
-
-        outcomes, report = answer_batch(self.core, self.model, len(data), read, context.get_request_id, deadline)
+        outcomes = self.endpoint.answer(len(data), lambda idx: to_request(data[idx], context.get_all_request_header(idx)),
+                                        context.get_request_id)
         for idx, outcome in enumerate(outcomes):
             context.set_response_content_type(idx, JSON_TYPE)
             if outcome.status != 200:
                 context.set_response_status(code=outcome.status, phrase=outcome.kind, idx=idx)
-        # One line per batch: operators (and the tests) can see batching and rejections at work.
-        log.info(report.line())
-        self._record(report)
         return [outcome.body for outcome in outcomes]
-
-    def _record(self, report) -> None:
-        try:
-            figures = dict(self.core.figures(self.model, report.parsed, report.answers))
-        except Exception:  # noqa: BLE001 - a figure we cannot compute never costs an answer
-            log.warning("could not compute this batch's operator figures", exc_info=True)
-            figures = {}
-        figures["ModelMs"] = report.predict_ms
-        self.metrics.record(report.rejected, figures)

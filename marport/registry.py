@@ -17,9 +17,10 @@ from typing import Callable, Protocol
 from marport import resources
 from marport.workspace import Workspace
 
-# Packed into every archive: request handling, isolation, device placement, TorchServe adapter.
+# Packed into every archive: request handling, isolation, device placement, the endpoint every runtime
+# serves through, and the TorchServe adapter.
 COMMON_MODULES = ("serving_common.py", "isolation.py", "placement.py", "review.py", "operator_metrics.py",
-                  "s3_input.py", "torchserve_adapter.py")
+                  "s3_input.py", "endpoint.py", "torchserve_adapter.py")
 
 
 class Trainer(Protocol):

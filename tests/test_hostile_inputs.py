@@ -149,7 +149,7 @@ def test_bisection_stops_at_the_deadline_and_says_why(rigs, monkeypatch):
         time.sleep(0.2)
         raise RuntimeError("simulated kernel failure")
 
-    monkeypatch.setattr(rig.handler, "budget_s", 0.5)
+    monkeypatch.setattr(rig.handler.endpoint, "budget_s", 0.5)
     monkeypatch.setattr(sentiment, "predict", slow_failure)
     texts = [f"text number {i}" for i in range(16)]
     started = time.monotonic()
@@ -165,7 +165,7 @@ def test_bisection_stops_at_the_deadline_and_says_why(rigs, monkeypatch):
 def test_the_call_budget_comes_from_response_timeout(rigs):
     for name, rig in rigs.items():
         config = yaml.safe_load((rig.model_dir / "model-config.yaml").read_text())
-        assert rig.handler.budget_s == pytest.approx(0.85 * config["responseTimeout"])
+        assert rig.handler.endpoint.budget_s == pytest.approx(0.85 * config["responseTimeout"])
 
 
 @pytest.mark.parametrize("model", ["sentiment", "respiratory"])

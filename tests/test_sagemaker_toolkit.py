@@ -153,9 +153,11 @@ def test_stop_ends_torchserve_and_its_workers(tmp_path):
     assert not [pid for pid in family if alive(pid)], "a TorchServe process outlived stop()"
 
 
-def test_sagemaker_headers_on_the_manifest_route(tmp_path):
-    """Accept is honoured, and an npy's sample rate rides in SageMaker's custom attributes."""
-    tarball = package(built_archive("respiratory"), tmp_path / "model.tar.gz")
+@pytest.mark.parametrize("route", ["manifest", "toolkit"])
+def test_sagemaker_headers_on_both_routes(route, tmp_path):
+    """Accept is honoured, and an npy's sample rate rides in SageMaker's custom attributes, on the manifest
+    route and on the toolkit's own (which once dropped them: both now read requests through one Endpoint)."""
+    tarball = package(built_archive("respiratory"), tmp_path / "model.tar.gz", manifest=route == "manifest")
     samples = cough_like(3, 16000, 8)
     with LocalEndpoint(tarball, tmp_path / "run") as endpoint:
         url = f"{endpoint.url}/invocations"
@@ -197,8 +199,9 @@ def test_explanations_and_review_band_through_invocations(route, tmp_path):
         assert refused.status_code == 400 and strict_json(refused.text)["type"] == "invalid_type"
 
 
-def test_respiratory_explanation_through_custom_attributes(tmp_path):
-    tarball = package(built_archive("respiratory"), tmp_path / "model.tar.gz")
+@pytest.mark.parametrize("route", ["manifest", "toolkit"])
+def test_respiratory_explanation_through_custom_attributes(route, tmp_path):
+    tarball = package(built_archive("respiratory"), tmp_path / "model.tar.gz", manifest=route == "manifest")
     with LocalEndpoint(tarball, tmp_path / "run") as endpoint:
         got = requests.post(f"{endpoint.url}/invocations", data=encode(cough_like(8, 16000, 5), 16000), timeout=120,
                             headers={"Content-Type": "audio/wav", "X-Amzn-SageMaker-Custom-Attributes": "explain=true"})
