@@ -10,6 +10,10 @@ SAGEMAKER = [
     "psutil>=5.9",
 ]
 
+# Ray Serve: SageMaker's successor to its TorchServe image, and clusters. Ray 2.55's generated protobuf
+# code does not run beside protobuf 7 (FieldDescriptor lost `label`); 6.33 works.
+RAY = ["ray[serve]==2.55.0", "protobuf>=6.33,<7"]
+
 # Repo folder -> the package it installs as.
 PARTS = {"marport.handlers": "handlers", "marport.sagemaker_deploy": "sagemaker_deploy", "marport.bench": "bench",
          "marport.connect_lambda": "connect_lambda"}
@@ -60,7 +64,10 @@ setup(
         "sagemaker": SAGEMAKER,
         # The notebooks: a Jupyter kernel, and librosa for mel spectrograms.
         "notebooks": NOTEBOOKS,
-        "dev": ["pytest>=8", "hypothesis>=6.100", "moto[s3,sagemaker,sts,server]>=5", "nbclient>=0.10", *SAGEMAKER, *NOTEBOOKS],
+        # Serving on Ray Serve (`marport serve --runtime ray`, the Ray Serve DLC's tarball).
+        "ray": RAY,
+        "dev": ["pytest>=8", "hypothesis>=6.100", "moto[s3,sagemaker,sts,server]>=5", "nbclient>=0.10", *SAGEMAKER,
+                *NOTEBOOKS, *RAY],
     },
     entry_points={"console_scripts": ["marport=marport.cli:main"]},
 )

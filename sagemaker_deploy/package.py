@@ -4,6 +4,8 @@ The tarball's root is the extracted archive itself (MAR-INF/MANIFEST.json, the
 handler modules, model-config.yaml, checkpoint/), so SageMaker's PyTorch container
 runs our TorchServe handler exactly as local TorchServe does. `code/inference.py`
 and `code/requirements.txt` serve the toolkit's own route through the same core.
+`runtime="ray"` writes the Ray Serve DLC's tarball instead: the same files, with
+`ray_adapter.py` and Ray Serve's `config.yaml` at the root (ray_runtime.py).
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ def container_requirements(kind: ModelKind) -> str:
     return "".join(f"{line}\n" for line in kind.container_requirements)
 
 
+RUNTIMES = ("torchserve", "ray")
+RAY_ADAPTER = "ray_adapter.py"  # handlers/ module the Ray Serve DLC's config.yaml names
+
+
 def package(mar: Path, out: Path, manifest: bool = True, review_band: str | None = None,
-            s3_allow: list[str] | None = None, device: str = "cpu", gpus: int = 1) -> Path:
+            s3_allow: list[str] | None = None, device: str = "cpu", gpus: int = 1, runtime: str = "torchserve") -> Path:
     """Write model.tar.gz for `mar`; manifest=False leaves only the toolkit route.
 
     `review_band` ("0.4,0.6" or "off") and `s3_allow` (buckets, with optional key prefixes)
@@ -43,8 +49,12 @@ def package(mar: Path, out: Path, manifest: bool = True, review_band: str | None
     handler.devices.gpu's batching and workers per GPU (x `gpus`) for a GPU instance type
     (marport.build.for_device); `cpu` leaves them as archived.
     """
+    import yaml
+
     from marport.build import deployment_settings
 
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     kind = for_archive(mar)
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(mar) as archive, tarfile.open(out, "w:gz") as tar:
@@ -55,8 +65,16 @@ def package(mar: Path, out: Path, manifest: bool = True, review_band: str | None
             data = archive.read(name)
             if name == MODEL_CONFIG:
                 data = deployment_settings(data.decode(), review_band, s3_allow, device, gpus).encode()
+                config = yaml.safe_load(data)
             _add(tar, name, data)
-        _add(tar, f"code/{TOOLKIT_ENTRY}", handler_file(TOOLKIT_ADAPTER).read_bytes())
+        if runtime == "ray":
+            from .ray_runtime import CONFIG_FILE, serve_config
+
+            _add(tar, RAY_ADAPTER, handler_file(RAY_ADAPTER).read_bytes())
+            ray_config = serve_config(config, mar.stem, args={"model_name": mar.stem})
+            _add(tar, CONFIG_FILE, yaml.safe_dump(ray_config, sort_keys=False).encode())
+        else:
+            _add(tar, f"code/{TOOLKIT_ENTRY}", handler_file(TOOLKIT_ADAPTER).read_bytes())
         _add(tar, "code/requirements.txt", container_requirements(kind).encode())
     return out
 

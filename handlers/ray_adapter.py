@@ -1,0 +1,133 @@
+"""Ray Serve adapter: the same endpoint as a Ray Serve deployment (SageMaker's Ray Serve DLC, or any Ray cluster).
+
+A replica loads the archive's model core once (endpoint.Endpoint, the object every runtime serves
+through) from the folder this module sits in, next to the archive's other modules and checkpoint;
+`@serve.batch` gathers concurrent requests into one Endpoint.answer call, at most model-config.yaml's
+`batchSize` of them, waiting at most its `maxBatchDelay` for batch-mates, as TorchServe batches. Each
+request gets its own status and strict-JSON body, exactly as on TorchServe; the operator metrics go to
+Ray's metrics API (exported in Prometheus format by each node's metrics agent). A replica given a GPU
+(`ray_actor_options: {num_gpus: ...}` in config.yaml) loads the model on it.
+
+Served by `serve run config.yaml` from the folder (what SageMaker's Ray Serve DLC does in /opt/ml/model,
+config.yaml naming `ray_adapter:build`), and by `marport serve --runtime ray` (the installed copy,
+`marport.handlers.ray_adapter:build`, with `model_dir` naming each extracted archive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import uuid
+from typing import Any, Mapping
+
+from ray import serve
+from starlette.requests import Request as HttpRequest
+from starlette.responses import Response
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class RayMetrics:
+    """The operator metrics (operator_metrics.METRICS) through Ray's metrics API, same names and dimensions."""
+
+    def __init__(self, model_name: str):
+        self.model_name = model_name
+        self._metrics: dict[str, Any] = {}
+        self._warned = False
+
+    def _metric(self, name: str) -> Any:
+        if name not in self._metrics:
+            from ray.serve import metrics
+
+            from operator_metrics import METRICS
+
+            kind, unit, dims = METRICS[name]
+            make = metrics.Counter if kind == "counter" else metrics.Gauge
+            self._metrics[name] = make(f"marport_{name}", description=f"{name} ({unit})",
+                                       tag_keys=("ModelName", *dims))
+        return self._metrics[name]
+
+    def record(self, rejected: Mapping[str, int], figures: Mapping[str, float]) -> None:
+        from operator_metrics import METRICS
+
+        try:
+            for kind, count in rejected.items():
+                self._metric("RequestsRejected").inc(count, tags={"ModelName": self.model_name, "ErrorType": kind})
+            for name, value in figures.items():
+                if name in METRICS and value is not None:
+                    metric, tags = self._metric(name), {"ModelName": self.model_name}
+                    metric.inc(value, tags=tags) if METRICS[name][0] == "counter" else metric.set(value, tags=tags)
+        except Exception:  # noqa: BLE001 - metrics are for operators; they never fail a request
+            if not self._warned:
+                log.warning("operator metrics could not be recorded; further failures are not logged", exc_info=True)
+                self._warned = True
+
+
+def _log_like_serve(names: tuple[str, ...]) -> None:
+    """Our modules' INFO lines (placement, the per-call batch line) where Ray Serve writes its own: the
+    replica's log file and the driver's console."""
+    serve_logger = logging.getLogger("ray.serve")
+    for name in names:
+        ours = logging.getLogger(name)
+        ours.setLevel(logging.INFO)
+        ours.handlers = list(serve_logger.handlers)
+        ours.propagate = False
+
+
+def _gpu_id() -> int | None:
+    """GPU 0 of those Ray gave this replica (it sets CUDA_VISIBLE_DEVICES to them), else none."""
+    import ray
+    import torch
+
+    return 0 if ray.get_gpu_ids() and torch.cuda.is_available() else None
+
+
+@serve.deployment
+class MarportModel:
+    """One replica: the archive's endpoint, answering batches of HTTP requests."""
+
+    def __init__(self, model_dir: str = "", model_name: str = ""):
+        model_dir = os.path.abspath(model_dir or HERE)
+        if model_dir not in sys.path:
+            sys.path.insert(0, model_dir)  # the archive's own flat modules, whichever copy of this one runs
+        from endpoint import Endpoint, core_of
+
+        model_name = model_name or os.path.basename(model_dir)
+        core = core_of(model_dir)
+        _log_like_serve(("endpoint", "isolation", "placement", "s3_input", core.__name__))
+        self.endpoint = Endpoint(core, model_dir, None, _gpu_id(), RayMetrics(model_name))
+        config = self.endpoint.config
+        self.answer.set_max_batch_size(int(config.get("batchSize") or 1))
+        self.answer.set_batch_wait_timeout_s(float(config.get("maxBatchDelay") or 0) / 1000)
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)  # set from model-config.yaml in __init__
+    async def answer(self, requests: list) -> list:
+        """One Endpoint call for a batch of requests, off the event loop (new requests keep arriving)."""
+        ids = [r.headers.get(REQUEST_ID_HEADER) for r in requests]
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.endpoint.answer, len(requests), requests.__getitem__, ids.__getitem__)
+
+    async def __call__(self, http: HttpRequest) -> Response:
+        from serving_common import Request
+
+        headers = {k.lower(): v for k, v in http.headers.items()}
+        headers.setdefault(REQUEST_ID_HEADER, str(uuid.uuid4()))  # Ray's proxy sets one and returns it as X-Request-Id
+        request = Request(body=await http.body(), content_type=headers.get("content-type", ""),
+                          params=dict(http.query_params), headers=headers)
+        outcome = await self.answer(request)
+        return Response(outcome.body, status_code=outcome.status, media_type="application/json")
+
+
+def build(args: Mapping[str, Any]) -> Any:
+    """Ray Serve's application builder (`import_path: ray_adapter:build`): `args` may name the extracted
+    archive (`model_dir`, default: this module's folder) and the model's name for the metrics."""
+    return MarportModel.bind(str(args.get("model_dir") or ""), str(args.get("model_name") or ""))
+
+
+app = MarportModel.bind()  # `import_path: ray_adapter:app` (SM_RAYSERVE_APP), serving this folder
