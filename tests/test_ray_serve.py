@@ -1,0 +1,127 @@
+"""The same archives under a real Ray Serve (ray[serve] from PyPI), started on loopback from the packed tarball.
+
+`marport sagemaker package --runtime ray` writes what SageMaker's Ray Serve DLC extracts into
+/opt/ml/model; the tests extract it, run `serve run` on its own config.yaml (its port moved to a free
+loopback one) and compare every answer with local TorchServe's for the same body. One server at a time:
+TorchServe's reference answers are taken first.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import yaml
+
+from marport.sagemaker_deploy.package import package
+from marport.sagemaker_deploy.ray_runtime import DlcAdapter, RayServe
+from tests.audio_helpers import cough_like, encode
+from tests.conftest import built_archive, running_torchserve
+from tests.hostile import respiratory_cases, sentiment_cases, strict_json
+from tests.test_sagemaker_toolkit import INPUTS, numbers_close
+
+pytestmark = pytest.mark.integration
+
+BATCH_LINE = re.compile(r"batch of (\d+) requests")
+
+
+def ray_processes() -> int:
+    found = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True)
+    return len(found.stdout.split())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Local TorchServe's answers for every body: what Ray Serve must answer too."""
+    store = tmp_path_factory.mktemp("store")
+    for model in INPUTS:
+        shutil.copy2(built_archive(model), store / f"{model}.mar")
+    answers = {}
+    with running_torchserve(tmp_path_factory.mktemp("run"), store, [f"{m}.mar" for m in INPUTS]) as ts:
+        for model, cases in INPUTS.items():
+            for case, (body, content_type) in cases.items():
+                got = requests.post(f"{ts.inference_url}/predictions/{model}", data=body,
+                                    headers={"Content-Type": content_type, **ts.headers()}, timeout=120)
+                assert got.status_code == 200, got.text
+                answers[model, case] = got.json()
+    return answers
+
+
+def extracted(model, tmp_path):
+    tarball = package(built_archive(model), tmp_path / "model.tar.gz", runtime="ray")
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path / "model", filter="data")
+    return tmp_path / "model", names
+
+
+@pytest.mark.parametrize("model", sorted(INPUTS))
+def test_ray_serve_answers_what_torchserve_answers(model, reference, tmp_path):
+    folder, names = extracted(model, tmp_path)
+    assert {"config.yaml", "ray_adapter.py", "model-config.yaml", "code/requirements.txt"} <= set(names)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    (app,) = config["applications"]
+    assert app["import_path"] == "ray_adapter:build" and app["route_prefix"] == "/"
+    before = ray_processes()
+    log = tmp_path / "ray.log"
+    with RayServe(folder, log) as ray:
+        url = f"{ray.url}/"
+        for case, (body, content_type) in INPUTS[model].items():
+            got = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=120)
+            assert got.status_code == 200, got.text
+            assert numbers_close(strict_json(got.text), reference[model, case]), (case, got.text)
+        assert_hostile_cases_refused_alike(url, model, tmp_path)
+        assert_concurrent_requests_are_batched(url, model, log)
+        with DlcAdapter(ray.url) as dlc:  # what SageMaker talks to in the DLC: only Content-Type and Accept pass
+            assert requests.get(f"{dlc.url}/ping", timeout=10).status_code == 200
+            body, content_type = next(iter(INPUTS[model].values()))
+            got = requests.post(f"{dlc.url}/invocations", data=body, timeout=120,
+                                headers={"Content-Type": content_type, "Accept": "application/json"})
+            assert got.status_code == 200 and numbers_close(got.json(), next(
+                reference[model, c] for c in INPUTS[model])), got.text
+            refused = requests.post(f"{dlc.url}/invocations", data=b"", headers={"Content-Type": content_type},
+                                    timeout=60)
+            assert refused.status_code == 400 and strict_json(refused.text)["type"] == "empty_body"
+    assert ray_processes() == before, "Ray's processes outlived the server that started them"
+
+
+def assert_hostile_cases_refused_alike(url, model, tmp_path):
+    """The hostile corpus gets the same strict-JSON 4xx (type and status) as on TorchServe, with a request id."""
+    cases = sentiment_cases() if model == "sentiment" else respiratory_cases(str(tmp_path / "canary"))
+    for case in cases:
+        got = requests.post(url, data=case.body, headers=case.headers, timeout=120)
+        answer = strict_json(got.text)
+        if case.expect == "ok":
+            assert got.status_code == 200, (case.name, got.text[:300])
+            continue
+        assert 400 <= got.status_code < 500 and answer["code"] == got.status_code, (case.name, got.text[:300])
+        assert answer["request_id"], case.name
+        assert case.expect == "4xx" or answer["type"] == case.expect, (case.name, answer)
+        assert not case.code or got.status_code == case.code, (case.name, answer)
+    assert not (tmp_path / "canary").exists(), "a .npy payload was unpickled"
+
+
+def assert_concurrent_requests_are_batched(url, model, log):
+    """32 requests at once reach the core in batches (of at most batchSize), each answered on its own."""
+    if model == "sentiment":
+        bodies = [(f"Review number {i}: the room was fine".encode(), "text/plain") for i in range(32)]
+    else:
+        bodies = [(encode(cough_like(2, 16000, i), 16000), "audio/wav") for i in range(32)]
+    with ThreadPoolExecutor(32) as pool:
+        statuses = list(pool.map(lambda b: requests.post(url, data=b[0], headers={"Content-Type": b[1]},
+                                                         timeout=120).status_code, bodies))
+    assert statuses == [200] * 32
+    deadline = time.monotonic() + 20  # replica log lines reach the driver's output within a few seconds
+    while True:
+        sizes = [int(n) for n in BATCH_LINE.findall(log.read_text(errors="replace"))]
+        if (sizes and max(sizes) > 1) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    limit = yaml.safe_load((log.parent / "model" / "model-config.yaml").read_text())["batchSize"]
+    assert max(sizes) > 1 and max(sizes) <= limit, sizes
