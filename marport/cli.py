@@ -55,9 +55,31 @@ def _build(args, workspace: Workspace) -> None:
     build.run(args, workspace)
 
 
+def _serve_ray(args, workspace: Workspace) -> None:
+    from marport.ray_server import LocalRay
+
+    archives = workspace.archives()
+    if args.models:
+        wanted = {m.removesuffix(".mar") for m in args.models.split(",")}
+        archives = [a for a in archives if a.stem in wanted]
+    print(f"starting Ray Serve with {', '.join(a.stem for a in archives) or 'nothing'} (about 10-30 s)", flush=True)
+    try:
+        state = LocalRay(workspace).start(archives)
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(str(exc))
+    print(f"Ray Serve is serving {', '.join(state['models'])} at {state['url']}/predictions/NAME "
+          f"(log: {LocalRay(workspace).dir / 'serve.log'})")
+    print("Try:")
+    for name in state["models"]:
+        print(f"  {_predict_example(workspace, name)}")
+    print("Stop with: marport stop")
+
+
 def _serve(args, workspace: Workspace) -> None:
     from marport.server import LocalTorchServe, NothingToServe
 
+    if args.runtime == "ray":
+        return _serve_ray(args, workspace)
     server = LocalTorchServe.for_workspace(workspace)
     if server.is_running():
         print(f"stopping the TorchServe already running from {workspace.root}")
@@ -105,8 +127,11 @@ def _kind_of(workspace: Workspace, name: str):
 
 
 def _stop(args, workspace: Workspace) -> None:
+    from marport.ray_server import LocalRay
     from marport.server import LocalTorchServe
 
+    if LocalRay(workspace).stop():
+        print("Ray Serve stopped")
     server = LocalTorchServe.for_workspace(workspace)
     if not server.is_running():
         print(f"no TorchServe is running from {workspace.root}")
@@ -118,10 +143,17 @@ def _stop(args, workspace: Workspace) -> None:
 def _status(args, workspace: Workspace) -> None:
     from marport.client import NotServing, addresses, running_server
 
+    from marport.ray_server import LocalRay
+
     archives = ", ".join(p.name for p in workspace.archives()) or "none"
+    ray = LocalRay(workspace).state()
+    if ray is not None:
+        print(f"Ray Serve running, pid {ray['pid']}, serving {', '.join(ray['models'])} at {ray['url']}/predictions/NAME")
     try:
         server = running_server(workspace)
     except NotServing:
+        if ray is not None:
+            return
         print(f"stopped (workdir {workspace.root}; archives in {workspace.model_store}: {archives})")
         sys.exit(3)  # like `systemctl status`: scripts can tell stopped from running
     print(f"running, pid {server.pid} (workdir {workspace.root}; archives: {archives})")
@@ -197,6 +229,8 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        description="Start TorchServe (loopback only, token auth on) with WORKDIR/config.properties, "
                                    "or the shipped one; wait until every model has a ready worker.")
     p.add_argument("--models", metavar="A,B", help="comma-separated archive names (default: every archive in the store)")
+    p.add_argument("--runtime", choices=("torchserve", "ray"), default="torchserve",
+                   help="ray: the same archives on Ray Serve (a local Ray head; README, \"Ray Serve\")")
     p.set_defaults(run=_serve)
 
     p = sub.add_parser("stop", parents=common, help="stop the TorchServe started here, and its workers")

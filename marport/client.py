@@ -1,4 +1,4 @@
-"""A client for the local TorchServe: `marport predict` and `marport token`.
+"""A client for the local TorchServe (or Ray Serve): `marport predict` and `marport token`.
 
 It reads the server's addresses from the config the running server was started with
 (var/config.properties) and its keys from var/key_file.json, so a user never copies
@@ -44,7 +44,18 @@ class Answer:
 
 
 def predict(workspace: Workspace, model: str, body: bytes, content_type: str) -> Answer:
-    server = running_server(workspace)
+    """One request to the model served from this workspace: by TorchServe, else by Ray Serve."""
+    try:
+        server = running_server(workspace)
+    except NotServing:
+        from marport.ray_server import LocalRay
+
+        ray = LocalRay(workspace).state()
+        if ray is None:
+            raise NotServing(f"nothing is serving from {workspace.root}: start it with `marport serve`") from None
+        reply = requests.post(f"{ray['url']}/predictions/{model}", data=body, headers={"Content-Type": content_type},
+                              timeout=REQUEST_TIMEOUT_S)
+        return Answer(reply.status_code, reply.text)
     reply = requests.post(f"{server.inference_url}/predictions/{model}", data=body,
                           headers={**server.headers("inference"), "Content-Type": content_type},
                           timeout=REQUEST_TIMEOUT_S)

@@ -8,27 +8,20 @@ route `/` with only Content-Type and Accept, and `GET /ping` to `/-/healthz`.
 
 The same archive's files go in unchanged (the flat handler modules, checkpoint/, model-config.yaml),
 with handlers/ray_adapter.py beside them: the same Endpoint as on TorchServe, batched by `@serve.batch`.
-`RayServe` runs `serve run` on such a folder on loopback (tests, `marport serve --runtime ray`), and
-`DlcAdapter` stands in for the DLC's proxy.
+marport.ray_server.RayServe runs `serve run` on such a folder on loopback (the tests), and `DlcAdapter`
+stands in for the DLC's proxy.
 """
 
 from __future__ import annotations
 
 import http.server
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from marport.processes import free_port
+from marport.ray_server import RayServe  # noqa: F401 - the runner, re-exported beside the DLC's pieces
 
 RAY_SERVE_PORT = 8000  # where the DLC's Ray Serve listens
 ADAPTER_IMPORT = "ray_adapter:build"  # the deployment code at the tarball's root
@@ -36,7 +29,6 @@ DEPLOYMENT = "MarportModel"
 CONFIG_FILE = "config.yaml"
 # SageMaker's Ray Serve DLC images (ECR repository `ray`, tags serve-ml-sagemaker-cpu / -cuda). Override with --image.
 RAY_IMAGE = "763104351884.dkr.ecr.{region}.amazonaws.com/ray:serve-ml-sagemaker-{flavour}"
-START_TIMEOUT_S = 240  # `serve run` answers in about 10 s on 2 idle cores; a cold import of torch can take more
 FORWARDED = ("content-type", "accept")  # all the DLC's adapter passes on
 
 
@@ -64,78 +56,6 @@ def serve_config(model_config: dict, name: str, import_path: str = ADAPTER_IMPOR
 
 def image_uri(region: str, device: str) -> str:
     return RAY_IMAGE.format(region=region, flavour="cuda" if device == "gpu" else "cpu")
-
-
-class RayServe:
-    """`serve run config.yaml` in a folder, on loopback, its HTTP port moved to a free one; stops all it started."""
-
-    def __init__(self, folder: Path, log_path: Path, config: dict | None = None):
-        self.folder, self.log_path = Path(folder), Path(log_path)
-        config = config or yaml.safe_load((self.folder / CONFIG_FILE).read_text())
-        self.port = free_port()
-        config = {**config, "http_options": {**config.get("http_options", {}), "host": "127.0.0.1", "port": self.port}}
-        self.config_path = self.log_path.parent / f"ray-{self.port}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "RayServe":
-        serve = Path(sys.executable).with_name("serve")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            # Its own session: Ray's head processes (GCS, raylet, dashboard) start in it, and all go together.
-            self.proc = subprocess.Popen([str(serve), "run", str(self.config_path)], cwd=self.folder, env=env,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve run exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/routes", timeout=2) as resp:
-                    if resp.status == 200 and len(yaml.safe_load(resp.read()) or {}) > 0 and self._healthy():
-                        return
-            except (urllib.error.URLError, OSError, ValueError):
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"Ray Serve not ready in {START_TIMEOUT_S} s; see {self.log_path}")
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/healthz", timeout=2) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)  # serve run shuts Serve and its local Ray down on Ctrl-C
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of the session is left
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self.proc = None
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 class DlcAdapter:
