@@ -77,6 +77,8 @@ class DeployOptions:
     s3_allow: list[str] = field(default_factory=list)  # buckets[/prefixes] the endpoint may read references from
     device: str | None = None  # cpu or gpu batching and workers (build.for_device); None: from the instance type
     gpus: int = 1  # GPUs per instance, for a GPU archive's worker count
+    runtime: str = "torchserve"  # or "ray": SageMaker's Ray Serve DLC (ray_runtime.py)
+    image: str | None = None  # the container image; default: the runtime's (PyTorch 2.6 TorchServe, or Ray Serve)
 
 
 GPU_FAMILIES = ("ml.g", "ml.p")  # SageMaker's GPU instance families (ml.g5.xlarge, ml.p4d.24xlarge, ...)
@@ -106,21 +108,30 @@ def deploy(mar: Path, options: DeployOptions, workdir: Path = Path("build/sagema
     if not role:
         raise DeployError("no execution role: pass --role arn:aws:iam::<account>:role/<name> or set SAGEMAKER_ROLE")
     session = sagemaker_session(options.region, options.bucket)
+    device = options.device or instance_device(options.instance_type)
     tarball = package(mar, workdir / options.endpoint / "model.tar.gz", review_band=options.review_band,
-                      s3_allow=options.s3_allow, device=options.device or instance_device(options.instance_type),
-                      gpus=options.gpus)
+                      s3_allow=options.s3_allow, device=device, gpus=options.gpus, runtime=options.runtime)
     key_prefix = f"{options.prefix}/{options.endpoint}"
     model_data = session.upload_data(str(tarball), bucket=session.default_bucket(), key_prefix=key_prefix)
     tags = [{"Key": k, "Value": v} for k, v in options.tags.items()]
-    model = PyTorchModel(
-        model_data=model_data,
-        role=role,
-        framework_version=FRAMEWORK_VERSION,
-        py_version=PY_VERSION,
-        env=serving_env(read_model_config(mar), options.batching),
-        sagemaker_session=session,
-        name=name_from_base(options.endpoint),
-    )
+    if options.runtime == "ray":  # batching and replicas travel in the tarball's config.yaml
+        from sagemaker.model import Model
+
+        from .ray_runtime import image_uri
+
+        model = Model(image_uri=options.image or image_uri(session.boto_region_name, device), model_data=model_data,
+                      role=role, sagemaker_session=session, name=name_from_base(options.endpoint))
+    else:
+        model = PyTorchModel(
+            model_data=model_data,
+            role=role,
+            framework_version=FRAMEWORK_VERSION,
+            py_version=PY_VERSION,
+            image_uri=options.image,
+            env=serving_env(read_model_config(mar), options.batching),
+            sagemaker_session=session,
+            name=name_from_base(options.endpoint),
+        )
     client = session.sagemaker_client
     async_config = inference_config(options.asynchronous) if options.asynchronous else None
     if _endpoint_exists(client, options.endpoint):

@@ -59,7 +59,7 @@ def _package(args, workspace: Workspace) -> None:
     mar = archive_path(workspace, args.archive)
     print(package(mar, args.out or tarball_path(workspace, mar), manifest=not args.toolkit_only,
                   review_band=args.review_band, s3_allow=args.s3_allow, device=args.device or "cpu",
-                  gpus=args.gpus or 1))
+                  gpus=args.gpus or 1, runtime=args.runtime))
 
 
 def _serve_local(args, workspace: Workspace) -> None:
@@ -107,7 +107,7 @@ def _deploy(args, workspace: Workspace) -> None:
         instance_count=args.instance_count, bucket=args.bucket, prefix=args.prefix, region=args.region,
         batching=batching, autoscale=autoscale, tags=_pairs(args.tag, "--tag"), wait=not args.no_wait,
         review_band=args.review_band, asynchronous=asynchronous, s3_allow=args.s3_allow or [],
-        device=args.device, gpus=args.gpus or 1,
+        device=args.device, gpus=args.gpus or 1, runtime=args.runtime, image=args.image,
     )
     print(json.dumps(deploy(archive_path(workspace, args.archive), options), indent=2))
 
@@ -167,6 +167,12 @@ def _device_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--gpus", type=int, metavar="N", help="GPUs per instance, for a GPU archive's workers (default 1)")
 
 
+def _runtime_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime", choices=("torchserve", "ray"), default="torchserve",
+                        help="ray: the tarball for SageMaker's Ray Serve DLC (config.yaml and ray_adapter.py at its "
+                             "root; README, \"Ray Serve\"); torchserve (default): the PyTorch TorchServe image's")
+
+
 def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     """The `marport sagemaker` subcommands; `common` carries --workdir and --model-store."""
     archive_help = "a .mar file, or the name of an archive in the model store"
@@ -179,6 +185,7 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--review-band", metavar="LOW,HIGH", help=REVIEW_BAND_HELP)
     p.add_argument("--s3-allow", action="append", metavar="BUCKET[/PREFIX]", help=S3_ALLOW_HELP)
     _device_arguments(p, "cpu: batching and workers as archived")
+    _runtime_argument(p)
     p.set_defaults(run=_package)
 
     p = sub.add_parser("serve-local", parents=common,
@@ -205,6 +212,9 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--review-band", metavar="LOW,HIGH", help=REVIEW_BAND_HELP)
     p.add_argument("--s3-allow", action="append", metavar="BUCKET[/PREFIX]", help=S3_ALLOW_HELP)
     _device_arguments(p, "default: gpu for the ml.g* and ml.p* instance types, else as archived")
+    _runtime_argument(p)
+    p.add_argument("--image", help="container image URI (default: the runtime's: SageMaker's PyTorch 2.6 TorchServe "
+                                   "image, or its Ray Serve DLC, ray:serve-ml-sagemaker-cpu/-cuda)")
     p.add_argument("--no-wait", action="store_true")
     group = p.add_argument_group("asynchronous inference (input and answers in S3; README, \"Real-time or async\")")
     group.add_argument("--async", dest="asynchronous", action="store_true", help="create an async endpoint")

@@ -125,3 +125,32 @@ def assert_concurrent_requests_are_batched(url, model, log):
         time.sleep(1)
     limit = yaml.safe_load((log.parent / "model" / "model-config.yaml").read_text())["batchSize"]
     assert max(sizes) > 1 and max(sizes) <= limit, sizes
+
+
+def test_marport_serve_runtime_ray_predict_status_stop(tmp_path):
+    """The commands a user runs: serve on Ray, predict (the same /predictions/NAME path as TorchServe), status, stop."""
+    import sys
+
+    store = tmp_path / "model_store"
+    store.mkdir()
+    shutil.copy2(built_archive("sentiment"), store / "sentiment.mar")
+    marport = [sys.executable, "-m", "marport"]
+    before = ray_processes()
+
+    def run(*args):
+        return subprocess.run([*marport, *args, "--workdir", str(tmp_path)], capture_output=True, text=True,
+                              timeout=300)
+
+    started = run("serve", "--runtime", "ray")
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        assert "Ray Serve is serving sentiment" in started.stdout
+        answer = run("predict", "sentiment", "The staff were friendly and breakfast was generous")
+        assert answer.returncode == 0 and strict_json(answer.stdout)["label"] in {"negative", "neutral", "positive"}
+        refused = run("predict", "sentiment", "--file", "/dev/null")
+        assert refused.returncode == 1 and strict_json(refused.stdout)["type"] == "empty_body"
+        assert "Ray Serve running" in run("status").stdout
+    finally:
+        stopped = run("stop")
+    assert "Ray Serve stopped" in stopped.stdout
+    assert ray_processes() == before

@@ -101,3 +101,26 @@ def test_invoke_sends_the_body_with_its_content_type(aws, tmp_path):
     assert content_type_for(Path("cough.FLAC")) == "audio/flac"
     assert content_type_for(Path("x.npy")) == "application/x-npy"
     assert content_type_for(Path("odd.bin")) == "application/octet-stream"
+
+
+def test_deploy_runtime_ray_uses_the_ray_serve_image_and_tarball(aws, tmp_path):
+    import tarfile
+
+    made = deploy(built_archive("sentiment"), DeployOptions(endpoint="ray-ep", role=aws, wait=False, runtime="ray"),
+                  tmp_path)
+    sm = boto3.client("sagemaker", region_name=REGION)
+    container = sm.describe_model(ModelName=made["model"])["PrimaryContainer"]
+    assert container["Image"] == f"763104351884.dkr.ecr.{REGION}.amazonaws.com/ray:serve-ml-sagemaker-cpu"
+    with tarfile.open(tmp_path / "ray-ep" / "model.tar.gz") as tar:
+        config = yaml.safe_load(tar.extractfile("config.yaml").read())
+        assert "ray_adapter.py" in tar.getnames() and "code/inference.py" not in tar.getnames()
+    assert config["applications"][0]["import_path"] == "ray_adapter:build"
+    assert config["http_options"]["port"] == 8000
+    gpu = deploy(built_archive("sentiment"), DeployOptions(endpoint="ray-gpu", role=aws, wait=False, runtime="ray",
+                                                           instance_type="ml.g4dn.xlarge"), tmp_path)
+    image = sm.describe_model(ModelName=gpu["model"])["PrimaryContainer"]["Image"]
+    assert image.endswith("ray:serve-ml-sagemaker-cuda")
+    with tarfile.open(tmp_path / "ray-gpu" / "model.tar.gz") as tar:
+        config = yaml.safe_load(tar.extractfile("config.yaml").read())
+    (deployment,) = config["applications"][0]["deployments"]
+    assert deployment["ray_actor_options"]["num_gpus"] == 0.5 and deployment["num_replicas"] == 2
