@@ -20,14 +20,14 @@ RESULT_TIMEOUT_S = 1800
 
 def sentiment_answers(model, texts: list[str], batch: int) -> list:
     """The sentiment core's answers in batches of `batch`, as TorchServe would group them."""
-    import sentiment
+    from marport.handlers import sentiment
 
     return [answer for i in range(0, len(texts), batch) for answer in sentiment.predict_texts(model, texts[i : i + batch])]
 
 
 def respiratory_answers(model, bodies: list[bytes], batch: int) -> list:
     """The respiratory core's answers for WAV bodies in batches of `batch`."""
-    import respiratory
+    from marport.handlers import respiratory
 
     answers = []
     for i in range(0, len(bodies), batch):
@@ -37,17 +37,14 @@ def respiratory_answers(model, bodies: list[bytes], batch: int) -> list:
 
 
 # core -> (its module's name, the batched answers function)
-HANDLER_CORES = {"sentiment": ("sentiment", sentiment_answers), "respiratory": ("respiratory", respiratory_answers)}
+HANDLER_CORES = {"sentiment": ("marport.handlers.sentiment", sentiment_answers),
+                 "respiratory": ("marport.handlers.respiratory", respiratory_answers)}
 
 
 def _one_process(core: str, model_dir: str, make_inputs: Callable[[], list], batch: int, threads: int,
                  part: int, parts: int, reps: int, barrier, results) -> None:
     """Runs in a fresh process: its share of the inputs, `reps` times, each start at the barrier."""
     import torch
-
-    from marport.resources import use_handlers
-
-    use_handlers()
     torch.set_num_threads(threads)
     module, answers = HANDLER_CORES[core]
     model = importlib.import_module(module).load(model_dir)

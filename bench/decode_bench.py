@@ -17,13 +17,11 @@ import numpy as np
 import soundfile as sf
 import yaml
 
-from marport.resources import model_config, use_handlers
+from marport.resources import model_config
 
 from .served import log
-
-use_handlers()
-import audio_input  # noqa: E402
-from serving_common import call_budget_s  # noqa: E402
+from marport.handlers import audio_input  # noqa: E402
+from marport.handlers.serving_common import call_budget_s  # noqa: E402
 
 # (name, container, subtype, rate, channels, seconds, constant blocks: the shape of a compression bomb)
 FORMATS = [

@@ -21,18 +21,15 @@ import yaml
 
 from marport.build import extract_archive
 from marport.registry import MODELS
-from marport.resources import use_handlers
 from marport.workspace import current
 
 from .mixed import TIMEOUT_SHARE, derive_max_tokens
 from .plan import CORES, Plan
 from .served import log
 from .workloads import bench_dir, realsize_checkpoint, recordings, short_texts
-
-use_handlers()
-import respiratory  # noqa: E402
-import sentiment  # noqa: E402
-from serving_common import Request  # noqa: E402
+from marport.handlers import respiratory  # noqa: E402
+from marport.handlers import sentiment  # noqa: E402
+from marport.handlers.serving_common import Request  # noqa: E402
 
 
 def _shipped(model: str) -> dict:

@@ -22,12 +22,9 @@ from pathlib import Path
 import torch
 
 from .ceiling import sentiment_answers
-from marport.resources import use_handlers
-
-use_handlers()
-import placement  # noqa: E402
-import respiratory  # noqa: E402
-import sentiment  # noqa: E402
+from marport.handlers import placement  # noqa: E402
+from marport.handlers import respiratory  # noqa: E402
+from marport.handlers import sentiment  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 BATCH = 8
@@ -61,7 +58,7 @@ def _load(path: Path, precision: str):
 
 def adapter_on_gpu(model_dir: Path) -> dict:
     """TorchServe's entry point, given GPU 0 as TorchServe gives it: where did the model go, what came back?"""
-    from sentiment_handler import SentimentHandler
+    from marport.handlers.sentiment_handler import SentimentHandler
 
     class Context:  # the parts of ts.context.Context the adapter uses
         system_properties = {"model_dir": str(model_dir), "gpu_id": 0}

@@ -73,9 +73,6 @@ def _sync(device: torch.device) -> None:
 
 def _worker(kind: str, checkpoint: str, gpu: int | None, texts: list[str], reps: int, barrier, results) -> None:
     """One serving worker process: its handler, its share of the texts, `reps` timed passes from the barrier."""
-    from marport.resources import use_handlers
-
-    use_handlers()
     from .overhead import BATCH, drive, example, ours, worker_logging
 
     with worker_logging(), contextlib.redirect_stdout(io.StringIO()):  # the example prints its logits

@@ -24,16 +24,13 @@ from typing import Any
 import torch
 import yaml
 
-from marport.resources import model_config, use_handlers
+from marport.resources import model_config
 from marport.sentiment_data import LABELS
 from marport.workspace import current
 
 from .plan import CORES, cpu_name
 from .served import log
 from .workloads import bench_dir, short_texts
-
-use_handlers()
-
 BATCH = 256  # requests per handler call: what a busy GPU worker is handed (batchSize)
 TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=514, type_vocab_size=1)
@@ -209,7 +206,7 @@ def ours(model_dir: Path, gpu: int | None, settings: dict | None = None, timed: 
     where it runs (a GPU archive when given a GPU); `settings` override its handler section. `timed`
     wraps the model and tokenizer in timers (which wait for the GPU at each call: not for throughput)."""
     from marport.build import for_device
-    from sentiment_handler import SentimentHandler
+    from marport.handlers.sentiment_handler import SentimentHandler
 
     config = yaml.safe_load(for_device(model_config("sentiment").read_text(), "cpu" if gpu is None else "gpu"))
     config["handler"].update(settings or {})
@@ -225,7 +222,7 @@ def ours(model_dir: Path, gpu: int | None, settings: dict | None = None, timed: 
 
 def ours_before(model_dir: Path, gpu: int | None) -> tuple[Any, tuple, Any]:
     """The handler as it was before issue 21 (a checkout of that commit on sys.path), for the record."""
-    from sentiment_handler import SentimentHandler
+    from marport.handlers.sentiment_handler import SentimentHandler
 
     context = torchserve_context(model_dir, yaml.safe_load(model_config("sentiment").read_text()), gpu)
     handler = SentimentHandler()

@@ -49,7 +49,7 @@ def _padding(log_path: Path, since: int) -> float:
 
 def label_agreement(batch: int) -> dict:
     """Share of held-out test sentences whose label matches fp32's, per precision, in served-size batches."""
-    import sentiment
+    from marport.handlers import sentiment
 
     model_dir = extract_archive(current().model_store / "sentiment.mar", bench_dir() / "demo-unpacked")
     texts = [e.text for e in load_splits()["test"]]
@@ -78,8 +78,8 @@ def respiratory_variants(reps: int = 7) -> dict:
     channels_last is a layout of 4-D (N, C, H, W) tensors; this CNN's Conv1d works on
     (N, C, L), which has no such layout, so there is nothing to measure for it.
     """
-    import placement
-    import respiratory
+    from marport.handlers import placement
+    from marport.handlers import respiratory
 
     from .workloads import recordings
 
@@ -199,7 +199,7 @@ def precision_bench(plan, settings: dict) -> dict:
         cold["compiled" if compiled else "eager"] = cold_start(store, name, body[0], max(1, plan.cold_starts // 2))
         log(f"  compile={compiled}: {cold['compiled' if compiled else 'eager']:.1f} s")
     (model_dir / "model-config.yaml").write_text(yaml.safe_dump(shipped_yaml))
-    import placement
+    from marport.handlers import placement
 
     default_precision = placement.place(None, shipped_yaml["handler"]).precision  # what auto resolved to here
     log("respiratory CNN variants (in-process)")

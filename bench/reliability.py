@@ -32,7 +32,7 @@ def shipped_config() -> dict:
 
 def largest_call(model, config: dict) -> dict:
     """batchSize requests at the token cap, in one handler call, in-process: seconds."""
-    import sentiment
+    from marport.handlers import sentiment
 
     caps = model.limits
     per_request = max(1, caps.max_tokens // model.max_length)  # full-length texts that fit the cap
@@ -54,7 +54,7 @@ def largest_call(model, config: dict) -> dict:
 
 
 def reliability_bench(plan) -> dict:
-    import sentiment
+    from marport.handlers import sentiment
 
     name = "sentiment_base"
     store = bench_dir() / "store"

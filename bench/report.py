@@ -202,7 +202,33 @@ Long texts at concurrency 32: {s['long']['served_c32']['throughput']:.2f} texts/
 
 {decoding(r)}
 
-{overhead(r)}"""
+{overhead(r)}
+
+{ray_serve(r)}"""
+
+
+def ray_serve(r: dict) -> str:
+    ray = r.get("ray")
+    if not ray:
+        return "### Ray Serve beside TorchServe\n\nNot measured in this run (`marport bench --only ray`)."
+    rows = [[c, f"{ray['torchserve'][c]['throughput']:.1f}", f"{ray['ray'][c]['throughput']:.1f}", f"{ray['ratio'][c]:.2f}",
+             f"{ray['torchserve'][c]['p50_ms']:.0f} / {ray['torchserve'][c]['p99_ms']:.0f}",
+             f"{ray['ray'][c]['p50_ms']:.0f} / {ray['ray'][c]['p99_ms']:.0f}"] for c in ray["ray"]]
+    return f"""### Ray Serve beside TorchServe
+
+`marport bench --only ray` (`bench/ray_bench.py`): the roberta-base-size archive with its shipped settings,
+served by TorchServe and then by Ray Serve from the tarball `marport sagemaker package --runtime ray` writes
+(`serve run` on its config.yaml), {ray['texts']} review-length texts per run, the same closed-loop clients,
+one server at a time:
+
+{table(rows, ["concurrency", "TorchServe texts/s", "Ray Serve texts/s", "Ray / TorchServe", "TorchServe p50 / p99 ms",
+              "Ray Serve p50 / p99 ms"])}
+
+Both run the same Endpoint, model and micro-batching; handler calls held {ray['torchserve_mean_batch']:.1f} requests on
+average under TorchServe and {ray['ray_mean_batch']:.1f} under Ray Serve (`@serve.batch` with the same batchSize and
+maxBatchDelay). What differs is the runtime around them: TorchServe's Java front end hands batches to the worker
+over a local socket, while Ray's Python proxy, its router and the replica's event loop handle each request in
+Python on the same two cores as the model (and Ray's own processes, GCS, raylet and dashboard, share them too)."""
 
 
 # What the handler cost per text before issue 21 (commit 5c3f283), measured by `bench/overhead.py` against that

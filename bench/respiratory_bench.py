@@ -7,8 +7,6 @@ import time
 from functools import partial
 
 import torch
-
-from marport.resources import use_handlers
 from marport.workspace import current
 
 from .ceiling import ceiling
@@ -16,9 +14,7 @@ from .loadgen import closed_loop
 from .plan import CORES, LAYOUTS, Plan
 from .served import compare, configure, log, median, server_for, summarise, unpacked, warm_up
 from .workloads import bench_dir, recording_load
-
-use_handlers()
-import respiratory  # noqa: E402
+from marport.handlers import respiratory  # noqa: E402
 
 RESPIRATORY_DELAY_MS = 5  # maxBatchDelay for the respiratory runs
 

@@ -50,7 +50,7 @@ def machine() -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small counts, one repetition: checks the harness")
     parser.add_argument("--out", type=Path, help="results file (default: bench/results/latest.json in the workdir)")
-    parser.add_argument("--only", choices=["reliability", "precision", "explanations", "decoding", "overhead", "gpu"],
+    parser.add_argument("--only", choices=["reliability", "precision", "explanations", "decoding", "overhead", "gpu", "ray"],
                         help="run one step and merge it into the existing results (e.g. after changing the caps)")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite BENCHMARKS.md and the plot from the results file")
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> None:
     from .decode_bench import decoding_bench
     from .explain_bench import explanation_bench
     from .overhead import overhead_bench
+    from .ray_bench import ray_bench
     from .reliability import reliability_bench
 
     if args.only:
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> None:
             result["overhead"] = overhead_bench(plan)
         elif args.only == "gpu":
             result["gpu_serving"] = gpu_step(plan, required=True)
+        elif args.only == "ray":
+            result["ray"] = ray_bench(plan)
         else:
             result["precision"] = precision_step(plan, result["sentiment"]["settings"])
         result["machine"][f"{args.only}_commit"] = machine()["commit"]
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace) -> None:
     result["explanations"] = explanation_bench(plan)
     result["decoding"] = decoding_bench(plan)
     result["overhead"] = overhead_bench(plan)
+    result["ray"] = ray_bench(plan)
     result["gpu_serving"] = gpu_step(plan)
     result["seconds"] = time.perf_counter() - started
     _write(result, args)

@@ -10,16 +10,12 @@ import torch
 
 from marport.build import build
 from marport.server import LocalTorchServe
-from marport.resources import use_handlers
-
 from .ceiling import ceiling, sentiment_answers
 from .loadgen import WorkerMemory, closed_loop
 from .plan import CORES, LAYOUTS, Plan
 from .served import compare, configure, log, lone_request_breakdown_ms, server_for, summarise, unpacked, warm_up
 from .workloads import bench_dir, long_texts, realsize_checkpoint, short_texts
-
-use_handlers()
-import sentiment  # noqa: E402
+from marport.handlers import sentiment  # noqa: E402
 
 SWEEP_NOISE = 0.10  # run-to-run spread of one sweep point on a shared 2-core machine
 FP32_REFERENCE = {"precision": "fp32", "min_padding_efficiency": 0.0}  # the eager fp32 path, padded per batch

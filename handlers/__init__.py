@@ -1,8 +1,9 @@
-"""The modules packed into model archives.
+"""The modules packed into model archives: marport's serving code, one package.
 
-Not used as a package: TorchServe unpacks an archive's modules flat into one folder,
-so they import each other by bare name (`from serving_common import ...`). The wheel
-installs this folder as `marport.handlers` only so that `marport build` can find the
-files to pack (marport/resources.py); tools that run a model core in-process put the
-folder itself on sys.path (`marport.resources.use_handlers`).
+Installed as `marport.handlers`; inside each archive they are the package `marport_serving`
+(serving_common.ARCHIVE_PACKAGE), never generic top-level modules that could shadow a user's
+or a library's (`review`, `placement`, `int8` ...). The modules import each other relatively,
+so the same files work under either name. Each archive's TorchServe entry (`*_handler.py` at
+its root, written by `marport build`) and the code that runs from a tarball's root
+(`ray_adapter.py`, the toolkit's `code/inference.py`) import the archive's `marport_serving`.
 """

@@ -6,7 +6,7 @@ into their own responses. Everything between is here, once: the model's placemen
 the device's `auto` settings, threads), S3 references, the call's time budget, the Accept check,
 per-request isolation (isolation.answer_batch), the log line and the operator metrics.
 
-Packed flat into each archive; imports only the modules packed beside it.
+Packed into each archive (its marport_serving package); imports only the modules packed beside it.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Protocol
 
-from isolation import Outcome, answer_batch
-from placement import load_core
-from s3_input import S3Input, resolve
-from serving_common import JSON_TYPE, Request, call_budget_s, check_accept, read_config
+from .isolation import Outcome, answer_batch
+from .placement import load_core
+from .s3_input import S3Input, resolve
+from .serving_common import JSON_TYPE, Request, call_budget_s, check_accept, read_config
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,19 @@ class MetricsSink(Protocol):
     def record(self, rejected: Mapping[str, int], figures: Mapping[str, float]) -> None: ...
 
 
+def entry_class(module: Any) -> type:
+    """The TorchServe handler class an entry module defines (the one that names a core)."""
+    return next(c for _, c in inspect.getmembers(module, inspect.isclass) if getattr(c, "core", None))
+
+
 def core_of(model_dir: str) -> Any:
     """The model core an archive (or an extracted tarball) serves: the one its `*_handler.py` entry names."""
     if model_dir not in sys.path:
-        sys.path.insert(0, model_dir)  # the flat handler modules sit at the archive's root
+        sys.path.insert(0, model_dir)  # the entry module and the marport_serving package sit at the archive's root
     entries = sorted(glob.glob(os.path.join(model_dir, "*_handler.py")))
     if len(entries) != 1:
         raise RuntimeError(f"expected one *_handler.py in {model_dir}, found {entries}")
-    module = importlib.import_module(os.path.basename(entries[0])[:-3])
-    handler = next(c for _, c in inspect.getmembers(module, inspect.isclass) if getattr(c, "core", None))
-    return handler.core
+    return entry_class(importlib.import_module(os.path.basename(entries[0])[:-3])).core
 
 
 class Endpoint:

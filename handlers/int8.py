@@ -1,6 +1,6 @@
 """int8 sentiment inference through ONNX Runtime, behind the same call as the torch model.
 
-Packed flat into every sentiment archive. `marport build` exports the checkpoint to
+Packed into every sentiment archive (its marport_serving package). `marport build` exports the checkpoint to
 ONNX and quantises its weights to int8 once (`export_int8`), into the archive's
 checkpoint folder; a worker whose archive lacks the file does the same at load.
 ONNX Runtime's dynamic quantisation is its maintained int8 path (per-channel int8

@@ -19,7 +19,7 @@ their requests to `answer_batch`, which
 - serialises every answer as strict JSON (no NaN or Infinity): an answer that
   cannot be is a 500 for that request alone.
 
-Packed flat into each `.mar`; imports only the standard library and serving_common.
+Packed into each `.mar` (its marport_serving package); imports only the standard library and serving_common.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from serving_common import ModelCore, Request, RequestError, to_json
+from .serving_common import ModelCore, Request, RequestError, to_json
 
 log = logging.getLogger(__name__)
 

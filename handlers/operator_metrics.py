@@ -9,7 +9,7 @@ metrics.yaml (marport/templates/metrics.yaml), as TorchServe 0.12 requires; in l
 are `[METRICS]` lines in the worker's log. Emitting never fails a request: a runtime without the API (SageMaker's
 toolkit route) or a metric it refuses is skipped.
 
-Packed flat into each `.mar`; imports nothing from the project.
+Packed into each `.mar` (its marport_serving package); imports nothing from the project.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where a model runs and in which number format: decided once, at load, and logged.
 
-Packed flat into every archive. The runtime says which GPU a worker owns (TorchServe's
+Packed into every archive (its marport_serving package). The runtime says which GPU a worker owns (TorchServe's
 `gpu_id`, set from `deviceType`/`deviceIds` in model-config.yaml; SageMaker's toolkit
 passes the same context); `handler.precision` says how to compute. Nothing here is
 newer than PyTorch 2.6, the SageMaker container's version.
@@ -142,7 +142,7 @@ def check_batching(config: Mapping[str, Any], device: torch.device) -> None:
 def load_core(core: Any, model_dir: str, config: Mapping[str, Any], gpu_id: Any) -> tuple[Any, Placement, dict]:
     """What both runtime adapters do at worker start: place the model (the runtime's `gpu_id`), resolve
     the `auto` settings for that device, set the worker's threads, load the core and check the batching."""
-    from serving_common import configure_threads, handler_settings
+    from .serving_common import configure_threads, handler_settings
 
     started = time.perf_counter()
     placement = place(gpu_id, handler_settings(config), core.DEFAULT_PRECISION)

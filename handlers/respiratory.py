@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from audio_input import AudioLimits, Decoded, decode, to_rate
-from placement import Placement, device_settings, place
-from review import ReviewBand, mark
-from serving_common import (
+from .audio_input import AudioLimits, Decoded, decode, to_rate
+from .placement import Placement, device_settings, place
+from .review import ReviewBand, mark
+from .serving_common import (
     Request, RequestError, as_bytes, check_body_size, checkpoint_dir, read_settings, refuse_form, setting_flag,
 )
 

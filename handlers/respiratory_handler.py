@@ -1,7 +1,7 @@
 """TorchServe entry point of respiratory.mar (the archive's --handler)."""
 
-import respiratory
-from torchserve_adapter import CoreHandler
+from . import respiratory
+from .torchserve_adapter import CoreHandler
 
 
 class RespiratoryHandler(CoreHandler):

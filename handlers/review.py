@@ -3,7 +3,7 @@
 `handler.review_band: [low, high]` in model-config.yaml (off when absent or null). An answer
 whose deciding score (sentiment: the top class's score; respiratory: the probability of
 "unhealthy") lies inside the band, ends included, gets `"review": true`; every other answer of
-that model gets `"review": false`, so a client can route on the field alone. Packed flat into
+that model gets `"review": false`, so a client can route on the field alone. Packed into
 each `.mar`; imports nothing from the project.
 """
 

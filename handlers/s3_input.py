@@ -19,7 +19,7 @@ Every wait has a budget (README, "Time budgets"): S3_BUDGET_S is the worst case 
 with their connect and read timeouts and one retry; a reference is fetched only while the
 handler call's deadline leaves that much, and the body is read in chunks that stop at it.
 
-Packed flat into each `.mar`; boto3 is imported only when a reference arrives.
+Packed into each `.mar` (its marport_serving package); boto3 is imported only when a reference arrives.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from serving_common import JSON_TYPE, Request, RequestError, explanation_refused, setting_flag
+from .serving_common import JSON_TYPE, Request, RequestError, explanation_refused, setting_flag
 
 SETTING = "s3_allowed_buckets"
 EXPLAIN_SETTING = "s3_explain"

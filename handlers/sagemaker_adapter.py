@@ -38,8 +38,8 @@ def model_fn(model_dir: str, context=None):
     """The toolkit passes its TorchServe context, whose gpu_id says which GPU this worker owns."""
     _keep_bodies_raw()
     if model_dir not in sys.path:
-        sys.path.insert(0, model_dir)  # the flat handler modules sit at the tarball root
-    from endpoint import Endpoint, core_of
+        sys.path.insert(0, model_dir)  # the archive's marport_serving package sits at the tarball root
+    from marport_serving.endpoint import Endpoint, core_of
 
     properties = getattr(context, "system_properties", None) or {}
     return Endpoint(core_of(model_dir), model_dir, None, properties.get("gpu_id"))
@@ -62,9 +62,9 @@ def transform_fn(served, data: Any, content_type: str, accept: str, context=None
     takes one; the status is set on it, so errors are JSON bodies, not tracebacks, and
     the operator metrics go to its metrics cache as on the TorchServe route.
     """
-    from endpoint import JSON_TYPE
-    from operator_metrics import OperatorMetrics
-    from serving_common import Request
+    from marport_serving.endpoint import JSON_TYPE
+    from marport_serving.operator_metrics import OperatorMetrics
+    from marport_serving.serving_common import Request
 
     if context is not None and served.metrics is None:
         served.metrics = OperatorMetrics(getattr(context, "metrics", None), getattr(context, "model_name", ""))

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from placement import Placement, device_settings, place
-from review import ReviewBand, mark
-from serving_common import (
+from .placement import Placement, device_settings, place
+from .review import ReviewBand, mark
+from .serving_common import (
     JSON_TYPE, Request, RequestError, as_json, as_text, check_body_size, checkpoint_dir, explanation_refused,
     read_settings, refuse_form, setting_flag,
 )
@@ -142,7 +142,7 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
     if placement.precision == "int8":
         from transformers import AutoConfig
 
-        from int8 import load_int8
+        from .int8 import load_int8
 
         model = load_int8(path, AutoConfig.from_pretrained(path), torch.get_num_threads())
     else:
@@ -468,7 +468,7 @@ def predict(model: SentimentModel, requests: Sequence[TextRequest]) -> list:
 
 def explain(model: SentimentModel, request: TextRequest, answers: Sequence[dict]) -> None:
     """Add word attributions toward each text's predicted label to its answer."""
-    from text_attributions import integrated_gradients, reference_token, words
+    from .text_attributions import integrated_gradients, reference_token, words
 
     net, limits = model.explainer(), model.limits
     special = set(model.tokenizer.all_special_ids)

@@ -1,7 +1,7 @@
 """TorchServe entry point of sentiment.mar (the archive's --handler)."""
 
-import sentiment
-from torchserve_adapter import CoreHandler
+from . import sentiment
+from .torchserve_adapter import CoreHandler
 
 
 class SentimentHandler(CoreHandler):

@@ -1,7 +1,7 @@
 """Pieces every model core shares: the request error type, body decoding, settings.
 
-This module is packed flat into each `.mar` next to the model's core module, so it
-imports nothing from the project: only the standard library, numpy and torch.
+Packed into each `.mar` with the model's core module (the archive's marport_serving package);
+it imports nothing else from the project: only the standard library, numpy and torch.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 
 JSON_TYPE = "application/json"
 CHECKPOINT_SUBDIR = "checkpoint"  # where an archive keeps its weights and their config
+ARCHIVE_PACKAGE = "marport_serving"  # what these modules are called inside an archive (one package, no bare names)
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 JSON_ACCEPTS = {"", "*/*", "application/*", JSON_TYPE}
 THREADS_ENV = "MARPORT_TORCH_THREADS"

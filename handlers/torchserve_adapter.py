@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from endpoint import JSON_TYPE, Endpoint
-from operator_metrics import OperatorMetrics
-from serving_common import Request
+from .endpoint import JSON_TYPE, Endpoint
+from .operator_metrics import OperatorMetrics
+from .serving_common import Request
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from marport import __version__
 from marport.registry import MODELS, ModelKind
-from marport.resources import handler_file, use_handlers
+from marport.resources import handler_file
 from marport.workspace import Workspace
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -28,21 +28,26 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | None = None,
           review_band: str | None = None, s3_allow: list[str] | None = None, device: str = "cpu",
           gpus: int = 1) -> Path:
-    """Lay out the archive's data: pack/checkpoint/ and model-config.yaml.
+    """Lay out the archive's data: pack/checkpoint/, pack/marport_serving/ (the handler modules, one
+    package), the root entry module (the --handler) and model-config.yaml.
 
     torch-model-archiver copies the *contents* of a folder given as an extra file
-    into the archive root, so the checkpoint goes one level down, in pack/.
+    into the archive root, so the checkpoint and the package go one level down, in pack/.
     `precision` replaces handler.precision in the packed model-config.yaml; an int8
     sentiment archive gets its ONNX graph made here, once, instead of at every worker start.
     """
-    use_handlers()
-    from serving_common import CHECKPOINT_SUBDIR  # the handlers' own name for the weights' folder
+    from marport.handlers.serving_common import ARCHIVE_PACKAGE, CHECKPOINT_SUBDIR  # the handlers' own names
 
     staged = workdir / "stage"
     if staged.exists():
         shutil.rmtree(staged)
     target = staged / "pack" / CHECKPOINT_SUBDIR
     target.mkdir(parents=True)
+    package = staged / "pack" / ARCHIVE_PACKAGE  # the serving code, one package: no bare top-level names
+    package.mkdir()
+    for module in ("__init__.py", *kind.modules):
+        shutil.copy2(handler_file(module), package / module)
+    (staged / kind.entry).write_text(entry_module(kind, ARCHIVE_PACKAGE))
     for item in sorted(checkpoint.iterdir()):
         if item.is_file():
             shutil.copy2(item, target / item.name)
@@ -54,11 +59,26 @@ def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | Non
     import yaml
 
     if (yaml.safe_load(config_text).get("handler") or {}).get("precision") == "int8":
-        from int8 import INT8_FILE, export_int8
+        from marport.handlers.int8 import INT8_FILE, export_int8
 
         print(f"      exporting the int8 ONNX graph ({INT8_FILE})", flush=True)
         export_int8(str(target))
     return staged
+
+
+def entry_module(kind: ModelKind, package: str) -> str:
+    """The archive's TorchServe entry (its --handler, at the archive's root): TorchServe takes the handler
+    class defined in that very module, so it subclasses the package's, which names the model core."""
+    import importlib
+
+    from marport.handlers.endpoint import entry_class
+
+    name = entry_class(importlib.import_module(f"marport.handlers.{kind.entry[:-3]}")).__name__
+    return (f'"""TorchServe\'s entry point of this {kind.name} archive, written by `marport build`: the serving code\n'
+            f'is the {package} package beside it."""\n\n'
+            f"from {package}.{kind.entry[:-3]} import {name} as _Handler\n\n\n"
+            f"class {name}(_Handler):\n"
+            f'    """{kind.name}: the handler of the {package} package, defined here for TorchServe."""\n')
 
 
 def with_handler_setting(config_text: str, key: str, value: str) -> str:
@@ -149,15 +169,14 @@ def review_band_yaml(band: str) -> str:
 
 
 def archive(kind: ModelKind, staged: Path, export_dir: Path, name: str) -> Path:
-    extra = [str(handler_file(m)) for m in kind.modules if m != kind.entry]
-    extra.append(str(staged / "pack"))
+    extra = [str(staged / "pack")]  # checkpoint/ and the marport_serving package
     export_dir.mkdir(parents=True, exist_ok=True)
     archiver = Path(sys.executable).with_name("torch-model-archiver")  # beside this Python, even if not on PATH
     cmd = [
         str(archiver if archiver.exists() else "torch-model-archiver"),
         "--model-name", name,
         "--version", __version__,
-        "--handler", str(handler_file(kind.entry)),
+        "--handler", str(staged / kind.entry),
         "--extra-files", ",".join(extra),
         "--config-file", str(staged / "model-config.yaml"),
         "--export-path", str(export_dir),
@@ -171,7 +190,7 @@ def archive(kind: ModelKind, staged: Path, export_dir: Path, name: str) -> Path:
 
 def _staged_bytes(kind: ModelKind, staged: Path) -> int:
     files = [p for p in (staged / "pack").rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in files) + sum(handler_file(m).stat().st_size for m in kind.modules)
+    return sum(p.stat().st_size for p in files)
 
 
 def _run_with_progress(cmd: list[str], mar: Path, total: int) -> None:

@@ -11,8 +11,6 @@ matplotlib.use("Agg")  # notebooks render the saved figure; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from marport.resources import use_handlers  # noqa: E402
-
 MEL_BANDS = 40
 
 
@@ -24,9 +22,7 @@ def recording_figure(path: Path, out: Path) -> Path:
     """
     import librosa
     import librosa.display
-
-    use_handlers()
-    import respiratory
+    from marport.handlers import respiratory
 
     audio = respiratory.AudioConfig()
     limits = respiratory.RespiratoryModel(net=None, audio=audio)

@@ -7,7 +7,6 @@ in an editable install they are the repo's own folders (setup.py maps `handlers/
 
 from __future__ import annotations
 
-import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -22,7 +21,7 @@ def _on_disk(package: str, *parts: str) -> Path:
 
 
 def handlers_dir() -> Path:
-    """The flat handler modules that are packed into archives (the repo's handlers/)."""
+    """The handler modules that are packed into archives (the repo's handlers/, installed as marport.handlers)."""
     return _on_disk("marport.handlers")
 
 
@@ -43,14 +42,3 @@ def server_config_template() -> Path:
 def data_dir(*parts: str) -> Path:
     """Training data shipped with marport (marport/data/, with its attribution README)."""
     return _on_disk("marport", "data", *parts)
-
-
-def use_handlers() -> None:
-    """Make the flat handler modules importable by bare name, exactly as TorchServe sees them.
-
-    Tooling that runs a model core in-process (training, notebooks, benchmarks) puts the
-    folder on the path the same way the archive's worker does.
-    """
-    path = str(handlers_dir())
-    if path not in sys.path:
-        sys.path.insert(0, path)

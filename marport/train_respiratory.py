@@ -26,12 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-
-from marport.resources import use_handlers
-
-use_handlers()
-import respiratory  # noqa: E402  (flat handler module, as packed in the archive)
-from serving_common import RequestError  # noqa: E402
+from marport.handlers import respiratory  # noqa: E402  (flat handler module, as packed in the archive)
+from marport.handlers.serving_common import RequestError  # noqa: E402
 
 HEALTHY_STATUSES = {"healthy"}
 

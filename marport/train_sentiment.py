@@ -25,11 +25,8 @@ from sklearn.metrics import confusion_matrix, f1_score, recall_score
 from tqdm import tqdm
 
 from marport.pretrained import SOURCE, pretrained_roberta
-from marport.resources import use_handlers
 from marport.sentiment_data import LABELS, Example, everyday_eval, load_splits
-
-use_handlers()
-from placement import cpu_has_native_bf16  # noqa: E402  (the serving code's own test for native bf16)
+from marport.handlers.placement import cpu_has_native_bf16  # noqa: E402  (the serving code's own test for native bf16)
 
 
 @dataclass(frozen=True)

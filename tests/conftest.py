@@ -114,3 +114,15 @@ def s3_server():
             yield url
         finally:
             server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _one_archive_package_at_a_time():
+    """A worker process serves one archive, whose code is the package `marport_serving` (and its root entry
+    module); tests that load several archives in one process forget the last one's after each test."""
+    import sys
+
+    yield
+    for name in [n for n in sys.modules if n == "marport_serving" or n.startswith("marport_serving.")
+                 or n in ("sentiment_handler", "respiratory_handler")]:
+        del sys.modules[name]

@@ -20,10 +20,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import audio_input
-import respiratory
+from marport.handlers import audio_input
+from marport.handlers import respiratory
 from marport.resources import model_config
-from serving_common import Request, RequestError
+from marport.handlers.serving_common import Request, RequestError
 
 SHIPPED = yaml.safe_load(model_config("respiratory").read_text())["handler"]
 
@@ -57,7 +57,7 @@ def parse(model, body: bytes, content_type: str = "audio/flac"):
 
 
 def test_shipped_caps_bound_the_work_and_fit_the_time_budget():
-    from serving_common import call_budget_s
+    from marport.handlers.serving_common import call_budget_s
 
     config = yaml.safe_load(model_config("respiratory").read_text())
     # Ten minutes of 48 kHz stereo is the largest accepted recording ...

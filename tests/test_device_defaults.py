@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 
-import placement
-import sentiment
+from marport.handlers import placement
+from marport.handlers import sentiment
 from marport.build import for_device
 from marport.resources import model_config
-from serving_common import configure_threads, usable_cores
+from marport.handlers.serving_common import configure_threads, usable_cores
 from sagemaker_deploy.aws import instance_device
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)

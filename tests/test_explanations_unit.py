@@ -12,16 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marport.build import extract_archive, review_band_yaml, with_handler_setting
-from marport.resources import use_handlers
 from tests.audio_helpers import cough_like, encode
 from tests.conftest import built_archive
-
-use_handlers()
-import respiratory  # noqa: E402
-import sentiment  # noqa: E402
-from review import ReviewBand  # noqa: E402
-from serving_common import Request, RequestError  # noqa: E402
-from text_attributions import words  # noqa: E402
+from marport.handlers import respiratory  # noqa: E402
+from marport.handlers import sentiment  # noqa: E402
+from marport.handlers.review import ReviewBand  # noqa: E402
+from marport.handlers.serving_common import Request, RequestError  # noqa: E402
+from marport.handlers.text_attributions import words  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +55,7 @@ def test_attributions_add_up_to_the_score_change(demo):
     answer = ask(demo, {"inputs": [text], "explain": True})[0]
     assert answer["explanation"]["convergence_delta"] < 0.01
     ids = demo.tokenizer(text)["input_ids"]
-    from text_attributions import reference_token
+    from marport.handlers.text_attributions import reference_token
 
     special = set(demo.tokenizer.all_special_ids)
     baseline = [i if i in special else reference_token(demo.tokenizer) for i in ids]

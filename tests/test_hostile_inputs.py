@@ -16,12 +16,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import respiratory
-import sentiment
+from marport.handlers import respiratory
+from marport.handlers import sentiment
 from marport.build import extract_archive
-from respiratory_handler import RespiratoryHandler
-from sentiment_handler import SentimentHandler
-from serving_common import Request, RequestError
+from marport.handlers.respiratory_handler import RespiratoryHandler
+from marport.handlers.sentiment_handler import SentimentHandler
+from marport.handlers.serving_common import Request, RequestError
 from tests.audio_helpers import cough_like, encode, npy_bytes
 from tests.conftest import built_archive
 from tests.hostile import GOOD_TEXT, HandlerRig, respiratory_cases, sentiment_cases, strict_json

@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 
-import sentiment
+from marport.handlers import sentiment
 from marport.bench.mixed import derive_max_tokens, kill_worker_under_load, mixed_load
 from marport.bench.workloads import LONG_TEXT
 from marport.build import extract_archive

@@ -11,7 +11,7 @@ import logging
 import pytest
 import torch
 
-import placement
+from marport.handlers import placement
 from marport.build import extract_archive
 from tests.conftest import built_archive
 
@@ -97,7 +97,7 @@ class _Context:
 
 def test_torchserve_adapter_passes_the_workers_gpu_id(monkeypatch, tmp_path):
     """A worker given GPU 1 asks placement for GPU 1; the core loads where placement says."""
-    from sentiment_handler import SentimentHandler
+    from marport.handlers.sentiment_handler import SentimentHandler
 
     asked = []
 
@@ -113,17 +113,20 @@ def test_torchserve_adapter_passes_the_workers_gpu_id(monkeypatch, tmp_path):
 
 
 def test_sagemaker_model_fn_passes_the_toolkit_contexts_gpu_id(monkeypatch, tmp_path):
-    import sagemaker_adapter
+    from marport.handlers import sagemaker_adapter
 
     asked = []
-    real = placement.place
+    real = placement.place  # the same code as the archive's copy
 
     def spy(gpu_id, settings, default="auto"):
         asked.append(gpu_id)
         return real(None, settings, default)
 
-    monkeypatch.setattr(placement, "place", spy)
+    import importlib
+
     root = extract_archive(built_archive("respiratory"), tmp_path)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr(importlib.import_module("marport_serving.placement"), "place", spy)  # the archive's own
     served = sagemaker_adapter.model_fn(str(root), _Context(root, gpu_id=0))
     assert asked == [0] and served.model.device == torch.device("cpu")
     served = sagemaker_adapter.model_fn(str(root))  # a toolkit that passes no context: the CPU

@@ -88,7 +88,22 @@ def test_ray_serve_answers_what_torchserve_answers(model, reference, tmp_path):
             refused = requests.post(f"{dlc.url}/invocations", data=b"", headers={"Content-Type": content_type},
                                     timeout=60)
             assert refused.status_code == 400 and strict_json(refused.text)["type"] == "empty_body"
+            assert_explanations_survive_the_dlc_adapter(dlc.url, model)
     assert ray_processes() == before, "Ray's processes outlived the server that started them"
+
+
+def assert_explanations_survive_the_dlc_adapter(url, model):
+    """Only Content-Type and Accept reach Ray Serve there: an explanation is asked in the media type
+    (audio) or in the JSON body (text), and still comes back."""
+    if model == "sentiment":
+        body, content_type = b'{"text": "Spotless room and a warm welcome", "explain": true}', "application/json"
+    else:
+        body, content_type = encode(cough_like(4, 16000, 3), 16000), "audio/wav; explain=true"
+    got = requests.post(f"{url}/invocations", data=body, headers={"Content-Type": content_type,
+                                                                  "X-Amzn-SageMaker-Custom-Attributes": "x=1"},
+                        timeout=120)
+    assert got.status_code == 200, got.text
+    assert strict_json(got.text)["attributions"] and got.json()["explanation"]["method"]
 
 
 def assert_hostile_cases_refused_alike(url, model, tmp_path):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-import respiratory
+from marport.handlers import respiratory
 from marport import train_respiratory as tr
 from marport.synth_audio import generate
 from tests.audio_helpers import encode, tone

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import respiratory
-from serving_common import Request, RequestError
+from marport.handlers import respiratory
+from marport.handlers.serving_common import Request, RequestError
 from tests.audio_helpers import FORMATS, encode, npy_bytes, pickle_canary_npy, plain_pickle, tone
 
 

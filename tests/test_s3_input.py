@@ -8,15 +8,11 @@ import boto3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from marport.resources import use_handlers
 from tests.audio_helpers import cough_like, encode
-
-use_handlers()
-import respiratory  # noqa: E402
-import s3_input  # noqa: E402
-from s3_input import S3Input, resolve  # noqa: E402
-from serving_common import Request, RequestError  # noqa: E402
+from marport.handlers import respiratory  # noqa: E402
+from marport.handlers import s3_input  # noqa: E402
+from marport.handlers.s3_input import S3Input, resolve  # noqa: E402
+from marport.handlers.serving_common import Request, RequestError  # noqa: E402
 
 BUCKET, OTHER = "calls", "elsewhere"
 WAV = encode(cough_like(3, 16000, 7), 16000)
@@ -152,7 +148,7 @@ def test_explanations_of_fetched_objects_are_off_unless_configured(s3):
     # An object whose own JSON asks for an explanation is refused by the core, which sees where it came from.
     from types import SimpleNamespace
 
-    import sentiment
+    from marport.handlers import sentiment
 
     fetched = ask({"s3_uri": f"s3://{BUCKET}/recordings/explain.json"})
     assert fetched.allow_explain is False
@@ -225,7 +221,7 @@ def test_no_uri_reaches_outside_the_allow_list(s3, uri):
 
 
 def test_s3_waits_fit_inside_the_handler_calls_budget(s3):
-    from serving_common import call_budget_s
+    from marport.handlers.serving_common import call_budget_s
 
     config = s3_input._client().meta.config
     worst = 2 * config.retries["total_max_attempts"] * (config.connect_timeout + config.read_timeout)  # HEAD + GET

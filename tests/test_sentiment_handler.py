@@ -8,7 +8,7 @@ import pytest
 import yaml
 from ts.context import Context, RequestProcessor
 
-from sentiment_handler import SentimentHandler
+from marport.handlers.sentiment_handler import SentimentHandler
 from marport.build import extract_archive
 from tests.conftest import built_archive
 from tests.hostile import strict_json

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-import sentiment
+from marport.handlers import sentiment
 from marport.build import build
 from marport.build import extract_archive
 from marport.processes import alive

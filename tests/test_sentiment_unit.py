@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
-import sentiment
-from serving_common import Request, RequestError
+from marport.handlers import sentiment
+from marport.handlers.serving_common import Request, RequestError
 from marport.sentiment_data import LABELS, load_splits
 from marport.build import build, extract_archive
 from tests.conftest import built_archive

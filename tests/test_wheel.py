@@ -116,14 +116,22 @@ def test_the_wheel_carries_what_the_tools_need(wheel):
 
 def test_marport_comes_from_the_wheel_and_hides_nothing(user):
     python, folder, env, _ = user
-    probe = ("import marport, marport.build, marport.resources as r; r.use_handlers(); import sagemaker_inference;"
-             "print(marport.__file__); print(r.handlers_dir()); print(sagemaker_inference.__file__)")
-    lines = subprocess.run([str(python), "-c", probe], cwd=folder, env=env, capture_output=True, text=True,
-                           check=True).stdout.split()
+    probe = ("import marport, marport.build, marport.resources as r, marport.handlers.sentiment; "
+             "import sagemaker_inference, review; "
+             "print(marport.__file__); print(r.handlers_dir()); print(sagemaker_inference.__file__); print(review.__file__)")
+    user_module = folder / "review.py"  # a user's own module, named like one of ours
+    user_module.write_text("WHOSE = 'the user'\n")
+    try:
+        lines = subprocess.run([str(python), "-c", probe], cwd=folder, env=env, capture_output=True, text=True,
+                               check=True).stdout.split()
+    finally:
+        user_module.unlink()
     venv = python.parent.parent
     assert all(Path(p).is_relative_to(venv) for p in lines[:2]), lines
-    # handlers/ on the path may not shadow the toolkit's package (it once had a sagemaker_inference.py).
+    # The handlers are a package: nothing of theirs shadows a library's or the user's modules (a bare
+    # handlers/ on the path once hid the toolkit's package behind a sagemaker_inference.py; `review` is the user's).
     assert not Path(lines[2]).is_relative_to(Path(lines[1])), lines
+    assert Path(lines[3]).parent == folder, lines
     help_text = subprocess.run([str(python), "-m", "marport", "--help"], cwd=folder, env=env, capture_output=True,
                                text=True, check=True).stdout
     for command in ("train", "build", "serve", "stop", "status", "predict", "token", "sagemaker", "bench"):
