@@ -19,7 +19,7 @@ from marport.build import build
 from marport.ray_server import RayServe
 
 from .loadgen import closed_loop
-from .plan import Plan
+from .plan import CORES, Plan, cpu_name
 from .served import log, server_for, summarise, unpacked, warm_up
 from .workloads import bench_dir, realsize_checkpoint, short_texts
 
@@ -43,7 +43,8 @@ def ray_bench(plan: Plan) -> dict:
     texts = [(t.encode(), "text/plain") for t in short_texts(plan.short)]
     levels = (1, 8, 32) if not plan.quick else (1, 8)
     reps = plan.reps
-    result: dict = {"texts": len(texts), "concurrency": list(levels), "torchserve": {}, "ray": {}}
+    result: dict = {"texts": len(texts), "concurrency": list(levels), "torchserve": {}, "ray": {}, "cpu": cpu_name(),
+                    "cores": CORES}
 
     store = bench_dir() / "store"
     unpacked(mar, store, name)  # the archive as built: the shipped model-config.yaml

@@ -219,7 +219,7 @@ def ray_serve(r: dict) -> str:
 `marport bench --only ray` (`bench/ray_bench.py`): the roberta-base-size archive with its shipped settings,
 served by TorchServe and then by Ray Serve from the tarball `marport sagemaker package --runtime ray` writes
 (`serve run` on its config.yaml), {ray['texts']} review-length texts per run, the same closed-loop clients,
-one server at a time:
+one server at a time, on {ray.get('cpu', 'this machine')} ({ray.get('cores', 2)} cores):
 
 {table(rows, ["concurrency", "TorchServe texts/s", "Ray Serve texts/s", "Ray / TorchServe", "TorchServe p50 / p99 ms",
               "Ray Serve p50 / p99 ms"])}

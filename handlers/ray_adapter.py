@@ -68,15 +68,13 @@ class RayMetrics:
                 self._warned = True
 
 
-def _log_like_serve(names: tuple[str, ...]) -> None:
-    """Our modules' INFO lines (placement, the per-call batch line) where Ray Serve writes its own: the
+def _log_like_serve(package: str) -> None:
+    """The package's INFO lines (placement, the per-call batch line) where Ray Serve writes its own: the
     replica's log file and the driver's console."""
-    serve_logger = logging.getLogger("ray.serve")
-    for name in names:
-        ours = logging.getLogger(name)
-        ours.setLevel(logging.INFO)
-        ours.handlers = list(serve_logger.handlers)
-        ours.propagate = False
+    ours = logging.getLogger(package)
+    ours.setLevel(logging.INFO)
+    ours.handlers = list(logging.getLogger("ray.serve").handlers)
+    ours.propagate = False
 
 
 def _gpu_id() -> int | None:
@@ -99,7 +97,7 @@ class MarportModel:
 
         model_name = model_name or os.path.basename(model_dir)
         core = core_of(model_dir)
-        _log_like_serve(("endpoint", "isolation", "placement", "s3_input", core.__name__))
+        _log_like_serve(core.__name__.split(".")[0])  # the archive's package: every module's logger below it
         self.endpoint = Endpoint(core, model_dir, None, _gpu_id(), RayMetrics(model_name))
         config = self.endpoint.config
         self.answer.set_max_batch_size(int(config.get("batchSize") or 1))

@@ -21,7 +21,6 @@ import urllib.request
 from typing import Any
 
 from marport.processes import free_port
-from marport.ray_server import RayServe  # noqa: F401 - the runner, re-exported beside the DLC's pieces
 
 RAY_SERVE_PORT = 8000  # where the DLC's Ray Serve listens
 ADAPTER_IMPORT = "ray_adapter:build"  # the deployment code at the tarball's root

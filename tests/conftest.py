@@ -49,6 +49,27 @@ def aws(monkeypatch, tmp_path):
         yield role["Role"]["Arn"]
 
 
+def torchserve_answers(tmp_path_factory, inputs: dict) -> dict:
+    """Local TorchServe's answer to every body of `inputs` ({model: {case: (body, content type)}}), keyed by
+    (model, case): the reference the other runtimes (SageMaker's toolkit, Ray Serve) must match."""
+    import shutil
+
+    import requests
+
+    store = tmp_path_factory.mktemp("store")
+    for model in inputs:
+        shutil.copy2(built_archive(model), store / f"{model}.mar")
+    answers = {}
+    with running_torchserve(tmp_path_factory.mktemp("run"), store, [f"{m}.mar" for m in inputs]) as ts:
+        for model, cases in inputs.items():
+            for case, (body, content_type) in cases.items():
+                got = requests.post(f"{ts.inference_url}/predictions/{model}", data=body,
+                                    headers={"Content-Type": content_type, **ts.headers()}, timeout=120)
+                assert got.status_code == 200, got.text
+                answers[model, case] = got.json()
+    return answers
+
+
 def built_archive(name: str) -> Path:
     mar = MODEL_STORE / f"{name}.mar"
     if not mar.exists():

@@ -20,9 +20,10 @@ import requests
 import yaml
 
 from marport.sagemaker_deploy.package import package
-from marport.sagemaker_deploy.ray_runtime import DlcAdapter, RayServe
+from marport.ray_server import RayServe
+from marport.sagemaker_deploy.ray_runtime import DlcAdapter
 from tests.audio_helpers import cough_like, encode
-from tests.conftest import built_archive, running_torchserve
+from tests.conftest import built_archive, torchserve_answers
 from tests.hostile import respiratory_cases, sentiment_cases, strict_json
 from tests.test_sagemaker_toolkit import INPUTS, numbers_close
 
@@ -39,18 +40,7 @@ def ray_processes() -> int:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Local TorchServe's answers for every body: what Ray Serve must answer too."""
-    store = tmp_path_factory.mktemp("store")
-    for model in INPUTS:
-        shutil.copy2(built_archive(model), store / f"{model}.mar")
-    answers = {}
-    with running_torchserve(tmp_path_factory.mktemp("run"), store, [f"{m}.mar" for m in INPUTS]) as ts:
-        for model, cases in INPUTS.items():
-            for case, (body, content_type) in cases.items():
-                got = requests.post(f"{ts.inference_url}/predictions/{model}", data=body,
-                                    headers={"Content-Type": content_type, **ts.headers()}, timeout=120)
-                assert got.status_code == 200, got.text
-                answers[model, case] = got.json()
-    return answers
+    return torchserve_answers(tmp_path_factory, INPUTS)
 
 
 def extracted(model, tmp_path):

@@ -9,7 +9,6 @@ local TorchServe's for the same request. One server at a time.
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +20,7 @@ from marport.processes import alive
 from marport.sagemaker_deploy.local import LocalEndpoint
 from marport.sagemaker_deploy.package import package
 from tests.audio_helpers import cough_like, encode, npy_bytes
-from tests.conftest import built_archive, running_torchserve
+from tests.conftest import built_archive, torchserve_answers
 from tests.hostile import Case, respiratory_cases, sentiment_cases, strict_json
 
 pytestmark = pytest.mark.integration
@@ -58,18 +57,7 @@ def numbers_close(a, b, tol=1e-5):
 @pytest.fixture(scope="module")
 def local_answers(tmp_path_factory):
     """Answers from local TorchServe (token auth on), the reference for parity."""
-    store = tmp_path_factory.mktemp("store")
-    for model in INPUTS:
-        shutil.copy2(built_archive(model), store / f"{model}.mar")
-    answers = {}
-    with running_torchserve(tmp_path_factory.mktemp("run"), store, [f"{m}.mar" for m in INPUTS]) as ts:
-        for model, cases in INPUTS.items():
-            for case, (body, content_type) in cases.items():
-                got = requests.post(f"{ts.inference_url}/predictions/{model}", data=body,
-                                    headers={"Content-Type": content_type, **ts.headers()}, timeout=120)
-                assert got.status_code == 200, got.text
-                answers[model, case] = got.json()
-    return answers
+    return torchserve_answers(tmp_path_factory, INPUTS)
 
 
 @pytest.fixture(params=["manifest", "toolkit"])
