@@ -34,7 +34,7 @@ setup(
     packages=[*find_packages(include=["marport", "marport.*"]), *PARTS],
     package_dir={"marport": "marport", **PARTS},
     package_data={
-        "marport": ["data/**/*", "templates/*"],
+        "marport": ["data/**/*", "templates/*", "ui/*"],
         "marport.handlers": ["config/*.yaml"],
     },
     install_requires=[
@@ -66,8 +66,9 @@ setup(
         "notebooks": NOTEBOOKS,
         # Serving on Ray Serve (`marport serve --runtime ray`, the Ray Serve DLC's tarball).
         "ray": RAY,
-        "dev": ["pytest>=8", "hypothesis>=6.100", "moto[s3,sagemaker,sts,server]>=5", "nbclient>=0.10", *SAGEMAKER,
-                *NOTEBOOKS, *RAY],
+        # playwright drives Debian's chromium in the browser tests (no browser download: executable_path).
+        "dev": ["pytest>=8", "hypothesis>=6.100", "moto[s3,sagemaker,sts,server]>=5", "nbclient>=0.10",
+                "playwright==1.65.2", *SAGEMAKER, *NOTEBOOKS, *RAY],
     },
     entry_points={"console_scripts": ["marport=marport.cli:main"]},
 )

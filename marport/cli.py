@@ -126,6 +126,12 @@ def _kind_of(workspace: Workspace, name: str):
         return None
 
 
+def _ui(args, workspace: Workspace) -> None:
+    from marport import ui
+
+    ui.run(args, workspace)
+
+
 def _stop(args, workspace: Workspace) -> None:
     from marport.ray_server import LocalRay
     from marport.server import LocalTorchServe
@@ -232,6 +238,15 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=("torchserve", "ray"), default="torchserve",
                    help="ray: the same archives on Ray Serve (a local Ray head; README, \"Ray Serve\")")
     p.set_defaults(run=_serve)
+
+    p = sub.add_parser("ui", parents=common, help="a local page to try the served models in a browser",
+                       description="Serve one page on 127.0.0.1 for the models served from this workspace (or a "
+                                   "SageMaker endpoint): text or a recording in, the answer and its explanation "
+                                   "drawn. The server's key stays here; the page loads nothing from the internet.")
+    from marport import ui
+
+    ui.add_arguments(p)
+    p.set_defaults(run=_ui)
 
     p = sub.add_parser("stop", parents=common, help="stop the TorchServe started here, and its workers")
     p.set_defaults(run=_stop)

@@ -1,0 +1,167 @@
+"""`marport ui`: one local page to try the served models in a browser.
+
+A small standard-library HTTP server on loopback: it serves the page and its script (marport/ui/,
+nothing from a CDN) and relays each request to whatever serves the models, with the same content
+types and answers as the API: the workspace's TorchServe (its inference key stays here, the browser
+never sees it), the workspace's Ray Serve, or a SageMaker endpoint (`--endpoint NAME --kind KIND`).
+
+    GET  /                  the page
+    GET  /static/NAME       its script and style
+    GET  /api/models        [{"name": ..., "kind": "sentiment" | "respiratory"}]
+    POST /api/predict/NAME  the body and Content-Type as sent; the model's status and JSON back
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import mimetypes
+import threading
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Callable
+from urllib.parse import unquote
+
+from marport.workspace import Workspace
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # the largest body either model accepts (respiratory's max_body_bytes)
+STATIC = ("index.html", "app.js", "style.css")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the page's requests go: the models it offers and how one request is answered."""
+
+    models: Callable[[], list[dict]]
+    predict: Callable[[str, bytes, str], tuple[int, bytes]]  # (model, body, content type) -> (status, body)
+    describe: str
+
+
+def local_target(workspace: Workspace) -> Target:
+    """The workspace's TorchServe, or its Ray Serve: whichever `marport serve` started."""
+    from marport.client import NotServing, predict
+
+    def models() -> list[dict]:
+        from marport.registry import for_archive
+
+        found = []
+        for mar in workspace.archives():
+            try:
+                found.append({"name": mar.stem, "kind": for_archive(mar).name})
+            except ValueError:
+                continue
+        return found
+
+    def answer(model: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        try:
+            reply = predict(workspace, model, body, content_type)
+        except NotServing as exc:
+            return 503, json.dumps({"code": 503, "type": "not_serving", "message": str(exc)}).encode()
+        return reply.status, reply.body.encode()
+
+    return Target(models, answer, f"the models served from {workspace.root}")
+
+
+def endpoint_target(endpoint: str, kind: str, region: str | None = None) -> Target:
+    """A SageMaker endpoint, through the SDK's credentials (never the browser's)."""
+    from marport.sagemaker_deploy.aws import invoke
+
+    def answer(_: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        return invoke(endpoint, body, content_type, region)
+
+    return Target(lambda: [{"name": endpoint, "kind": kind}], answer, f"SageMaker endpoint {endpoint}")
+
+
+def handler_for(target: Target) -> type:
+    static = files("marport").joinpath("ui")
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        server_version = "marport-ui"
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            # Everything the page loads comes from here; nothing else may run or be fetched.
+            self.send_header("Content-Security-Policy", "default-src 'self'; media-src 'self' blob:; img-src 'self' data:")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, payload) -> None:
+            self._send(status, json.dumps(payload).encode(), "application/json")
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = self.path.split("?", 1)[0]
+            if path in ("/", "/index.html"):
+                return self._send(200, static.joinpath("index.html").read_bytes(), "text/html; charset=utf-8")
+            if path.startswith("/static/") and path[len("/static/"):] in STATIC:
+                name = path[len("/static/"):]
+                kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+                return self._send(200, static.joinpath(name).read_bytes(), f"{kind}; charset=utf-8")
+            if path == "/api/models":
+                return self._json(200, {"models": target.models(), "serving": target.describe})
+            self._json(404, {"code": 404, "type": "not_found", "message": f"no page at {path}"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if not path.startswith("/api/predict/"):
+                return self._json(404, {"code": 404, "type": "not_found", "message": f"no API at {path}"})
+            size = int(self.headers.get("Content-Length") or 0)
+            if size > MAX_BODY_BYTES:
+                return self._json(413, {"code": 413, "type": "body_too_large",
+                                        "message": f"{size} bytes is more than the page sends ({MAX_BODY_BYTES})"})
+            body = self.rfile.read(size)
+            model = unquote(path[len("/api/predict/"):])
+            status, answer = target.predict(model, body, self.headers.get("Content-Type") or "")
+            self._send(status, answer, "application/json")
+
+        def log_message(self, *args) -> None:  # the terminal shows the URL, not every request
+            pass
+
+    return Page
+
+
+class UiServer:
+    """The page on `host:port` (0: a free port), in a thread; a context manager that stops it."""
+
+    def __init__(self, target: Target, host: str = "127.0.0.1", port: int = 0):
+        self.httpd = http.server.ThreadingHTTPServer((host, port), handler_for(target))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def __enter__(self) -> "UiServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="where the page listens (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8300)
+    parser.add_argument("--endpoint", help="a SageMaker endpoint instead of the workspace's server")
+    parser.add_argument("--kind", choices=("sentiment", "respiratory"), help="the endpoint's model (with --endpoint)")
+    parser.add_argument("--region")
+
+
+def run(args: argparse.Namespace, workspace: Workspace) -> None:
+    if args.endpoint:
+        if not args.kind:
+            raise SystemExit("--endpoint needs --kind sentiment|respiratory: the page asks for text or a recording")
+        target = endpoint_target(args.endpoint, args.kind, args.region)
+    else:
+        target = local_target(workspace)
+    with UiServer(target, args.host, args.port) as server:
+        print(f"the page for {target.describe}: open {server.url} (Ctrl-C stops it)", flush=True)
+        try:
+            server.thread.join()
+        except KeyboardInterrupt:
+            pass
