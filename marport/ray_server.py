@@ -136,6 +136,7 @@ class LocalRay:
 
     def start(self, archives: list[Path]) -> dict:
         from marport.build import extract_archive
+        from marport.sagemaker_deploy.ray_runtime import serve_config
 
         if not archives:
             raise SystemExit(f"nothing to serve: no archives in {self.workspace.model_store} (run `marport build`)")
@@ -146,8 +147,6 @@ class LocalRay:
         for mar in archives:
             folder = extract_archive(mar, models / mar.stem)
             config = yaml.safe_load((folder / "model-config.yaml").read_text())
-            from marport.sagemaker_deploy.ray_runtime import serve_config
-
             app = serve_config(config, mar.stem, INSTALLED_ADAPTER, {"model_dir": str(folder), "model_name": mar.stem},
                                route_prefix=f"/predictions/{mar.stem}")["applications"][0]
             apps.append(app)

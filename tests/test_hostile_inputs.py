@@ -90,50 +90,40 @@ def test_hostile_corpus_mixed_with_good_requests(model, rigs, tmp_path):
         assert not (tmp_path / "canary").exists(), "a .npy payload was unpickled"
 
 
-def test_a_failing_forward_pass_fails_only_its_culprit(rigs, monkeypatch):
-    """If the batched forward raises, the batch is re-run in halves and only the culprit fails (500 with its id)."""
-    rig = rigs["sentiment"]
-    real = sentiment.predict
+def assert_only_the_culprit_fails(rig, monkeypatch, stage: str, error: Exception, texts: list[str], marker: str):
+    """With sentiment.<stage> raising `error` for any call that holds a text with `marker`, that text's request
+    gets a 500 with its id and every other request the answer it gets alone."""
+    real = getattr(sentiment, stage)
 
-    def poisoned(model, requests):
-        if any("POISON" in t for r in requests for t in r.texts):
-            raise RuntimeError("simulated kernel failure")
-        return real(model, requests)
+    def failing(model, items):
+        if any(marker in t for item in items for t in item.texts):
+            raise error
+        return real(model, items)
 
-    monkeypatch.setattr(sentiment, "predict", poisoned)
-    texts = ["Lovely staff", "POISON pill", "Awful food", "The bus left at noon", "Great value"]
+    monkeypatch.setattr(sentiment, stage, failing)
     results = rig.run([(t.encode(), {"Content-Type": "text/plain"}) for t in texts])
-    monkeypatch.setattr(sentiment, "predict", real)
-    for text, (status, answer) in zip(texts, results):
-        if "POISON" in text:
-            assert status == 500 and answer["type"] == "internal_error" and answer["request_id"] == "req-1"
-            assert "req-1" in answer["message"]
+    monkeypatch.setattr(sentiment, stage, real)
+    for idx, (text, (status, answer)) in enumerate(zip(texts, results)):
+        if marker in text:
+            assert status == 500 and answer["type"] == "internal_error" and answer["request_id"] == f"req-{idx}"
+            assert f"req-{idx}" in answer["message"]
         else:
             (_, alone), = rig.run([(text.encode(), {"Content-Type": "text/plain"})])
             assert status == 200 and close(answer, alone)
+
+
+def test_a_failing_forward_pass_fails_only_its_culprit(rigs, monkeypatch):
+    """If the batched forward raises, the batch is re-run in halves and only the culprit fails (500 with its id)."""
+    assert_only_the_culprit_fails(rigs["sentiment"], monkeypatch, "predict", RuntimeError("simulated kernel failure"),
+                                  ["Lovely staff", "POISON pill", "Awful food", "The bus left at noon", "Great value"],
+                                  "POISON")
 
 
 def test_a_parse_batch_bug_fails_only_its_culprit(rigs, monkeypatch):
     """If parsing a handler call's requests together raises (our bug, not a RequestError), each request is
     parsed alone: the one that raises gets a 500 with its id, the rest are answered as when alone."""
-    rig = rigs["sentiment"]
-    real = sentiment.parse_batch
-
-    def buggy(model, items):
-        if any("BUG" in t for item in items for t in item.texts):
-            raise KeyError("simulated bug")
-        return real(model, items)
-
-    monkeypatch.setattr(sentiment, "parse_batch", buggy)
-    texts = ["Lovely staff", "a BUG here", "Awful food", "Great value"]
-    results = rig.run([(t.encode(), {"Content-Type": "text/plain"}) for t in texts])
-    monkeypatch.setattr(sentiment, "parse_batch", real)
-    for idx, (text, (status, answer)) in enumerate(zip(texts, results)):
-        if "BUG" in text:
-            assert status == 500 and answer["type"] == "internal_error" and answer["request_id"] == f"req-{idx}"
-        else:
-            (_, alone), = rig.run([(text.encode(), {"Content-Type": "text/plain"})])
-            assert status == 200 and close(answer, alone)
+    assert_only_the_culprit_fails(rigs["sentiment"], monkeypatch, "parse_batch", KeyError("simulated bug"),
+                                  ["Lovely staff", "a BUG here", "Awful food", "Great value"], "BUG")
 
 
 def test_bisection_stops_at_the_deadline_and_says_why(rigs, monkeypatch):
