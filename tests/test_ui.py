@@ -44,7 +44,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        # A fake microphone (a tone) that needs no permission prompt: the recording path runs for real.
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         yield browser
         browser.close()
 
@@ -110,6 +112,19 @@ def test_upload_a_wav_read_the_probability_and_see_the_plot(page, tmp_path):
     assert plot.locator("circle").count() >= 1 and plot.locator("polyline").count() == 1
     assert plot.locator("rect.heat").count() == 12  # one occlusion stretch a second
     shot(page, "respiratory")
+
+
+def test_record_from_the_microphone_and_classify(page):
+    page.get_by_role("button", name="Record from the microphone").click()
+    assert page.locator("#record").get_attribute("aria-pressed") == "true"
+    page.wait_for_timeout(2500)
+    page.get_by_role("button", name="Stop recording").click()
+    page.locator("#record-status", has_text="Recorded").wait_for(timeout=10_000)
+    page.locator("#respiratory-submit").click()
+    answer = page.locator(".respiratory-answer .label")
+    answer.wait_for(timeout=ANSWER_TIMEOUT_MS)
+    assert "P(unhealthy)" in answer.inner_text()
+    assert float(page.locator(".respiratory-answer .muted").first.inner_text().split(" s,")[0]) >= 1.0
 
 
 def test_a_text_file_sent_as_audio_reads_as_a_message_not_json(page, tmp_path):
