@@ -8,7 +8,7 @@ MARPORT := $(VENV)/bin/marport
 STAMP := $(VENV)/.installed-stamp
 HANDLER_FILES := $(wildcard handlers/*.py handlers/config/*.yaml)
 
-.PHONY: install models serve stop test test-container bench bench-quick clean
+.PHONY: install models serve stop test test-fast test-container bench bench-quick clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ stop:
 
 test: models
 	$(PY) -m pytest
+
+# Units and property tests only, no servers (TorchServe, Ray, the toolkit, a browser): for a change to the handlers.
+test-fast: models
+	$(PY) -m pytest -m "not integration"
 
 # SageMaker's PyTorch TorchServe image, as far as the handlers see it (docs/container.md): torch 2.6.0,
 # TorchServe 0.12.0, toolkit 2.0.25 and the archives' pinned code/requirements.txt, in a second venv.

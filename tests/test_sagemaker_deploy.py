@@ -89,15 +89,33 @@ def test_missing_credentials_and_role_are_explained(monkeypatch, tmp_path):
         deploy(built_archive("sentiment"), DeployOptions(endpoint="x"), tmp_path)
 
 
-def test_invoke_sends_the_body_with_its_content_type(aws, tmp_path):
+def test_invoke_sends_the_body_with_its_content_type(aws, tmp_path, monkeypatch):
+    """What `marport sagemaker invoke` puts on the wire: the body, its Content-Type, Accept, and the sample rate
+    in SageMaker's custom attributes (seen at botocore's before-send, not in moto's canned answer)."""
     from pathlib import Path
 
     from marport.content_types import content_type_for
-    from marport.sagemaker_deploy.aws import invoke
+    from marport.sagemaker_deploy import aws as aws_module
 
+    sent = []
+    real = aws_module.boto_session
+
+    def watched(region=None):
+        session = real(region)
+        session.events.register("before-send.sagemaker-runtime.InvokeEndpoint", lambda request, **_: sent.append(request))
+        return session
+
+    monkeypatch.setattr(aws_module, "boto_session", watched)
     deploy(built_archive("sentiment"), DeployOptions(endpoint="inv", role=aws, wait=False), tmp_path)
-    status, body = invoke("inv", b"Great staff", "text/plain")
-    assert status == 200 and body  # moto answers with a canned body
+    status, _ = aws_module.invoke("inv", b"Great staff", "text/plain")
+    aws_module.invoke("inv", b"RIFF....", "audio/wav", sample_rate=16000)
+    assert status == 200 and len(sent) == 2
+    text, audio = ({k: bytes(v).decode() if isinstance(v, bytes) else v for k, v in r.headers.items()} | {"body": r.body}
+                   for r in sent)
+    assert text["body"] == b"Great staff" and text["Content-Type"] == "text/plain"
+    assert text["Accept"] == "application/json" and "X-Amzn-SageMaker-Custom-Attributes" not in text
+    assert audio["body"] == b"RIFF...." and audio["Content-Type"] == "audio/wav"
+    assert audio["X-Amzn-SageMaker-Custom-Attributes"] == "sample_rate=16000"
     assert content_type_for(Path("cough.FLAC")) == "audio/flac"
     assert content_type_for(Path("x.npy")) == "application/x-npy"
     assert content_type_for(Path("odd.bin")) == "application/octet-stream"

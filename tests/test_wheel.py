@@ -104,7 +104,11 @@ def test_the_wheel_carries_what_the_tools_need(wheel):
             "marport/handlers/config/sentiment.yaml", "marport/handlers/config/respiratory.yaml",
             "marport/templates/config.properties", "marport/sagemaker_deploy/package.py",
             "marport/bench/run.py", "marport/data/sentiment/README.md", "marport/templates/metrics.yaml",
-            "marport/connect_lambda/lambda_function.py", "marport/handlers/s3_input.py"} <= names
+            "marport/connect_lambda/lambda_function.py", "marport/handlers/s3_input.py", "marport/handlers/endpoint.py",
+            "marport/handlers/ray_adapter.py", "marport/ui/index.html", "marport/ui/app.js",
+            "marport/ray_server.py", "marport/sagemaker_deploy/ray_runtime.py"} <= names
+    # The link in marport/templates/ becomes the repo's file itself.
+    assert zipfile.ZipFile(wheel).read("marport/templates/config.properties") == (REPO_ROOT / "config.properties").read_bytes()
     assert any(n.startswith("marport/data/sentiment/marport/") and n.endswith(".tsv") for n in names)
     assert not any(n.startswith(("bench/", "sagemaker_deploy/", "handlers/", "connect_lambda/", "tests/"))
                    for n in names), \
