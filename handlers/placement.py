@@ -125,7 +125,7 @@ def device_settings(settings: Mapping[str, Any], device: torch.device) -> dict:
 
 
 def check_batching(config: Mapping[str, Any], device: torch.device) -> None:
-    """Say so in the worker log when the archive's batchSize is not the one measured for this device:
+    """Say so in the worker log when the archive's batchSize is below this device's default (handler.devices):
     TorchServe fixed it before the worker started (`marport build --device gpu` packs the GPU's)."""
     if str(config.get("deviceType", "")).lower() == "gpu" and device.type == "cpu":
         log.warning("a GPU archive (deviceType gpu, batchSize %s) is running on the CPU: its largest handler call "
@@ -135,13 +135,13 @@ def check_batching(config: Mapping[str, Any], device: torch.device) -> None:
     table = (config.get("handler") or {}).get("devices") or {}
     wanted = (table.get(device_kind(device)) or {}).get("batchSize")
     if wanted and int(config.get("batchSize") or 1) < int(wanted):
-        log.warning("batchSize %s on %s, where %s is the measured default: build the archive for this device "
+        log.warning("batchSize %s on %s, where %s is the default: build the archive for this device "
                     "(marport build --device %s)", config.get("batchSize"), device, wanted, device_kind(device))
 
 
 def load_core(core: Any, model_dir: str, config: Mapping[str, Any], gpu_id: Any) -> tuple[Any, Placement, dict]:
-    """What both runtime adapters do at worker start: place the model (the runtime's `gpu_id`), resolve
-    the `auto` settings for that device, set the worker's threads, load the core and check the batching."""
+    """What every runtime does at worker start (endpoint.Endpoint): place the model (the runtime's `gpu_id`),
+    resolve the `auto` settings for that device, set the worker's threads, load the core, check the batching."""
     from .serving_common import configure_threads, handler_settings
 
     started = time.perf_counter()
