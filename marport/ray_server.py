@@ -50,12 +50,14 @@ class RayServe:
         return self.start()
 
     def start(self) -> "RayServe":
-        serve = Path(sys.executable).with_name("serve")
+        # Ray's own CLI through this Python: a `serve` script on PATH may be another package's
+        # (SageMaker's PyTorch serving toolkit installs one that starts TorchServe).
+        serve = [sys.executable, "-c", "from ray.serve.scripts import cli; cli()"]
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             # Its own session: Ray's head processes (GCS, raylet, dashboard) start in it, and all go together.
-            self.proc = subprocess.Popen([str(serve), "run", str(self.config_path)], cwd=self.folder, env=env,
+            self.proc = subprocess.Popen([*serve, "run", str(self.config_path)], cwd=self.folder, env=env,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self._wait_ready()
