@@ -116,7 +116,10 @@ def test_upload_a_wav_read_the_probability_and_see_the_plot(page, tmp_path):
 
 def test_record_from_the_microphone_and_classify(page):
     page.get_by_role("button", name="Record from the microphone").click()
-    assert page.locator("#record").get_attribute("aria-pressed") == "true"
+    try:  # the microphone opens asynchronously
+        page.locator("#record[aria-pressed=true]").wait_for(timeout=15_000)
+    except Exception:
+        pytest.fail(f"recording did not start: {page.locator('#record-status').inner_text()!r}")
     page.wait_for_timeout(2500)
     page.get_by_role("button", name="Stop recording").click()
     page.locator("#record-status", has_text="Recorded").wait_for(timeout=10_000)
