@@ -112,9 +112,10 @@ class MarportModel:
         return self.endpoint.answer(len(requests), requests.__getitem__, ids.__getitem__)
 
     async def __call__(self, http: HttpRequest) -> Response:
+        from marport_serving.endpoint import lower_headers
         from marport_serving.serving_common import Request
 
-        headers = {k.lower(): v for k, v in http.headers.items()}
+        headers = lower_headers(http.headers)
         headers.setdefault(REQUEST_ID_HEADER, str(uuid.uuid4()))  # Ray's proxy sets one and returns it as X-Request-Id
         request = Request(body=await http.body(), content_type=headers.get("content-type", ""),
                           params=dict(http.query_params), headers=headers)

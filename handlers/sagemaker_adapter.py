@@ -48,11 +48,13 @@ def model_fn(model_dir: str, context=None):
 def _headers(context) -> dict:
     """The request's headers, lower-cased: the toolkit passes its TorchServe context, which holds them
     (X-Amzn-SageMaker-Custom-Attributes carries `sample_rate=...` and `explain=true`)."""
+    from marport_serving.endpoint import lower_headers
+
     try:
         headers = context.get_all_request_header(0) if context is not None else {}
     except Exception:  # noqa: BLE001 - a context without headers: none
         headers = {}
-    return {str(k).lower(): v for k, v in (headers or {}).items() if isinstance(v, str)}
+    return lower_headers(headers)
 
 
 def transform_fn(served, data: Any, content_type: str, accept: str, context=None):
