@@ -7,7 +7,8 @@ handlers run in-process exactly as TorchServe's worker drives them: TorchServe's
 bodies, logging on at INFO as in a worker. The model's calls are timed separately, so each
 figure splits into microseconds per text inside the forward passes and outside them.
 
-- marport: the archive's handler with the shipped model-config.yaml (device defaults included);
+- marport: the archive's handler with the shipped model-config.yaml (device defaults included), and
+  the same with `word_cache: false` (every text through the Rust tokenizer);
 - the HF example (bench/hf_example.py): per-request tokenising padded to 150, fp32.
 """
 
@@ -56,10 +57,11 @@ def tiny_checkpoint(out: Path | None = None) -> Path:
 
 class TimedCalls:
     """Stands in for a model (or a tokenizer): forwards every call and attribute, adding up the seconds
-    spent in calls, of the object itself or, with `methods`, of those methods."""
+    spent in calls, of the object itself or, with `methods`, of those methods (into another timer's
+    total with `into`: the word cache's time is the tokenizer's)."""
 
-    def __init__(self, inner: Any, device: torch.device, *methods: str):
-        self.inner, self.device, self.methods = inner, device, methods
+    def __init__(self, inner: Any, device: torch.device, *methods: str, into: "TimedCalls | None" = None):
+        self.inner, self.device, self.methods, self.into = inner, device, methods, into
         self.seconds, self.calls = 0.0, 0
 
     def _sync(self) -> None:
@@ -85,7 +87,7 @@ class TimedCalls:
             try:
                 return found(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - started
+                (self.into or self).seconds += time.perf_counter() - started
 
         return timed
 
@@ -217,6 +219,8 @@ def ours(model_dir: Path, gpu: int | None, settings: dict | None = None, timed: 
     timers = TimedCalls(core.model, core.device), TimedCalls(core.encoder, core.device, "encode_batch", "encode_batch_fast")
     if timed:
         core.model, core.encoder = timers
+        if core.words is not None:
+            core.words = TimedCalls(core.words, core.device, "encode", into=timers[1])
     return handler, timers, context
 
 
@@ -265,7 +269,8 @@ def overhead_bench(plan, gpu: int | None = None, texts: list[str] | None = None)
     texts = texts or short_texts(768 if plan.quick else 3072)
     reps = 1 if plan.quick else 5
     with worker_logging():
-        handlers = {"marport": ours(checkpoint, gpu), "hf_example": example(checkpoint, gpu)}
+        handlers = {"marport": ours(checkpoint, gpu), "marport_no_word_cache": ours(checkpoint, gpu, {"word_cache": False}),
+                    "hf_example": example(checkpoint, gpu)}
         result: dict = {"batch": BATCH, "texts": len(texts), "model": TINY, "reps": reps, "cpu": cpu_name(),
                         "cores": CORES,
                         "threads": torch.get_num_threads(), **measure(handlers, texts, BATCH, reps)}

@@ -25,6 +25,7 @@ from .serving_common import (
     JSON_TYPE, Request, RequestError, as_json, as_text, check_body_size, checkpoint_dir, explanation_refused,
     read_settings, refuse_form, setting_flag,
 )
+from .word_cache import WordCache
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class SentimentModel:
     review: ReviewBand | None = None  # handler.review_band: answers too close to call are marked for a person
     source: str = ""  # the checkpoint folder (an int8 model explains through a torch copy loaded from it)
     encoder: Any = None  # the fast tokenizer's backend, set to truncate (batch_encoder); None: a slow tokenizer
+    words: WordCache | None = None  # plain-ASCII texts encoded from a cache of words (word_cache.py)
     _explainer: Any = None
 
     def explainer(self) -> torch.nn.Module:
@@ -156,10 +158,12 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
     limits = TextLimits.from_settings(settings)
     if limits.batch_tokens < limit:
         raise ValueError(f"batch_tokens ({limits.batch_tokens}) must hold one text of {limit} tokens")
+    encoder = batch_encoder(tokenizer, limit)
+    words = WordCache.for_tokenizer(encoder, limit) if encoder is not None and setting_flag(settings, "word_cache", True) else None
+    log.info("word cache %s", f"on ({words.shape} tokenizer)" if words else "off: every text goes to the tokenizer")
     loaded = SentimentModel(tokenizer=tokenizer, model=model, labels=labels, max_length=limit, limits=limits,
                             device=placement.device, precision=placement.precision,
-                            review=ReviewBand.from_settings(settings), source=path,
-                            encoder=batch_encoder(tokenizer, limit))
+                            review=ReviewBand.from_settings(settings), source=path, encoder=encoder, words=words)
     warm_up(loaded)
     return loaded
 
@@ -262,12 +266,14 @@ def tokenize(model: SentimentModel, texts: Sequence[str], offsets: bool = False)
     """Token ids per text, truncated to the model's length, which texts were truncated and,
     with `offsets`, each token's character span (empty for special tokens).
 
-    One call for all the texts: with a fast tokenizer, its Rust backend (`backend_tokenizer`,
-    set up at load to truncate as `tokenizer(..., truncation=True, max_length=...)` does) encodes
-    them in parallel with no Python work per token; a slow tokenizer is called as usual.
+    With a fast tokenizer, plain-ASCII texts come from the word cache (word_cache.py, same ids) and the
+    rest from one call of its Rust backend (`backend_tokenizer`, set up at load to truncate as
+    `tokenizer(..., truncation=True, max_length=...)` does); a slow tokenizer is called as usual.
     """
     texts = list(texts)
     try:
+        if model.words is not None and not offsets:
+            return _cached_tokens(model, texts) + ([],)
         if model.encoder is not None:
             # encode_batch_fast skips the character spans, wanted only for explanations (about 20% less work).
             fast = getattr(model.encoder, "encode_batch_fast", None)
@@ -283,6 +289,16 @@ def tokenize(model: SentimentModel, texts: Sequence[str], offsets: bool = False)
     truncated = [bool(e.overflowing) for e in enc.encodings] if enc.encodings else [False] * len(texts)
     spans = [[tuple(span) for span in row] for row in enc["offset_mapping"]] if offsets else []
     return list(enc["input_ids"]), truncated, spans
+
+
+def _cached_tokens(model: SentimentModel, texts: list[str]) -> tuple[list, list]:
+    """Ids and truncation flags: from the word cache where it takes the text, else one backend call."""
+    found = [model.words.encode(text) for text in texts]
+    rest = [i for i, f in enumerate(found) if f is None]
+    if rest:
+        for i, e in zip(rest, model.encoder.encode_batch_fast([texts[i] for i in rest])):
+            found[i] = (e.ids, bool(e.overflowing))
+    return [f[0] for f in found], [f[1] for f in found]
 
 
 def batch_encoder(tokenizer: Any, max_length: int) -> Any:

@@ -1,0 +1,125 @@
+"""Token ids for plain-ASCII texts from a cache of words, equal to the fast tokenizer's own.
+
+Profiling issue 21's handler showed the Rust tokenizer's per-text bookkeeping (normalised strings
+with character alignments, one Encoding object per text) costing more than the rest of the
+handler: about 20 us a review on this project's 2 cores, most of it not the word-piece lookup.
+Review text repeats its words, so a cache of word -> ids answers most words with one dict
+lookup; a word seen for the first time is split by the tokenizer's own model
+(`backend.model.tokenize`), so the vocabulary and the splitting rules stay the library's.
+
+Only what is exactly known is taken this way, decided per text:
+
+- two tokenizer shapes, read from the tokenizer's own JSON at load: BERT-style (BertNormalizer,
+  BertPreTokenizer, WordPiece) and GPT-2/RoBERTa byte-level BPE (no normaliser, ByteLevel with its
+  regex); any other shape gets no cache (`WordCache.for_tokenizer` answers None);
+- texts of printable ASCII and spaces only (plus tab, LF and CR for the BERT shape, which its
+  normaliser turns into spaces), in which no added token (`[MASK]`, `<s>`, ...) appears in any case.
+  On those, lower-casing is str.lower, accents and Chinese characters do not occur, and the
+  pre-tokenisers reduce to the regular expressions below. Every other text goes to the Rust
+  tokenizer, in one call for all of them.
+
+tests/test_word_cache.py holds the cache to the tokenizer's own ids with generated texts (hypothesis).
+Packed into each sentiment archive (its marport_serving package).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Sequence
+
+MAX_WORDS = 100_000  # cached words before the cache starts over: bounds memory (about 20 MB)
+MAX_WORD_CHARS = 48  # longer words are split every time, never cached: no request can fill memory
+
+# BERT's pre-tokeniser splits on whitespace and makes each punctuation character a word; in ASCII
+# every printable character that is not a letter or digit is punctuation to it.
+BERT_WORDS = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9\s]")
+BERT_TEXT = re.compile(r"[\t\n\r\x20-\x7e]*")
+# GPT-2's pre-tokenising pattern (which ByteLevel uses) restricted to ASCII, where \p{L} is a letter and
+# \p{N} a digit. Python's \s would also match \x1c-\x1f: BYTE_TEXT admits no such character.
+BYTE_WORDS = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
+BYTE_TEXT = re.compile(r"[\x20-\x7e]*")
+BYTE_SPACE = "\u0120"  # how the byte-level alphabet writes a space (printable ASCII stands for itself)
+
+
+def _shape(spec: dict) -> str | None:
+    """'bert', 'bytelevel' or None, from a tokenizer's JSON."""
+    model, norm, pre = spec.get("model") or {}, spec.get("normalizer"), spec.get("pre_tokenizer") or {}
+    if (model.get("type") == "WordPiece" and isinstance(norm, dict) and norm.get("type") == "BertNormalizer"
+            and norm.get("clean_text", True) and pre.get("type") == "BertPreTokenizer"):
+        return "bert"
+    if (model.get("type") == "BPE" and norm is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+            and not model.get("dropout") and not model.get("continuing_subword_prefix")
+            and not model.get("end_of_word_suffix")):
+        return "bytelevel"
+    return None
+
+
+class WordCache:
+    """Encodes eligible texts word by word; `encode` answers None for a text it does not take."""
+
+    def __init__(self, backend: Any, shape: str, max_length: int, lowercase: bool, prefix_space: bool,
+                 added: Sequence[str]):
+        self.model, self.shape, self.max_length = backend.model, shape, max_length
+        self.lowercase, self.prefix_space = lowercase, prefix_space
+        self.words_of = BERT_WORDS.findall if shape == "bert" else BYTE_WORDS.findall
+        self.text_ok = (BERT_TEXT if shape == "bert" else BYTE_TEXT).fullmatch
+        # Any added token's text, in any case, sends the text to the tokenizer (which matches them first).
+        self.has_added = re.compile("|".join(map(re.escape, added)), re.IGNORECASE).search if added else None
+        self.cache: dict[str, list[int]] = {}
+        self.prefix, self.suffix = self._specials(backend)
+        self.room = max_length - len(self.prefix) - len(self.suffix)  # sequence tokens a text may keep
+
+    @classmethod
+    def for_tokenizer(cls, backend: Any, max_length: int) -> "WordCache | None":
+        """A cache for this fast tokenizer's backend (tokenizers.Tokenizer), or None for a shape it does not know."""
+        try:
+            spec = json.loads(backend.to_str())
+        except Exception:  # noqa: BLE001 - a backend that cannot describe itself gets no cache
+            return None
+        shape = _shape(spec)
+        if shape is None:
+            return None
+        norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
+        added = [t["content"] for t in spec.get("added_tokens") or [] if t.get("content")]
+        cache = cls(backend, shape, max_length, lowercase=bool(norm.get("lowercase", False)),
+                    prefix_space=bool(pre.get("add_prefix_space", False)), added=added)
+        return cache if cache.room > 0 else None
+
+    def _specials(self, backend: Any) -> tuple[list[int], list[int]]:
+        """The ids the post-processor puts before and after a text's own (such as [CLS] ... [SEP])."""
+        probe = "hello"
+        own = [t.id for t in self.model.tokenize(self._piece(probe if self.shape == "bert" else " " * self.prefix_space + probe))]
+        ids = backend.encode(probe, add_special_tokens=True).ids
+        for start in range(len(ids) - len(own) + 1):
+            if ids[start : start + len(own)] == own:
+                return ids[:start], ids[start + len(own):]
+        raise ValueError("cannot find a text's own ids between the post-processor's special tokens")
+
+    def _piece(self, word: str) -> str:
+        return word.replace(" ", BYTE_SPACE) if self.shape == "bytelevel" else word
+
+    def _word(self, word: str) -> list[int]:
+        ids = self.cache.get(word)
+        if ids is None:
+            ids = [t.id for t in self.model.tokenize(self._piece(word))]
+            if len(word) <= MAX_WORD_CHARS:
+                if len(self.cache) >= MAX_WORDS:
+                    self.cache.clear()
+                self.cache[word] = ids
+        return ids
+
+    def encode(self, text: str) -> tuple[list[int], bool] | None:
+        """(ids with the special tokens, truncated?) as the backend would give them, or None."""
+        if not text.isascii() or not self.text_ok(text) or (self.has_added and self.has_added(text)):
+            return None
+        if self.lowercase:
+            text = text.lower()
+        if self.prefix_space and text and not text.startswith(" "):
+            text = " " + text
+        cache, seq = self.cache, []
+        for word in self.words_of(text):
+            ids = cache.get(word)
+            seq += ids if ids is not None else self._word(word)
+        truncated = len(seq) > self.room
+        return self.prefix + (seq[: self.room] if truncated else seq) + self.suffix, truncated
