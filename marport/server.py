@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -76,7 +77,10 @@ def write_properties(path: Path, props: dict[str, str]) -> None:
 
 def _torchserve() -> str:
     local = Path(sys.executable).with_name("torchserve")
-    return str(local) if local.exists() else "torchserve"
+    found = str(local) if local.exists() else shutil.which("torchserve")
+    if not found:
+        raise RuntimeError("TorchServe is not installed: pip install 'marport[serve]' (it needs Java 17 too)")
+    return found
 
 
 @dataclass

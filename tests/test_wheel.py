@@ -28,7 +28,7 @@ from tests.test_sentiment_unit import save_tiny_checkpoint
 pytestmark = pytest.mark.integration
 
 
-PACKAGED = ("setup.py", "README.md", "config.properties", "marport", "handlers", "sagemaker_deploy", "bench")
+PACKAGED = ("pyproject.toml", "README.md", "config.properties", "marport", "handlers", "sagemaker_deploy", "bench")
 
 
 def _source_tree(dest: Path) -> Path:
@@ -36,7 +36,7 @@ def _source_tree(dest: Path) -> Path:
     what a user gets, and building leaves nothing in the repo."""
     listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
                              capture_output=True)
-    if listing.returncode != 0:  # an export without .git: what setup.py packs, minus build litter
+    if listing.returncode != 0:  # an export without .git: what pyproject.toml packs, minus build litter
         for name in PACKAGED:
             src = REPO_ROOT / name
             if src.is_dir():
@@ -63,10 +63,53 @@ def _source_tree(dest: Path) -> Path:
 def wheel(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("wheel")
     source = _source_tree(work / "src")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
-                    "--quiet", "-w", str(work / "dist")], check=True)
+    # A standard build: pip sets up pyproject.toml's build requirements in an isolated environment.
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--quiet", "-w", str(work / "dist")],
+                   check=True)
     (built,) = (work / "dist").glob("marport-*.whl")
     return built
+
+
+def _requires(wheel: Path) -> list:
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(wheel) as archive:
+        meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = archive.read(meta).decode().splitlines()
+    return [Requirement(line.split(":", 1)[1].strip()) for line in lines if line.startswith("Requires-Dist:")]
+
+
+def test_the_library_asks_for_ranges_and_extras_by_use(wheel):
+    requires = _requires(wheel)
+    base = [r for r in requires if r.marker is None]
+    assert not [str(r) for r in base if any(s.operator in ("==", "===") for s in r.specifier)]
+    by_name = {r.name: r for r in base}
+    for version in ("2.6.0", "2.11.0", "2.13.0"):  # SageMaker's last TorchServe image, the GPU hosts', this repo's
+        assert by_name["torch"].specifier.contains(version)
+    assert "torchserve" not in by_name and "scikit-learn" not in by_name and "captum" not in by_name
+    extras = {str(r.marker).split('"')[1] for r in requires if r.marker is not None}
+    assert {"serve", "train", "sagemaker", "ray", "notebooks", "bench", "dev"} <= extras
+
+
+def test_installing_keeps_the_users_torch(wheel, tmp_path):
+    """pip, asked to install the wheel where another torch is installed, leaves that torch alone (a dry
+    run against the package index: a stand-in torch 2.6.0 distribution is what the venv has)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    info = site / "torch-2.6.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.6.0\n")
+    (info / "INSTALLER").write_text("pip\n")
+    (info / "RECORD").write_text("")
+    report = tmp_path / "report.json"
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--dry-run", "--report", str(report), str(wheel)],
+                   check=True)
+    planned = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
+    assert "marport" in planned and "transformers" in planned
+    assert "torch" not in planned  # 2.6.0 satisfies the range: nothing replaces it
 
 
 @pytest.fixture(scope="module")
