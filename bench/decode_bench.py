@@ -3,7 +3,7 @@
 Each format is decoded in-process by handlers/audio_input.py exactly as a request is (block by block,
 mixed to mono, resampled to the CNN's 1,600 Hz), timed (median of `reps`) with its peak traced memory.
 The largest respiratory handler call is batchSize recordings at max_decoded_samples of the slowest
-format: it must fit in half of the call's budget, like the other caps (README, "Caps").
+format: it must fit in half of the call's budget, like the other caps (docs/caps.md, "Caps").
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import numpy as np
 import soundfile as sf
 import yaml
 
+from marport.handlers import audio_input  # noqa: E402
+from marport.handlers.serving_common import call_budget_s  # noqa: E402
 from marport.resources import model_config
 
 from .served import log
-from marport.handlers import audio_input  # noqa: E402
-from marport.handlers.serving_common import call_budget_s  # noqa: E402
 
 # (name, container, subtype, rate, channels, seconds, constant blocks: the shape of a compression bomb)
 FORMATS = [

@@ -20,6 +20,11 @@ import torch
 import yaml
 
 from marport.build import extract_archive
+from marport.handlers import (
+    respiratory,  # noqa: E402
+    sentiment,  # noqa: E402
+)
+from marport.handlers.serving_common import Request  # noqa: E402
 from marport.registry import MODELS
 from marport.workspace import current
 
@@ -27,9 +32,6 @@ from .mixed import TIMEOUT_SHARE, derive_max_tokens
 from .plan import CORES, Plan
 from .served import log
 from .workloads import bench_dir, realsize_checkpoint, recordings, short_texts
-from marport.handlers import respiratory  # noqa: E402
-from marport.handlers import sentiment  # noqa: E402
-from marport.handlers.serving_common import Request  # noqa: E402
 
 
 def _shipped(model: str) -> dict:

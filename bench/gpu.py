@@ -21,10 +21,13 @@ from pathlib import Path
 
 import torch
 
+from marport.handlers import (
+    placement,  # noqa: E402
+    respiratory,  # noqa: E402
+    sentiment,  # noqa: E402
+)
+
 from .ceiling import sentiment_answers
-from marport.handlers import placement  # noqa: E402
-from marport.handlers import respiratory  # noqa: E402
-from marport.handlers import sentiment  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 BATCH = 8
@@ -84,6 +87,51 @@ def adapter_on_gpu(model_dir: Path) -> dict:
             "answers": [json.loads(a) for a in answers], "statuses": context.statuses}
 
 
+def _agreement(demo: Path, held_out: list[str]) -> dict:
+    """Share of the demo model's held-out labels each precision gives as fp32 does."""
+    reference = _answers(_load(demo, "fp32"), held_out)
+    agreement = {"fp32": 1.0}
+    for precision in PRECISIONS[1:]:
+        got = _answers(_load(demo, precision), held_out)
+        agreement[precision] = sum(a["label"] == b["label"] for a, b in zip(reference, got)) / len(got)
+        print(f"demo model {precision}: labels agree with fp32 on {agreement[precision]:.2%}", flush=True)
+    return agreement
+
+
+def _roberta_base(demo: Path) -> Path:
+    """A random roberta-base-size classifier with the demo tokenizer (the arithmetic of the real weights)."""
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+
+    from .workloads import ROBERTA_BASE
+
+    base = Path("/tmp/roberta-base-random")
+    tokenizer = AutoTokenizer.from_pretrained(demo)
+    torch.manual_seed(0)
+    config = RobertaConfig(**ROBERTA_BASE, num_labels=3, pad_token_id=tokenizer.pad_token_id)
+    RobertaForSequenceClassification(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    return base
+
+
+def _respiratory_windows_per_s(checkpoint: Path) -> dict:
+    """The CNN's windows per second on the GPU: fp32, fp32 with BatchNorm folded, bf16 folded."""
+    windows = torch.randn(64, 32000)
+    rates = {}
+    for precision, fold in (("fp32", False), ("fp32", True), ("bf16", True)):
+        settings = {"precision": precision, "fold_batchnorm": fold, "batch_windows": 64}
+        model = respiratory.load(str(checkpoint), settings, placement.place(0, settings))
+        respiratory.forward(model, windows)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(20):
+            respiratory.forward(model, windows)
+        torch.cuda.synchronize()
+        key = f"{precision}{' folded' if fold else ''}"
+        rates[key] = 20 * len(windows) / (time.perf_counter() - started)
+        print(f"respiratory {key}: {rates[key]:.0f} windows/s", flush=True)
+    return rates
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, required=True, help="the demo sentiment checkpoint")
@@ -93,29 +141,16 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         sys.exit("no CUDA device")
     from marport.sentiment_data import load_splits
-    from .workloads import ROBERTA_BASE, short_texts
+
+    from .workloads import short_texts
 
     device = torch.cuda.get_device_name(0)
     result = {"device": device, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "batch": BATCH,
               "auto": placement.place(0, {}).precision}
     print(f"{device}: auto -> {result['auto']}", flush=True)
 
-    held_out = [e.text for e in load_splits()["test"]]
-    reference = _answers(_load(args.demo, "fp32"), held_out)
-    result["agreement"] = {"fp32": 1.0}
-    for precision in PRECISIONS[1:]:
-        got = _answers(_load(args.demo, precision), held_out)
-        result["agreement"][precision] = sum(a["label"] == b["label"] for a, b in zip(reference, got)) / len(got)
-        print(f"demo model {precision}: labels agree with fp32 on {result['agreement'][precision]:.2%}", flush=True)
-
-    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
-
-    base = Path("/tmp/roberta-base-random")
-    tokenizer = AutoTokenizer.from_pretrained(args.demo)
-    torch.manual_seed(0)
-    config = RobertaConfig(**ROBERTA_BASE, num_labels=3, pad_token_id=tokenizer.pad_token_id)
-    RobertaForSequenceClassification(config).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    result["agreement"] = _agreement(args.demo, [e.text for e in load_splits()["test"]])
+    base = _roberta_base(args.demo)
     texts = short_texts(2048)
     result["texts"] = len(texts)
     result["roberta_base"] = {}
@@ -137,20 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         value["speedup"] = value["texts_per_s"] / fp32
         value["speedup_batch64"] = value["texts_per_s_batch64"] / fp32_64
 
-    windows = torch.randn(64, 32000)
-    result["respiratory_windows_per_s"] = {}
-    for precision, fold in (("fp32", False), ("fp32", True), ("bf16", True)):
-        settings = {"precision": precision, "fold_batchnorm": fold, "batch_windows": 64}
-        model = respiratory.load(str(args.respiratory), settings, placement.place(0, settings))
-        respiratory.forward(model, windows)
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        for _ in range(20):
-            respiratory.forward(model, windows)
-        torch.cuda.synchronize()
-        key = f"{precision}{' folded' if fold else ''}"
-        result["respiratory_windows_per_s"][key] = 20 * len(windows) / (time.perf_counter() - started)
-        print(f"respiratory {key}: {result['respiratory_windows_per_s'][key]:.0f} windows/s", flush=True)
+    result["respiratory_windows_per_s"] = _respiratory_windows_per_s(args.respiratory)
 
     result["adapter"] = adapter_on_gpu(args.demo)
     print(f"adapter: {result['adapter']}", flush=True)

@@ -32,6 +32,7 @@ from marport.workspace import current
 from .plan import CORES, cpu_name
 from .served import log
 from .workloads import bench_dir, short_texts
+
 BATCH = 256  # requests per handler call: what a busy GPU worker is handed (batchSize)
 TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=514, type_vocab_size=1)

@@ -78,8 +78,7 @@ def respiratory_variants(reps: int = 7) -> dict:
     channels_last is a layout of 4-D (N, C, H, W) tensors; this CNN's Conv1d works on
     (N, C, L), which has no such layout, so there is nothing to measure for it.
     """
-    from marport.handlers import placement
-    from marport.handlers import respiratory
+    from marport.handlers import placement, respiratory
 
     from .workloads import recordings
 
@@ -139,6 +138,22 @@ def _max_mhz() -> float:
     return max(speeds) if speeds else 0.0
 
 
+def _cold_starts(plan, model_dir, store, name: str, body, shipped_yaml: dict, shipped: dict) -> dict:
+    """Seconds from start to the first answer, eager and with torch.compile (the shipped precision)."""
+    import yaml
+
+    log("cold start to the first answer, with and without torch.compile (shipped precision)")
+    cold = {}
+    for compiled in (False, True):
+        (model_dir / "model-config.yaml").write_text(yaml.safe_dump(shipped_yaml))
+        configure(model_dir, shipped["workers"], shipped["threads"], shipped["batchSize"],
+                  shipped["maxBatchDelay"], compile=compiled)
+        cold["compiled" if compiled else "eager"] = cold_start(store, name, body, max(1, plan.cold_starts // 2))
+        log(f"  compile={compiled}: {cold['compiled' if compiled else 'eager']:.1f} s")
+    (model_dir / "model-config.yaml").write_text(yaml.safe_dump(shipped_yaml))
+    return cold
+
+
 def precision_bench(plan, settings: dict) -> dict:
     """Served throughput per setting at c32 on the same texts, padding, cold start, labels.
 
@@ -190,15 +205,7 @@ def precision_bench(plan, settings: dict) -> dict:
     for result in runs.values():
         result["speedup"] = result["throughput"] / reference
 
-    log("cold start to the first answer, with and without torch.compile (shipped precision)")
-    cold = {}
-    for compiled in (False, True):
-        (model_dir / "model-config.yaml").write_text(yaml.safe_dump(shipped_yaml))
-        configure(model_dir, shipped["workers"], shipped["threads"], shipped["batchSize"],
-                  shipped["maxBatchDelay"], compile=compiled)
-        cold["compiled" if compiled else "eager"] = cold_start(store, name, body[0], max(1, plan.cold_starts // 2))
-        log(f"  compile={compiled}: {cold['compiled' if compiled else 'eager']:.1f} s")
-    (model_dir / "model-config.yaml").write_text(yaml.safe_dump(shipped_yaml))
+    cold = _cold_starts(plan, model_dir, store, name, body[0], shipped_yaml, shipped)
     from marport.handlers import placement
 
     default_precision = placement.place(None, shipped_yaml["handler"]).precision  # what auto resolved to here

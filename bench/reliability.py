@@ -23,7 +23,7 @@ from marport.registry import MODELS
 from .mixed import TIMEOUT_SHARE, derive_max_tokens, kill_worker_under_load, mixed_load, worker_pids
 from .plan import CORES
 from .served import log, server_for, unpacked, warm_up
-from .workloads import bench_dir, LONG_TEXT, realsize_checkpoint, short_texts
+from .workloads import LONG_TEXT, bench_dir, realsize_checkpoint, short_texts
 
 
 def shipped_config() -> dict:

@@ -83,6 +83,7 @@ def table(rows: list[list], header: list[str]) -> str:
 
 
 def markdown(r: dict) -> str:
+    """BENCHMARKS.md: mostly one f-string, the document's own text (long on purpose: read it as the page)."""
     s, resp, m = r["sentiment"], r["respiratory"], r["machine"]
     met = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "<": lambda v, t: v < t, ">": lambda v, t: v > t}
     targets = table([[name, f"{fn(r):.3f}", f"{op} {t}", "met" if met[op](fn(r), t) else "**missed**"]

@@ -7,6 +7,8 @@ import time
 from functools import partial
 
 import torch
+
+from marport.handlers import respiratory  # noqa: E402
 from marport.workspace import current
 
 from .ceiling import ceiling
@@ -14,7 +16,6 @@ from .loadgen import closed_loop
 from .plan import CORES, LAYOUTS, Plan
 from .served import compare, configure, log, median, server_for, summarise, unpacked, warm_up
 from .workloads import bench_dir, recording_load
-from marport.handlers import respiratory  # noqa: E402
 
 RESPIRATORY_DELAY_MS = 5  # maxBatchDelay for the respiratory runs
 

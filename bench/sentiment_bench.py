@@ -9,13 +9,14 @@ import numpy as np
 import torch
 
 from marport.build import build
+from marport.handlers import sentiment  # noqa: E402
 from marport.server import LocalTorchServe
+
 from .ceiling import ceiling, sentiment_answers
 from .loadgen import WorkerMemory, closed_loop
 from .plan import CORES, LAYOUTS, Plan
 from .served import compare, configure, log, lone_request_breakdown_ms, server_for, summarise, unpacked, warm_up
 from .workloads import bench_dir, long_texts, realsize_checkpoint, short_texts
-from marport.handlers import sentiment  # noqa: E402
 
 SWEEP_NOISE = 0.10  # run-to-run spread of one sweep point on a shared 2-core machine
 FP32_REFERENCE = {"precision": "fp32", "min_padding_efficiency": 0.0}  # the eager fp32 path, padded per batch
@@ -58,6 +59,60 @@ def serving_overhead_ms(runs, forward: dict) -> dict:
     return {"p50_ms": float(p50), "p99_ms": float(p99), "requests": len(extra)}
 
 
+def _url(server, name: str) -> str:
+    return f"{server.inference_url}/predictions/{name}"
+
+
+def _text(t: str) -> tuple[bytes, str]:
+    return t.encode(), "text/plain"
+
+
+def _sweep(plan: Plan, model_dir, store, name: str, short: list[str]) -> tuple[list[dict], dict]:
+    """Throughput at concurrency 32 for each (workers, threads, batchSize, maxBatchDelay) of the plan, and the best."""
+    log(f"sweep over {len(plan.sweep)} settings at concurrency 32, short texts")
+    sweep = []
+    for workers, threads, batch, delay in plan.sweep:
+        configure(model_dir, workers, threads, batch, delay, **FP32_REFERENCE)
+        with server_for(store).serving([name]) as server:
+            warm_up(_url(server, name), server, _text(short[0]))
+            run = closed_loop(_url(server, name), [_text(t) for t in short], 32, server.headers())
+        point = {"workers": workers, "threads": threads, "batchSize": batch, "maxBatchDelay": delay,
+                 **run.summary()}
+        sweep.append(point)
+        log(f"  {point}")
+    top = max(p["throughput"] for p in sweep)
+    # Near-ties go to the shorter batch delay (a lone request waits all of it for batch-mates),
+    # then to the faster. One sweep run varies by about 10% on this machine: that is a tie.
+    # The latency settings measure fewer, wider workers at low load.
+    near = [p for p in sweep if p["throughput"] >= (1 - SWEEP_NOISE) * top]
+    best = min(near, key=lambda p: (p["maxBatchDelay"], -p["throughput"]))
+    settings = {k: best[k] for k in ("workers", "threads", "batchSize", "maxBatchDelay")}
+    log(f"best settings {settings}")
+    return sweep, settings
+
+
+def _latency_settings(plan: Plan, model, model_dir, store, name: str, lone: list[str], settings: dict):
+    """Fewer, wider workers answer a lone request faster: the same lone requests with one worker on every core."""
+    latency = {"workers": 1, "threads": CORES, "batchSize": settings["batchSize"], "maxBatchDelay": 2}
+    configure(model_dir, latency["workers"], latency["threads"], latency["batchSize"], latency["maxBatchDelay"],
+              **FP32_REFERENCE)
+    with server_for(store).serving([name]) as server:
+        warm_up(_url(server, name), server, _text(lone[0]))
+        runs, forward = lone_requests(model, _url(server, name), server, lone, CORES, plan.reps)
+    log(f"  latency settings {latency}, c1: {summarise(runs)}")
+    return latency, runs, forward
+
+
+def _ceilings(plan: Plan, model_dir, batches: list[int]) -> tuple[dict, dict, float]:
+    """In-process texts/s per batch size over every layout (processes x threads), and for long texts."""
+    log(f"in-process ceiling: layouts (processes x threads) {LAYOUTS}")
+    layouts = {batch: ceiling("sentiment", str(model_dir), partial(short_texts, plan.short), batch, LAYOUTS, plan.reps)
+               for batch in batches}
+    long_ceiling = ceiling("sentiment", str(model_dir), partial(long_texts, plan.long), 8, LAYOUTS, plan.reps)["per_s"]
+    log(f"  {layouts}")
+    return layouts, {batch: c["per_s"] for batch, c in layouts.items()}, long_ceiling
+
+
 def sentiment_bench(plan: Plan) -> dict:
     name = "sentiment_base"
     log("building the roberta-base-size archive with the normal build")
@@ -68,7 +123,6 @@ def sentiment_bench(plan: Plan) -> dict:
     # pinned in the archive's yaml, which the in-process ceiling reads too.
     configure(model_dir, 1, CORES, 8, 2, **FP32_REFERENCE)
     short, long = short_texts(plan.short), long_texts(plan.long)
-    text = lambda t: (t.encode(), "text/plain")  # noqa: E731
 
     log("in-process answers")
     torch.set_num_threads(CORES)
@@ -77,64 +131,32 @@ def sentiment_bench(plan: Plan) -> dict:
     reference = {batch: sentiment_answers(model, short, batch) for batch in batches}
     lone = short[: plan.short_c1]
     long_reference = sentiment_answers(model, long, 8)
-    log(f"in-process ceiling: layouts (processes x threads) {LAYOUTS}")
-    layouts = {batch: ceiling("sentiment", str(model_dir), partial(short_texts, plan.short), batch, LAYOUTS, plan.reps)
-               for batch in batches}
-    ceilings = {batch: c["per_s"] for batch, c in layouts.items()}
-    long_ceiling = ceiling("sentiment", str(model_dir), partial(long_texts, plan.long), 8, LAYOUTS, plan.reps)["per_s"]
-    log(f"  {layouts}")
-
-    url = lambda s: f"{s.inference_url}/predictions/{name}"  # noqa: E731
-    log(f"sweep over {len(plan.sweep)} settings at concurrency 32, short texts")
-    sweep = []
-    for workers, threads, batch, delay in plan.sweep:
-        configure(model_dir, workers, threads, batch, delay, **FP32_REFERENCE)
-        with server_for(store).serving([name]) as server:
-            warm_up(url(server), server, text(short[0]))
-            run = closed_loop(url(server), [text(t) for t in short], 32, server.headers())
-        point = {"workers": workers, "threads": threads, "batchSize": batch, "maxBatchDelay": delay,
-                 **run.summary()}
-        sweep.append(point)
-        log(f"  {point}")
-    top = max(p["throughput"] for p in sweep)
-    # Near-ties go to the shorter batch delay (a lone request waits all of it for batch-mates),
-    # then to the faster. One sweep run varies by about 10% on this machine: that is a tie.
-    # The latency settings below measure fewer, wider workers at low load.
-    near = [p for p in sweep if p["throughput"] >= (1 - SWEEP_NOISE) * top]
-    best = min(near, key=lambda p: (p["maxBatchDelay"], -p["throughput"]))
-    settings = {k: best[k] for k in ("workers", "threads", "batchSize", "maxBatchDelay")}
-    log(f"best settings {settings}")
+    layouts, ceilings, long_ceiling = _ceilings(plan, model_dir, batches)
+    sweep, settings = _sweep(plan, model_dir, store, name, short)
 
     configure(model_dir, settings["workers"], settings["threads"], settings["batchSize"],
               settings["maxBatchDelay"], **FP32_REFERENCE)
     served, checks = {}, {}
     with server_for(store).serving([name]) as server, WorkerMemory() as memory:
-        warm_up(url(server), server, text(short[0]))
+        warm_up(_url(server, name), server, _text(short[0]))
         for c in plan.concurrency:
             if c == 1:
-                runs, forward = lone_requests(model, url(server), server, lone, settings["threads"], plan.reps)
+                runs, forward = lone_requests(model, _url(server, name), server, lone, settings["threads"], plan.reps)
                 where_c1 = lone_request_breakdown_ms(server, name, len(lone) * plan.reps)
                 overhead_c1 = serving_overhead_ms(runs, forward)
             else:
-                runs = [closed_loop(url(server), [text(t) for t in short], c, server.headers())
+                runs = [closed_loop(_url(server, name), [_text(t) for t in short], c, server.headers())
                         for _ in range(plan.reps)]
             served[c] = summarise(runs)
             checks[f"short_c{c}"] = compare(runs[0].answers, reference[settings["batchSize"]], "scores")
             log(f"  c{c}: {served[c]}")
-        long_runs = [closed_loop(url(server), [text(t) for t in long], 32, server.headers()) for _ in range(plan.reps)]
+        long_runs = [closed_loop(_url(server, name), [_text(t) for t in long], 32, server.headers()) for _ in range(plan.reps)]
         checks["long_c32"] = compare(long_runs[0].answers, long_reference, "scores")
     rss = memory.peak_mb
 
-    # Fewer, wider workers answer a lone request faster; measure that trade too.
-    latency = {"workers": 1, "threads": CORES, "batchSize": settings["batchSize"], "maxBatchDelay": 2}
-    configure(model_dir, latency["workers"], latency["threads"], latency["batchSize"], latency["maxBatchDelay"],
-              **FP32_REFERENCE)
-    with server_for(store).serving([name]) as server:
-        warm_up(url(server), server, text(short[0]))
-        latency_runs, latency_forward = lone_requests(model, url(server), server, lone, CORES, plan.reps)
+    latency, latency_runs, latency_forward = _latency_settings(plan, model, model_dir, store, name, lone, settings)
     latency_c1 = summarise(latency_runs)
     del model
-    log(f"  latency settings {latency}, c1: {latency_c1}")
 
     long_served = summarise(long_runs)
     c32 = served.get(32) or served[max(served)]

@@ -8,7 +8,7 @@ lie), and decoding never holds the whole recording: it reads `BLOCK_FRAMES` at a
 each block to mono in float64 (no overflow, whatever the samples) and feeds it to an
 incremental soxr resampler. Memory is one block plus the output at the model's rate.
 
-Only the container formats the README documents are read (ALLOWED_FORMATS); libsndfile
+Only the container formats docs/serving.md documents are read (ALLOWED_FORMATS); libsndfile
 sniffs many more (MAT5, PAF, SDS, VOC, NIST, ...), which get a 415 naming what they are.
 A `.npy` body is a float or integer array whose header is checked before anything is
 allocated; it is never unpickled.
@@ -32,7 +32,7 @@ from .serving_common import RequestError
 
 NPY_TYPES = ("application/x-npy", "application/npy")
 NPY_MAGIC = b"\x93NUMPY"
-# libsndfile's format name -> how the 415 and the README call it. WAV carries telephony codecs too
+# libsndfile's format name -> how the 415 and docs/serving.md call it. WAV carries telephony codecs too
 # (mu-law, A-law, GSM 6.10, ADPCM): all decode to at most frames x channels samples, which is capped.
 ALLOWED_FORMATS = {"WAV": "WAV", "WAVEX": "WAV (extensible)", "FLAC": "FLAC", "OGG": "Ogg (Vorbis, Opus)",
                    "MP3": "MP3"}
@@ -48,12 +48,12 @@ FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 
 @dataclass(frozen=True)
 class AudioLimits:
-    """What one recording may cost (model-config.yaml; README, "Caps")."""
+    """What one recording may cost (values and their reasons: model-config.yaml; docs/caps.md, "Caps")."""
 
-    max_duration_s: float = 600.0  # seconds of audio per request
-    max_channels: int = 8
-    max_sample_rate: int = 96_000  # Hz, as declared by the header (or sent with a .npy): resampling work grows with it
-    max_decoded_samples: int = 57_600_000  # frames x channels: bounds the decoding and resampling work
+    max_duration_s: float  # seconds of audio per request
+    max_channels: int
+    max_sample_rate: int  # Hz, as declared by the header (or sent with a .npy): resampling work grows with it
+    max_decoded_samples: int  # frames x channels: bounds the decoding and resampling work
 
 
 @dataclass

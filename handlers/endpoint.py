@@ -38,7 +38,8 @@ class MetricsSink(Protocol):
 
 def entry_class(module: Any) -> type:
     """The TorchServe handler class an entry module defines (the one that names a core)."""
-    return next(c for _, c in inspect.getmembers(module, inspect.isclass) if getattr(c, "core", None))
+    found: type = next(c for _, c in inspect.getmembers(module, inspect.isclass) if getattr(c, "core", None))
+    return found
 
 
 def core_of(model_dir: str) -> Any:
@@ -48,7 +49,7 @@ def core_of(model_dir: str) -> Any:
     entries = sorted(glob.glob(os.path.join(model_dir, "*_handler.py")))
     if len(entries) != 1:
         raise RuntimeError(f"expected one *_handler.py in {model_dir}, found {entries}")
-    return entry_class(importlib.import_module(os.path.basename(entries[0])[:-3])).core
+    return entry_class(importlib.import_module(os.path.basename(entries[0])[:-3])).core  # type: ignore[attr-defined]
 
 
 class Endpoint:

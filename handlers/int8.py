@@ -15,6 +15,7 @@ import logging
 import os
 import tempfile
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ def export_int8(checkpoint: str, out: str | None = None) -> str:
     example = torch.ones(2, 16, dtype=torch.long)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = os.path.join(tmp, "model.onnx")
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             input_names=["input_ids", "attention_mask"],
             output_names=["logits"],
             dynamic_axes={name: {0: "batch", 1: "tokens"} for name in ("input_ids", "attention_mask")}

@@ -130,10 +130,11 @@ def answer_batch(
     started = time.perf_counter()
     _predict_isolated(core, model, parsed, outcomes, request_id, report, deadline)
     report.predict_ms = (time.perf_counter() - started) * 1000
-    for outcome in outcomes:
+    answered = [outcome for outcome in outcomes if outcome is not None]  # by now every request has its outcome
+    for outcome in answered:
         if outcome.kind:
             report.rejected[outcome.kind] = report.rejected.get(outcome.kind, 0) + 1
-    return outcomes, report
+    return answered, report
 
 
 def _parse_isolated(core, model, items: list[tuple[int, Any]], outcomes: list, request_id) -> list[tuple[int, Any]]:

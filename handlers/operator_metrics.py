@@ -5,7 +5,7 @@ given (texts and tokens, or recordings and seconds of audio), how well it batche
 efficiency), where time went (decode, resample, model), explanations served and answers
 marked for human review. With `metrics_mode=prometheus` they appear on the metrics port under
 their own names (`Texts{ModelName="sentiment",...}`) once they are declared in the server's
-metrics.yaml (marport/templates/metrics.yaml), as TorchServe 0.12 requires; in log mode they
+metrics declaration (`marport serve` generates it from METRICS below), as TorchServe 0.12 requires; in log mode they
 are `[METRICS]` lines in the worker's log. Emitting never fails a request: a runtime without the API (SageMaker's
 toolkit route) or a metric it refuses is skipped.
 
@@ -19,7 +19,8 @@ from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
-# name -> (TorchServe metric type, unit, dimensions besides ModelName). Mirrors metrics.yaml.
+# name -> (TorchServe metric type, unit, dimensions besides ModelName): the one list; `marport serve` declares
+# them to TorchServe from here (marport/server.py, metrics_declaration).
 METRICS = {
     "RequestsRejected": ("counter", "Count", ("ErrorType",)),
     "ExplanationsServed": ("counter", "Count", ()),

@@ -15,9 +15,10 @@ from typing import Any, Mapping
 
 import torch
 
+from .names import PRECISIONS
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 AUTO = "auto"
 # torch's device type -> its entry in handler.devices (TorchServe's deviceType words).
 DEVICE_KINDS = {"cpu": "cpu", "cuda": "gpu"}
@@ -93,10 +94,10 @@ def resolve(requested: Any, device: torch.device, cpuinfo: str | None = None) ->
     return Placement(device, "fp32", "auto: the CPU has no native bf16")
 
 
-def place(gpu_id: Any, settings: Mapping[str, Any] | None, default: str = "auto") -> Placement:
-    """Device and precision for a worker: `handler.precision` if set, else the core's `default`."""
+def place(gpu_id: Any, settings: Mapping[str, Any] | None) -> Placement:
+    """Device and precision for a worker: `handler.precision` (auto when not set)."""
     settings = settings or {}
-    placement = resolve(settings.get("precision", default), select_device(gpu_id, settings))
+    placement = resolve(settings.get("precision", AUTO), select_device(gpu_id, settings))
     log.info("running on %s", placement.describe())
     return placement
 
@@ -110,7 +111,7 @@ def device_settings(settings: Mapping[str, Any], device: torch.device) -> dict:
     """The handler settings for a model on `device`: every setting left `auto` (or absent) that
     handler.devices.<cpu|gpu> names takes the value measured for that kind of device there.
 
-    What is right for two CPU cores is wrong for a GPU (README, "Device-aware defaults"): the
+    What is right for two CPU cores is wrong for a GPU (docs/devices.md, "Device-aware defaults"): the
     model-config.yaml keeps one table of both, and a number set outside the table wins.
     """
     table = settings.get("devices") or {}
@@ -145,8 +146,9 @@ def load_core(core: Any, model_dir: str, config: Mapping[str, Any], gpu_id: Any)
     from .serving_common import configure_threads, handler_settings
 
     started = time.perf_counter()
-    placement = place(gpu_id, handler_settings(config), core.DEFAULT_PRECISION)
-    settings = device_settings(handler_settings(config), placement.device)
+    settings = {**core.SHIPPED, **handler_settings(config)}  # what the archive leaves out keeps the shipped value
+    placement = place(gpu_id, settings)
+    settings = device_settings(settings, placement.device)
     threads = configure_threads(settings)
     model = core.load(model_dir, settings, placement)
     log.info("%s loaded in %.2fs on %s with %d torch threads", core.__name__, time.perf_counter() - started,

@@ -42,9 +42,8 @@ class RayMetrics:
 
     def _metric(self, name: str) -> Any:
         if name not in self._metrics:
-            from ray.serve import metrics
-
             from marport_serving.operator_metrics import METRICS
+            from ray.serve import metrics
 
             kind, unit, dims = METRICS[name]
             make = metrics.Counter if kind == "counter" else metrics.Gauge
@@ -100,8 +99,9 @@ class MarportModel:
         _log_like_serve(core.__name__.split(".")[0])  # the archive's package: every module's logger below it
         self.endpoint = Endpoint(core, model_dir, None, _gpu_id(), RayMetrics(model_name))
         config = self.endpoint.config
-        self.answer.set_max_batch_size(int(config.get("batchSize") or 1))
-        self.answer.set_batch_wait_timeout_s(float(config.get("maxBatchDelay") or 0) / 1000)
+        # @serve.batch adds these setters to the method at run time (Ray's type hints do not say so).
+        self.answer.set_max_batch_size(int(config.get("batchSize") or 1))  # type: ignore[attr-defined]
+        self.answer.set_batch_wait_timeout_s(float(config.get("maxBatchDelay") or 0) / 1000)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)  # set from model-config.yaml in __init__
     async def answer(self, requests: list) -> list:
@@ -126,7 +126,8 @@ class MarportModel:
 def build(args: Mapping[str, Any]) -> Any:
     """Ray Serve's application builder (`import_path: ray_adapter:build`): `args` may name the extracted
     archive (`model_dir`, default: this module's folder) and the model's name for the metrics."""
-    return MarportModel.bind(str(args.get("model_dir") or ""), str(args.get("model_name") or ""))
+    # @serve.deployment makes the class a Deployment, which has bind (the decorator's type hints do not say so).
+    return MarportModel.bind(str(args.get("model_dir") or ""), str(args.get("model_name") or ""))  # type: ignore[attr-defined]
 
 
-app = MarportModel.bind()  # `import_path: ray_adapter:app` (SM_RAYSERVE_APP), serving this folder
+app = MarportModel.bind()  # type: ignore[attr-defined]  # `import_path: ray_adapter:app` (SM_RAYSERVE_APP), serving this folder

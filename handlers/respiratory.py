@@ -4,113 +4,67 @@ A recording (WAV, FLAC, OGG or MP3, or a float .npy array) is decoded a block at
 time, mixed down to mono and resampled to the model's rate (audio_input.py, which
 bounds that work before doing it), cut into overlapping windows, scored
 by a raw-waveform CNN, and the window scores are aggregated into one probability
-that the speaker is unhealthy. Training (marport.train_respiratory), both serving
-adapters, the tests and the benchmarks call these same functions.
+that the speaker is unhealthy. Training (marport.train_respiratory), every serving
+adapter, the tests and the benchmarks call these same functions.
+
+The network and its checkpoint files are respiratory_net.py; decoding is audio_input.py;
+the occlusion map of an explanation is occlusion.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from .audio_input import AudioLimits, Decoded, decode, to_rate
+from .occlusion import occlusion_scores
 from .placement import Placement, device_settings, place
+from .respiratory_net import LABELS, AudioConfig, RespiratoryCNN, fold_batchnorm, read_checkpoint, windows
 from .review import ReviewBand, mark
 from .serving_common import (
-    Request, RequestError, as_bytes, check_body_size, checkpoint_dir, read_settings, refuse_form, setting_flag,
+    Request,
+    RequestError,
+    as_bytes,
+    check_body_size,
+    checkpoint_dir,
+    read_settings,
+    refuse_form,
+    setting_flag,
+    shipped_settings,
 )
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 SILENCE_PEAK = 1e-4  # below this peak amplitude a recording is treated as silent
-LABELS = ("healthy", "unhealthy")
 LIMITS = ("max_duration_s", "max_channels", "max_sample_rate", "max_decoded_samples", "max_body_bytes",
           "batch_windows", "explain_resolution_s", "explain_max_s")
 
 
-@dataclass
-class AudioConfig:
-    """How audio becomes model input; saved next to the weights."""
-
-    sample_rate: int = 8000  # resample every recording to this rate ...
-    decimation: int = 5  # ... then keep every 5th sample (anti-aliased): 1600 Hz into the CNN
-    window_s: float = 20.0  # the CNN's window; shorter recordings are zero-padded
-    hop_s: float = 10.0  # windows overlap on longer recordings
-    threshold: float = 0.5  # decision threshold, chosen on a validation split
-    temperature: float = 1.0  # logits are divided by it: fitted on validation so probabilities are calibrated
-    aggregate: str = "mean"  # how window probabilities combine: mean or max
-
-    @property
-    def model_rate(self) -> int:
-        return self.sample_rate // self.decimation
-
-    @property
-    def window_samples(self) -> int:
-        return int(round(self.window_s * self.model_rate))
-
-    @property
-    def hop_samples(self) -> int:
-        return max(1, int(round(self.hop_s * self.model_rate)))
-
-
-# bf16 measured no faster than fp32 for this CNN on the reference CPU (BENCHMARKS.md), so fp32 unless asked.
-DEFAULT_PRECISION = "fp32"
-
-
-class RespiratoryCNN(nn.Module):
-    """Raw-waveform CNN: a wide strided first conv, three conv blocks, global pooling."""
-
-    def __init__(self, num_classes: int = 2):
-        super().__init__()
-
-        def block(c_in, c_out, kernel, stride=1):
-            return nn.Sequential(
-                nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=kernel // 2 if stride == 1 else 0),
-                nn.BatchNorm1d(c_out),
-                nn.ReLU(inplace=True),
-                nn.MaxPool1d(4),
-            )
-
-        self.features = nn.Sequential(
-            block(1, 128, 80, stride=4),
-            block(128, 128, 3),
-            block(128, 256, 3),
-            block(256, 512, 3),
-        )
-        # Adaptive pooling over time: any window length gives a 512-vector.
-        self.pool = nn.AdaptiveAvgPool1d(1)
-        self.classifier = nn.Linear(512, num_classes)
-
-    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """(batch, samples) -> (batch, classes) logits."""
-        x = self.features(waveforms.unsqueeze(1))
-        return self.classifier(self.pool(x).squeeze(-1))
+# The shipped model-config.yaml's handler section (config/respiratory.yaml): every default below comes from it,
+# `auto` values as on a CPU; an archive's own settings are laid over it at load.
+SHIPPED: Mapping[str, Any] = shipped_settings("respiratory")
+CPU_DEFAULTS = device_settings(SHIPPED, torch.device("cpu"))
 
 
 @dataclass
 class RespiratoryModel:
     """The CNN, its audio settings, and what one request or forward pass may ask of it.
 
-    Shipped limits (model-config.yaml) come from measurements: see the README's caps table.
+    Shipped limits (model-config.yaml) come from measurements: see the docs/caps.md's table.
     """
 
     net: RespiratoryCNN
     audio: AudioConfig
-    # What one recording may cost (audio_input.AudioLimits holds the defaults and their reasons).
-    max_duration_s: float = AudioLimits.max_duration_s
-    max_channels: int = AudioLimits.max_channels
-    max_sample_rate: int = AudioLimits.max_sample_rate
-    max_decoded_samples: int = AudioLimits.max_decoded_samples
-    max_body_bytes: int = 64 * 1024 * 1024  # refused before decoding
-    batch_windows: int = 32  # windows per forward pass: bounds activation memory
-    explain_resolution_s: float = 1.0  # occlusion explanations silence this much audio at a time
-    explain_max_s: float = 300.0  # seconds of audio one explained request may hold (README, "Explanations")
+    # What one recording may cost (audio_input.AudioLimits), and what one forward pass or explanation may hold.
+    max_duration_s: float = float(CPU_DEFAULTS["max_duration_s"])
+    max_channels: int = int(CPU_DEFAULTS["max_channels"])
+    max_sample_rate: int = int(CPU_DEFAULTS["max_sample_rate"])
+    max_decoded_samples: int = int(CPU_DEFAULTS["max_decoded_samples"])
+    max_body_bytes: int = int(CPU_DEFAULTS["max_body_bytes"])  # refused before decoding
+    batch_windows: int = int(CPU_DEFAULTS["batch_windows"])  # windows per forward pass: bounds activation memory
+    explain_resolution_s: float = float(CPU_DEFAULTS["explain_resolution_s"])  # occlusion's silenced stretch
+    explain_max_s: float = float(CPU_DEFAULTS["explain_max_s"])  # audio one explained request may hold
     review: ReviewBand | None = None  # handler.review_band on the probability of "unhealthy"
 
     @property
@@ -139,46 +93,17 @@ class Recording:
 # --------------------------------------------------------------------------- loading
 
 
-def save_checkpoint(path: str, net: RespiratoryCNN, audio: AudioConfig) -> None:
-    from safetensors.torch import save_file
-
-    os.makedirs(path, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, os.path.join(path, WEIGHTS_FILE))
-    config = {"model_type": "respiratory-cnn", "labels": list(LABELS), **asdict(audio)}
-    with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as fh:
-        json.dump(config, fh, indent=2)
-
-
-def fold_batchnorm(net: RespiratoryCNN) -> nn.Module:
-    """Each Conv1d+BatchNorm1d pair as one Conv1d (eval mode: the same function, one pass less)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    for block in net.features:
-        conv, norm = block[0], block[1]
-        block[0], block[1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
-    return net
-
-
 def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: Placement | None = None) -> RespiratoryModel:
-    """Weights from safetensors (no unpickling); audio settings from config.json."""
-    from safetensors.torch import load_file
-
-    settings = read_settings(model_dir, None) if settings is None else settings  # default: the archive's own
-    placement = placement or place(None, settings, DEFAULT_PRECISION)
+    """Weights from safetensors (no unpickling); audio settings from config.json (respiratory_net)."""
+    settings = {**SHIPPED, **(read_settings(model_dir, None) if settings is None else settings)}
+    placement = placement or place(None, settings)
     settings = device_settings(settings, placement.device)  # `auto` values for this device
     if placement.precision == "int8":
         raise ValueError("the respiratory CNN has no int8 path; use precision fp32, bf16 or auto")
-    path = checkpoint_dir(model_dir)
-    with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as fh:
-        stored = json.load(fh)
-    known = AudioConfig.__dataclass_fields__
-    audio = AudioConfig(**{k: v for k, v in stored.items() if k in known})
+    net, audio = read_checkpoint(checkpoint_dir(model_dir))
     for key in ("hop_s", "aggregate"):  # serving-time choices may be overridden per archive
         if key in settings:
             setattr(audio, key, type(getattr(audio, key))(settings[key]))
-    net = RespiratoryCNN()
-    net.load_state_dict(load_file(os.path.join(path, WEIGHTS_FILE)))
-    net.eval()
     if setting_flag(settings, "fold_batchnorm", True):
         net = fold_batchnorm(net)
     net.to(device=placement.device, dtype=placement.dtype)
@@ -225,19 +150,6 @@ def to_model_rate(samples: np.ndarray, rate: int, audio: AudioConfig) -> np.ndar
                          max_sample_rate=max(rate, 1), max_decoded_samples=samples.size)
     blocks = iter([samples if samples.ndim == 2 else samples[:, None]])
     return to_rate(blocks, rate, audio.model_rate, limits, limits.max_channels).waveform.astype(np.float32)
-
-
-def windows(waveform: np.ndarray, audio: AudioConfig) -> tuple[np.ndarray, list[float]]:
-    """Overlapping windows of window_s every hop_s; the last one is zero-padded."""
-    size, hop = audio.window_samples, audio.hop_samples
-    starts = [0]
-    while starts[-1] + size < len(waveform):
-        starts.append(starts[-1] + hop)
-    out = np.zeros((len(starts), size), dtype=np.float32)
-    for row, start in enumerate(starts):
-        chunk = waveform[start : start + size]
-        out[row, : len(chunk)] = chunk
-    return out, [s / audio.model_rate for s in starts]
 
 
 # --------------------------------------------------------------------------- serving
@@ -337,34 +249,17 @@ def explain(model: RespiratoryModel, recording: Recording, answer: dict) -> None
     Silencing a stretch changes only the windows that overlap it, so only those are scored
     again: the work is about (recording / resolution) x (window / hop + 1) windows.
     """
-    audio, wave = model.audio, recording.waveform
-    rate, size = audio.model_rate, audio.window_samples
-    rows, start_s = windows(wave, audio)
+    rate = model.audio.model_rate
+    rows, start_s = windows(recording.waveform, model.audio)
     starts = [int(round(s * rate)) for s in start_s]
-    base = [w["probability"] for w in answer["windows"]]
     step = max(1, int(round(model.explain_resolution_s * rate)))
-    segments = [(a, min(a + step, len(wave))) for a in range(0, len(wave), step)]
-    jobs = []  # (segment, window): every window a segment overlaps, scored again with that segment silenced
-    for k, (a, b) in enumerate(segments):
-        for w, s in enumerate(starts):
-            if s < b and s + size > a:
-                jobs.append((k, w))
-    occluded = np.empty(len(jobs), dtype=np.float64)
-    for at in range(0, len(jobs), model.batch_windows):  # built a chunk at a time: memory stays bounded
-        chunk = jobs[at : at + model.batch_windows]
-        stack = rows[[w for _, w in chunk]].copy()
-        for row, (k, w) in enumerate(chunk):
-            a, b = segments[k]
-            stack[row, max(a - starts[w], 0) : min(b - starts[w], size)] = 0.0
-        occluded[at : at + len(chunk)] = forward(model, torch.from_numpy(stack)).double().numpy()
-    changed: dict[int, dict[int, float]] = {}
-    for (k, w), p in zip(jobs, occluded):
-        changed.setdefault(k, {})[w] = float(p)
-    attributions = []
-    for k, (a, b) in enumerate(segments):
-        probs = [changed.get(k, {}).get(w, p) for w, p in enumerate(base)]
-        attributions.append({"start_s": round(a / rate, 3), "end_s": round(b / rate, 3),
-                             "score": answer["probability"] - _aggregate(model, probs)})
+    base = [w["probability"] for w in answer["windows"]]
+    attributions = [
+        {"start_s": round(a / rate, 3), "end_s": round(b / rate, 3),
+         "score": answer["probability"] - _aggregate(model, probs)}
+        for (a, b), probs in occlusion_scores(rows, starts, len(recording.waveform), step, base, model.batch_windows,
+                                              lambda stack: forward(model, torch.from_numpy(stack)).double().numpy())
+    ]
     answer["attributions"] = attributions
     answer["explanation"] = {"method": "occlusion", "target": LABELS[1], "baseline": "silence",
                              "resolution_s": model.explain_resolution_s}

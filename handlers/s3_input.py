@@ -15,7 +15,7 @@ fetched. Explanations of a fetched object are off unless `handler.s3_explain` is
 would echo its words back to the caller. Other JSON keys travel as options: `sample_rate`,
 `explain`, `content_type` (else the object's own Content-Type, else one guessed from the key).
 
-Every wait has a budget (README, "Time budgets"): S3_BUDGET_S is the worst case of HEAD and GET
+Every wait has a budget (docs/caps.md, "Time budgets"): S3_BUDGET_S is the worst case of HEAD and GET
 with their connect and read timeouts and one retry; a reference is fetched only while the
 handler call's deadline leaves that much, and the body is read in chunks that stop at it.
 
@@ -167,7 +167,8 @@ def fetch(bucket: str, key: str, max_bytes: int, deadline: float | None) -> tupl
 
 
 def _read_bounded(body, max_bytes: int, deadline: float | None, uri: str) -> bytes:
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         if deadline is not None and time.monotonic() > deadline:
             raise _out_of_time(uri)

@@ -22,15 +22,27 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from .placement import Placement, device_settings, place
 from .review import ReviewBand, mark
 from .serving_common import (
-    JSON_TYPE, Request, RequestError, as_json, as_text, check_body_size, checkpoint_dir, explanation_refused,
-    read_settings, refuse_form, setting_flag,
+    JSON_TYPE,
+    Request,
+    RequestError,
+    as_json,
+    as_text,
+    check_body_size,
+    checkpoint_dir,
+    explanation_refused,
+    read_settings,
+    refuse_form,
+    setting_flag,
+    shipped_settings,
 )
 from .word_cache import WordCache
 
 log = logging.getLogger(__name__)
 
-# bf16 where the hardware has it: labels agree with fp32 on 99.9% of held-out texts (BENCHMARKS.md).
-DEFAULT_PRECISION = "auto"
+# The shipped model-config.yaml's handler section (config/sentiment.yaml): every default below comes from it,
+# `auto` values as on a CPU; an archive's own settings are laid over it at load.
+SHIPPED: Mapping[str, Any] = shipped_settings("sentiment")
+CPU_DEFAULTS = device_settings(SHIPPED, torch.device("cpu"))
 TEXT_TYPES = ("text/plain", "")  # an absent Content-Type is read as text
 # Categories of characters a reader cannot see: spaces, controls, format marks (zero-width, BOM, bidi).
 INVISIBLE = ("Zs", "Zl", "Zp", "Cc", "Cf")
@@ -40,21 +52,21 @@ INVISIBLE = ("Zs", "Zl", "Zp", "Cc", "Cf")
 class TextLimits:
     """What one request may ask of the model, and how much one forward pass may hold.
 
-    Shipped values (model-config.yaml) come from measurements: see the README's caps table.
+    Shipped values (model-config.yaml) come from measurements: see the docs/caps.md's table.
     """
 
-    max_body_bytes: int = 4 * 1024 * 1024  # refused before decoding
-    max_chars: int = 5000  # per text: bounds tokenisation work before it starts
-    max_items: int = 64  # texts per {"inputs": [...]} request
-    max_tokens: int = 2048  # per request, counted after tokenisation (and truncation to the model's length)
-    # Per device (model-config.yaml's handler.devices; these are the CPU's): padded tokens per forward pass,
-    # texts in length-sorted micro-batches, and the share of real tokens below which a micro-batch closes
-    # rather than grow (README, "No padding waste").
-    batch_tokens: int = 2048
-    min_padding_efficiency: float = 0.9
+    max_body_bytes: int = int(CPU_DEFAULTS["max_body_bytes"])  # refused before decoding
+    max_chars: int = int(CPU_DEFAULTS["max_chars"])  # per text: bounds tokenisation work before it starts
+    max_items: int = int(CPU_DEFAULTS["max_items"])  # texts per {"inputs": [...]} request
+    max_tokens: int = int(CPU_DEFAULTS["max_tokens"])  # per request, after tokenisation (and truncation)
+    # Per device (handler.devices; the defaults are the CPU's): padded tokens per forward pass, texts in
+    # length-sorted micro-batches, and the share of real tokens below which a micro-batch closes rather
+    # than grow (docs/devices.md, "No padding waste").
+    batch_tokens: int = int(CPU_DEFAULTS["batch_tokens"])
+    min_padding_efficiency: float = float(CPU_DEFAULTS["min_padding_efficiency"])
     # Explanations cost explain_steps forward and backward passes per text: their own, smaller token cap.
-    explain_max_tokens: int = 128  # per explained request (README, "Explanations")
-    explain_steps: int = 16  # integrated-gradients interpolation steps
+    explain_max_tokens: int = int(CPU_DEFAULTS["explain_max_tokens"])  # per explained request
+    explain_steps: int = int(CPU_DEFAULTS["explain_steps"])  # integrated-gradients interpolation steps
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> "TextLimits":
@@ -136,11 +148,12 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
     CPU and `handler.precision` (default auto). `handler.compile: true` wraps the torch
     model in torch.compile and warms it up here, so the first request is not the slow one.
     """
-    settings = read_settings(model_dir, None) if settings is None else settings  # default: the archive's own
-    placement = placement or place(None, settings, DEFAULT_PRECISION)
+    settings = {**SHIPPED, **(read_settings(model_dir, None) if settings is None else settings)}
+    placement = placement or place(None, settings)
     settings = device_settings(settings, placement.device)  # `auto` values for this device
     path = checkpoint_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    model: Any  # a transformers classifier, torch.compile's wrapper of one, or int8.OnnxClassifier
     if placement.precision == "int8":
         from transformers import AutoConfig
 
@@ -159,7 +172,8 @@ def load(model_dir: str, settings: Mapping[str, Any] | None = None, placement: P
     if limits.batch_tokens < limit:
         raise ValueError(f"batch_tokens ({limits.batch_tokens}) must hold one text of {limit} tokens")
     encoder = batch_encoder(tokenizer, limit)
-    words = WordCache.for_tokenizer(encoder, limit) if encoder is not None and setting_flag(settings, "word_cache", True) else None
+    cached = encoder is not None and setting_flag(settings, "word_cache", True)
+    words = WordCache.for_tokenizer(encoder, limit) if cached else None
     log.info("word cache %s", f"on ({words.shape} tokenizer)" if words else "off: every text goes to the tokenizer")
     loaded = SentimentModel(tokenizer=tokenizer, model=model, labels=labels, max_length=limit, limits=limits,
                             device=placement.device, precision=placement.precision,
@@ -293,12 +307,21 @@ def tokenize(model: SentimentModel, texts: Sequence[str], offsets: bool = False)
 
 def _cached_tokens(model: SentimentModel, texts: list[str]) -> tuple[list, list]:
     """Ids and truncation flags: from the word cache where it takes the text, else one backend call."""
-    found = [model.words.encode(text) for text in texts]
-    rest = [i for i, f in enumerate(found) if f is None]
+    assert model.words is not None
+    ids: list[list[int]] = []
+    truncated: list[bool] = []
+    rest = []  # texts the cache does not take
+    for i, text in enumerate(texts):
+        found = model.words.encode(text)
+        if found is None:
+            rest.append(i)
+            found = [], False
+        ids.append(found[0])
+        truncated.append(found[1])
     if rest:
         for i, e in zip(rest, model.encoder.encode_batch_fast([texts[i] for i in rest])):
-            found[i] = (e.ids, bool(e.overflowing))
-    return [f[0] for f in found], [f[1] for f in found]
+            ids[i], truncated[i] = e.ids, bool(e.overflowing)
+    return ids, truncated
 
 
 def batch_encoder(tokenizer: Any, max_length: int) -> Any:

@@ -14,9 +14,9 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
+from .names import CHECKPOINT_SUBDIR, CONFIG_DIR
+
 JSON_TYPE = "application/json"
-CHECKPOINT_SUBDIR = "checkpoint"  # where an archive keeps its weights and their config
-ARCHIVE_PACKAGE = "marport_serving"  # what these modules are called inside an archive (one package, no bare names)
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 JSON_ACCEPTS = {"", "*/*", "application/*", JSON_TYPE}
 THREADS_ENV = "MARPORT_TORCH_THREADS"
@@ -59,7 +59,7 @@ class ModelCore(Protocol):
     `figures` says what a handler call did, for the operator metrics.
     """
 
-    DEFAULT_PRECISION: str  # what handler.precision means when model-config.yaml leaves it out
+    SHIPPED: Mapping[str, Any]  # the shipped model-config.yaml's handler section: what an archive's own leaves out
 
     def load(self, model_dir: str, settings: Mapping[str, Any] | None = None, placement: Any = None) -> Any: ...
 
@@ -170,7 +170,7 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 def refuse_form(request: "Request", send_as: str) -> None:
     """`curl --data` without -H sends application/x-www-form-urlencoded, which TorchServe splits into form
     fields: the body arrives empty or mangled ('+' and '%' decoded, '&' and '=' cut), so it is refused
-    by name rather than guessed at (README, "`curl --data` without a content type")."""
+    by name rather than guessed at (docs/serving.md, "`curl --data` without a content type")."""
     if request.media_type == FORM_TYPE:
         raise RequestError(
             f"the body was sent as {FORM_TYPE} (what curl --data sends without a Content-Type), which the server "
@@ -315,11 +315,22 @@ def read_settings(model_dir: str, yaml_config: Mapping[str, Any] | None) -> dict
     return handler_settings(read_config(model_dir, yaml_config))
 
 
+def shipped_settings(model: str) -> dict:
+    """The `handler:` section of a model's shipped model-config.yaml (config/<model>.yaml beside these modules,
+    in the repo, the wheel and every archive): the one source of a core's defaults. An archive's own
+    settings are laid over it, so a setting its model-config.yaml leaves out keeps the shipped value."""
+    import yaml
+
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), CONFIG_DIR, f"{model}.yaml"),
+              encoding="utf-8") as fh:
+        return handler_settings(yaml.safe_load(fh) or {})
+
+
 # TorchServe's own default when model-config.yaml names no responseTimeout.
 DEFAULT_RESPONSE_TIMEOUT_S = 120
 # A handler call stops starting new work (S3 fetches, bisection halves) after this share of
 # responseTimeout, so that what it has done still reaches the front end before the worker is
-# declared stuck and restarted (README, "Time budgets").
+# declared stuck and restarted (docs/caps.md, "Time budgets").
 BUDGET_SHARE = 0.85
 
 

@@ -39,7 +39,7 @@ def reference_token(tokenizer: Any) -> int:
     return 0
 
 
-def integrated_gradients(net: torch.nn.Module, ids: Sequence[int], target: int, special_ids: set[int],
+def integrated_gradients(net: Any, ids: Sequence[int], target: int, special_ids: set[int],
                          reference_id: int, steps: int, batch_tokens: int) -> Attribution:
     """Token attributions toward class `target` for one text's ids.
 

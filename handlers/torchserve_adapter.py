@@ -9,11 +9,11 @@ TorchServe's per-request statuses, with TorchServe's metrics API for the figures
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from .endpoint import JSON_TYPE, Endpoint
 from .operator_metrics import OperatorMetrics
-from .serving_common import Request
+from .serving_common import ModelCore, Request
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def to_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> Request:
 class CoreHandler:
     """TorchServe's class entry point; subclasses name their core module."""
 
-    core = None  # set by subclasses
+    core: ClassVar[ModelCore]  # set by subclasses (the entry names its core module: mypy checks it against ModelCore)
 
     def __init__(self):
         self.endpoint: Endpoint | None = None
@@ -83,6 +83,7 @@ class CoreHandler:
 
     def handle(self, data, context) -> list:
         """One answer per request, each strict JSON with its own status; never raises."""
+        assert self.endpoint is not None, "initialize() first"  # TorchServe calls it before any request
         outcomes = self.endpoint.answer(len(data), lambda idx: to_request(data[idx], context.get_all_request_header(idx)),
                                         context.get_request_id)
         for idx, outcome in enumerate(outcomes):

@@ -18,11 +18,10 @@ import zipfile
 from pathlib import Path
 
 from marport import __version__
+from marport.handlers.names import ARCHIVE_PACKAGE, CHECKPOINT_SUBDIR, CONFIG_DIR, PRECISIONS
 from marport.registry import MODELS, ModelKind
 from marport.resources import handler_file
 from marport.workspace import Workspace
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | None = None,
@@ -36,8 +35,6 @@ def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | Non
     `precision` replaces handler.precision in the packed model-config.yaml; an int8
     sentiment archive gets its ONNX graph made here, once, instead of at every worker start.
     """
-    from marport.handlers.serving_common import ARCHIVE_PACKAGE, CHECKPOINT_SUBDIR  # the handlers' own names
-
     staged = workdir / "stage"
     if staged.exists():
         shutil.rmtree(staged)
@@ -47,6 +44,8 @@ def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | Non
     package.mkdir()
     for module in ("__init__.py", *kind.modules):
         shutil.copy2(handler_file(module), package / module)
+    (package / CONFIG_DIR).mkdir()  # the core's defaults (serving_common.shipped_settings), as shipped
+    shutil.copy2(kind.config, package / CONFIG_DIR / kind.config.name)
     (staged / kind.entry).write_text(entry_module(kind, ARCHIVE_PACKAGE))
     for item in sorted(checkpoint.iterdir()):
         if item.is_file():

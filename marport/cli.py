@@ -148,7 +148,6 @@ def _stop(args, workspace: Workspace) -> None:
 
 def _status(args, workspace: Workspace) -> None:
     from marport.client import NotServing, addresses, running_server
-
     from marport.ray_server import LocalRay
 
     archives = ", ".join(p.name for p in workspace.archives()) or "none"
@@ -204,14 +203,24 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The whole command tree. The options of `train MODEL` and `bench` come from modules that
     import torch, so they are only read when `argv` asks for that command."""
     words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
-    wants = lambda *path: words[: len(path)] == list(path)  # noqa: E731
+
+    def wants(*path: str) -> bool:
+        return words[: len(path)] == list(path)
+
     common = [_common()]
     top = argparse.ArgumentParser(
         prog="marport", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Put a fine-tuned PyTorch model behind TorchServe; deploy the same archive to SageMaker.")
     top.add_argument("--version", action="version", version=f"marport {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_commands(sub, common, wants)
+    _serving_commands(sub, common)
+    _client_commands(sub, common)
+    _other_commands(sub, common, wants)
+    return top
 
+
+def _train_commands(sub, common: list, wants) -> None:
     train = sub.add_parser("train", help="train a model (the demo models, or yours from your data)",
                            description="Train a model; writes a save_pretrained checkpoint.")
     kinds = train.add_subparsers(dest="model", required=True, metavar="MODEL")
@@ -223,6 +232,10 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             kind.trainer.add_arguments(p)
         p.set_defaults(run=_train)
 
+
+
+def _serving_commands(sub, common: list) -> None:
+    """build, serve, ui, stop, status."""
     from marport import build
 
     p = sub.add_parser("build", parents=common, help="pack a checkpoint into a TorchServe archive (.mar)",
@@ -236,7 +249,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                    "or the shipped one; wait until every model has a ready worker.")
     p.add_argument("--models", metavar="A,B", help="comma-separated archive names (default: every archive in the store)")
     p.add_argument("--runtime", choices=("torchserve", "ray"), default="torchserve",
-                   help="ray: the same archives on Ray Serve (a local Ray head; README, \"Ray Serve\")")
+                   help="ray: the same archives on Ray Serve (a local Ray head; docs/runtimes.md)")
     p.set_defaults(run=_serve)
 
     p = sub.add_parser("ui", parents=common, help="a local page to try the served models in a browser",
@@ -254,6 +267,10 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=common, help="is TorchServe running here, and where (exit 3 if stopped)")
     p.set_defaults(run=_status)
 
+
+
+def _client_commands(sub, common: list) -> None:
+    """predict, token: requests to the server started here."""
     p = sub.add_parser("predict", parents=common, help="send one request to a served model; prints the JSON answer",
                        description="Send TEXT (text/plain) or a file (typed by its extension: .wav .flac .ogg .mp3 "
                                    ".npy .json .txt) to a model served here. Reads the server's key itself.")
@@ -268,6 +285,10 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                    "key stops working. Use it as: curl -H \"Authorization: Bearer $(marport token)\"")
     p.set_defaults(run=_token)
 
+
+
+def _other_commands(sub, common: list, wants) -> None:
+    """sagemaker ..., bench."""
     from marport.sagemaker_deploy import cli as sagemaker_cli
 
     p = sub.add_parser("sagemaker", help="package, run locally, deploy, invoke or delete on SageMaker",
@@ -283,7 +304,6 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
         bench_run.add_arguments(p)
     p.set_defaults(run=_bench)
-    return top
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,6 +38,7 @@ def _split_table(data: dict) -> str:
 
 
 def sentiment_card(metrics: dict, data: dict, parameters: int) -> str:
+    """MODEL_CARD.md: mostly one f-string, the card's own text (long on purpose: read it as the page)."""
     s = metrics["settings"]
     test, val, everyday = metrics["test"], metrics["validation"], metrics["everyday"]
     recall = ", ".join(f"{k} {v:.3f}" for k, v in test["recall"].items())

@@ -22,6 +22,7 @@ def recording_figure(path: Path, out: Path) -> Path:
     """
     import librosa
     import librosa.display
+
     from marport.handlers import respiratory
 
     audio = respiratory.AudioConfig()

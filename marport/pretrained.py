@@ -62,9 +62,9 @@ def roberta_from_bert(
     bert_config: BertConfig, state: dict[str, torch.Tensor], labels: list[str]
 ) -> RobertaForSequenceClassification:
     """A RobertaForSequenceClassification whose encoder computes what the BERT encoder did."""
-    pad = bert_config.pad_token_id
+    pad = int(bert_config.pad_token_id or 0)
     positions = bert_config.max_position_embeddings
-    config = RobertaConfig(
+    config = RobertaConfig(  # type: ignore[call-arg]  # num_labels is a base-config keyword its hints omit
         vocab_size=bert_config.vocab_size,
         hidden_size=bert_config.hidden_size,
         num_hidden_layers=bert_config.num_hidden_layers,

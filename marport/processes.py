@@ -32,8 +32,8 @@ def process_family(proc: psutil.Process | int | None) -> list[psutil.Process]:
     if proc is None:
         return []
     try:
-        proc = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
-        return [proc, *proc.children(recursive=True)]
+        root = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
 

@@ -73,6 +73,7 @@ class RayServe:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
+            assert self.proc is not None, "start() first"
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve run exited with {self.proc.returncode}; see {self.log_path}")
             try:

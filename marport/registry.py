@@ -19,7 +19,7 @@ from marport.workspace import Workspace
 
 # Packed into every archive: request handling, isolation, device placement, the endpoint every runtime
 # serves through, and the TorchServe adapter.
-COMMON_MODULES = ("serving_common.py", "isolation.py", "placement.py", "review.py", "operator_metrics.py",
+COMMON_MODULES = ("names.py", "serving_common.py", "isolation.py", "placement.py", "review.py", "operator_metrics.py",
                   "s3_input.py", "endpoint.py", "torchserve_adapter.py")
 
 
@@ -46,6 +46,8 @@ class ModelKind:
     container_requirements: tuple[str, ...]  # what SageMaker's PyTorch 2.6 image lacks
     extra_modules: tuple[str, ...] = ()  # other flat modules the core imports
     summary: str = ""
+    # Repo files (globs) the demo checkpoint is trained from: the Makefile retrains when one changes.
+    training_inputs: tuple[str, ...] = ()
 
     @property
     def modules(self) -> list[str]:
@@ -75,6 +77,9 @@ MODELS = {
         core="sentiment.py",
         extra_modules=("int8.py", "text_attributions.py", "word_cache.py"),
         trainer_module="marport.train_sentiment",
+        training_inputs=("marport/train_sentiment.py", "marport/sentiment_data.py", "marport/pretrained.py",
+                         "marport/model_card.py", "marport/reproducible.py",
+                         "marport/data/sentiment/marport/*.tsv"),
         sample_content_type="text/plain",
         sample=lambda _: "The staff were friendly and breakfast was generous",
         container_requirements=("transformers==5.24.0", "tokenizers==0.23.3", "safetensors==0.8.0",
@@ -85,8 +90,10 @@ MODELS = {
         summary="respiratory-sound CNN: a cough or breath recording in, P(unhealthy) out",
         entry="respiratory_handler.py",
         core="respiratory.py",
-        extra_modules=("audio_input.py",),
+        extra_modules=("audio_input.py", "respiratory_net.py", "occlusion.py"),
         trainer_module="marport.train_respiratory",
+        training_inputs=("marport/train_respiratory.py", "marport/synth_audio.py", "marport/reproducible.py",
+                         "handlers/respiratory_net.py"),
         sample_content_type="audio/wav",
         sample=_synthetic_recording,
         container_requirements=("soundfile==0.14.0", "soxr==1.1.0", "safetensors==0.8.0"),
@@ -125,5 +132,25 @@ def container_requirements() -> list[str]:
     return sorted({req for kind in MODELS.values() for req in kind.container_requirements})
 
 
-if __name__ == "__main__":  # python -m marport.registry: the pins, one a line
-    print("\n".join(container_requirements()))
+def make_rules() -> str:
+    """The Makefile's per-model rules (it includes them from build/models.mk): each demo checkpoint from its
+    training inputs, each archive from its checkpoint and the handlers. Paths are the workspace's defaults."""
+    workspace = Workspace(Path("."))
+    lines = ["# Generated from marport/registry.py by `python -m marport.registry --make`; do not edit.",
+             f"MODELS := {' '.join(MODELS)}"]
+    for name, kind in MODELS.items():
+        checkpoint = workspace.checkpoint(name) / "config.json"
+        inputs = " ".join(f"$(wildcard {p})" if "*" in p else p for p in kind.training_inputs)
+        lines += ["", f"{checkpoint}: {inputs} | $(STAMP)", f"\t$(MARPORT) train {name}",
+                  f"model_store/{name}.mar: {checkpoint} $(HANDLER_FILES) marport/build.py marport/registry.py",
+                  f"\t$(MARPORT) build {name}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m marport.registry: the container pins, one a line; --make: the Makefile's rules
+    import sys
+
+    if sys.argv[1:] == ["--make"]:
+        print(make_rules(), end="")
+    else:
+        print("\n".join(container_requirements()))

@@ -39,6 +39,11 @@ def server_config_template() -> Path:
     return _on_disk("marport", "templates", "config.properties")
 
 
+def torchserve_metrics() -> Path:
+    """TorchServe's own part of the metrics declaration (server.metrics_declaration adds the handlers')."""
+    return _on_disk("marport", "templates", "torchserve_metrics.yaml")
+
+
 def data_dir(*parts: str) -> Path:
     """Training data shipped with marport (marport/data/, with its attribution README)."""
     return _on_disk("marport", "data", *parts)

@@ -19,15 +19,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
-from marport.handlers import respiratory  # noqa: E402  (flat handler module, as packed in the archive)
+
+from marport.handlers import respiratory, respiratory_net  # noqa: E402
 from marport.handlers.serving_common import RequestError  # noqa: E402
+from marport.reproducible import seed_everything  # noqa: E402
 
 HEALTHY_STATUSES = {"healthy"}
 
@@ -163,7 +165,7 @@ def fit(model: respiratory.RespiratoryModel, windows: np.ndarray, labels: np.nda
 
 def scores(model, recordings) -> np.ndarray:
     """Recording-level probabilities, through the serving pipeline in small batches."""
-    out = []
+    out: list[float] = []
     for i in range(0, len(recordings), 8):
         out.extend(a["probability"] for a in respiratory.predict(model, recordings[i : i + 8]))
     return np.array(out)
@@ -219,7 +221,13 @@ def threshold_for_sensitivity(labels: np.ndarray, probs: np.ndarray, target: flo
 
 def evaluate(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
     from sklearn.metrics import (
-        brier_score_loss, confusion_matrix, f1_score, fbeta_score, precision_score, recall_score, roc_auc_score,
+        brier_score_loss,
+        confusion_matrix,
+        f1_score,
+        fbeta_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
     )
 
     predicted = (probs >= threshold).astype(int)
@@ -281,15 +289,14 @@ def reliability(labels: np.ndarray, probs: np.ndarray, ax, name: str, before: np
     ax.legend(loc="upper left", fontsize=8)
 
 
-def train(examples: list[Example], out: Path, options: TrainOptions = None) -> dict:
+def train(examples: list[Example], out: Path, options: TrainOptions | None = None) -> dict:
     options = options or TrainOptions()
-    random.seed(options.seed)
-    np.random.seed(options.seed)
-    torch.manual_seed(options.seed)
+    seed_everything(options.seed)
     model = respiratory.RespiratoryModel(net=respiratory.RespiratoryCNN(), audio=options.audio)
     splits = split_by_participant(examples, options.seed)
     loaded = {name: load_recordings(rows, model, name) for name, rows in splits.items()}
-    windows, labels = oversampled_windows(*loaded["train"], options.audio, options.seed)
+    train_examples, train_recordings = loaded["train"]
+    windows, labels = oversampled_windows(train_examples, train_recordings, options.audio, options.seed)
     print(f"training on {len(windows)} windows ({int(labels.sum())} unhealthy after oversampling); "
           f"{len(loaded['validation'][0])} validation, {len(loaded['test'][0])} test recordings")
     fit(model, windows, labels, options)
@@ -304,7 +311,7 @@ def train(examples: list[Example], out: Path, options: TrainOptions = None) -> d
     model.audio.threshold = threshold_for_sensitivity(labels_of("validation"), val_probs, options.target_sensitivity)
     test_probs = scores(model, loaded["test"][1])
     raw_test = aggregate_probs(window_logits(model, loaded["test"][1]), 1.0, model.audio.aggregate)
-    metrics = {
+    metrics: dict[str, Any] = {
         "test": evaluate(labels_of("test"), test_probs, model.audio.threshold),
         "validation": evaluate(labels_of("validation"), val_probs, model.audio.threshold),
         "calibration": {
@@ -317,7 +324,7 @@ def train(examples: list[Example], out: Path, options: TrainOptions = None) -> d
         "epochs": options.epochs,
         "seed": options.seed,
     }
-    respiratory.save_checkpoint(str(out), model.net, model.audio)
+    respiratory_net.save_checkpoint(str(out), model.net, model.audio)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot(labels_of("test"), test_probs, metrics["test"], out / "evaluation.png", uncalibrated=raw_test)
     return metrics
@@ -360,11 +367,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: Path) -> None:
-    if not (args.csv or args.coswara):
-        build_default(out, epochs=args.epochs)
-        return
-    examples = (read_labels_csv(args.csv, args.audio_dir) if args.csv
-                else read_coswara(args.coswara, args.recording, args.coswara_metadata))
+    """Train on the named data (the synthetic demo set when none is named) with every option given."""
+    from marport.synth_audio import demo_dataset
+
+    if args.csv or args.coswara:
+        examples = (read_labels_csv(args.csv, args.audio_dir) if args.csv
+                    else read_coswara(args.coswara, args.recording, args.coswara_metadata))
+    else:
+        examples = read_labels_csv(demo_dataset())
     audio = respiratory.AudioConfig(sample_rate=args.sample_rate, decimation=args.decimation,
                                     window_s=args.window_s, hop_s=args.window_s / 2)
     options = TrainOptions(epochs=args.epochs, seed=args.seed, target_sensitivity=args.target_sensitivity, audio=audio)

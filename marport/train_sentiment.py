@@ -18,15 +18,17 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, recall_score
 from tqdm import tqdm
 
-from marport.pretrained import SOURCE, pretrained_roberta
-from marport.sentiment_data import LABELS, Example, everyday_eval, load_splits
 from marport.handlers.placement import cpu_has_native_bf16  # noqa: E402  (the serving code's own test for native bf16)
+from marport.pretrained import SOURCE, pretrained_roberta
+from marport.reproducible import seed_everything
+from marport.sentiment_data import LABELS, Example, everyday_eval, load_splits
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,7 @@ def evaluate(model, tokenizer, examples: list[Example]) -> dict:
 
 def train(out_dir: Path, settings: TrainSettings = TrainSettings(), data: dict | None = None) -> dict:
     """Fine-tune, evaluate and save; `data` (train/validation/test example lists) defaults to the shipped corpora."""
-    random.seed(settings.seed)
-    np.random.seed(settings.seed)
-    torch.manual_seed(settings.seed)
+    seed_everything(settings.seed)
     started = time.perf_counter()
     model, tokenizer = pretrained_roberta(list(LABELS))
     data = data or load_splits()
@@ -132,7 +132,7 @@ def train(out_dir: Path, settings: TrainSettings = TrainSettings(), data: dict |
     train_seconds = time.perf_counter() - started
 
     model.eval()
-    metrics = {
+    metrics: dict[str, Any] = {
         "settings": asdict(settings) | {"bf16_used": use_bf16},
         "pretrained": SOURCE,
         "train_examples": len(rows),

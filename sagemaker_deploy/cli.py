@@ -163,23 +163,32 @@ def _delete(args, workspace: Workspace) -> None:
 def _device_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--device", choices=("cpu", "gpu"),
                         help="gpu: pack handler.devices.gpu's batchSize, maxBatchDelay and workers per GPU "
-                             f"(README, \"Device-aware defaults\"); {default}")
+                             f"(docs/devices.md, \"Device-aware defaults\"); {default}")
     parser.add_argument("--gpus", type=int, metavar="N", help="GPUs per instance, for a GPU archive's workers (default 1)")
 
 
 def _runtime_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("torchserve", "ray"), default="torchserve",
                         help="ray: the tarball for SageMaker's Ray Serve DLC (config.yaml and ray_adapter.py at its "
-                             "root; README, \"Ray Serve\"); torchserve (default): the PyTorch TorchServe image's")
+                             "root; docs/runtimes.md); torchserve (default): the PyTorch TorchServe image's")
+
+
+ARCHIVE_HELP = "a .mar file, or the name of an archive in the model store"
 
 
 def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     """The `marport sagemaker` subcommands; `common` carries --workdir and --model-store."""
-    archive_help = "a .mar file, or the name of an archive in the model store"
+    _package_commands(sub, common)
+    _deploy_command(sub, common)
+    _endpoint_commands(sub, common)
+
+
+def _package_commands(sub, common: list[argparse.ArgumentParser]) -> None:
+    """package, serve-local, lambda-package: what runs before (or without) AWS."""
     p = sub.add_parser("package", parents=common, help="turn an archive into model.tar.gz, unchanged",
                        description="Write model.tar.gz: the archive's files at its root (SageMaker's TorchServe "
                                    "serves them as they are), plus code/inference.py and code/requirements.txt.")
-    p.add_argument("archive", help=archive_help)
+    p.add_argument("archive", help=ARCHIVE_HELP)
     p.add_argument("--out", type=Path, help="default: build/sagemaker/NAME/model.tar.gz in the workdir")
     p.add_argument("--toolkit-only", action="store_true", help="leave out the manifest: serve via code/inference.py")
     p.add_argument("--review-band", metavar="LOW,HIGH", help=REVIEW_BAND_HELP)
@@ -190,12 +199,19 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("serve-local", parents=common,
                        help="serve model.tar.gz through SageMaker's real toolkit on 127.0.0.1 (no Docker)")
-    p.add_argument("archive", help="a model.tar.gz, or an archive (packaged first): " + archive_help)
+    p.add_argument("archive", help="a model.tar.gz, or an archive (packaged first): " + ARCHIVE_HELP)
     p.add_argument("--port", type=int, default=8090)
     p.set_defaults(run=_serve_local)
 
+    p = sub.add_parser("lambda-package", parents=common,
+                       help="zip the Amazon Connect contact-flow Lambda (docs/runtimes.md, \"The call-centre hook\")")
+    p.add_argument("--out", type=Path, help="default: build/connect-lambda.zip in the workdir")
+    p.set_defaults(run=_lambda_package)
+
+
+def _deploy_command(sub, common: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("deploy", parents=common, help="package, upload, and create or update an endpoint")
-    p.add_argument("archive", help=archive_help)
+    p.add_argument("archive", help=ARCHIVE_HELP)
     p.add_argument("--endpoint", required=True)
     p.add_argument("--role", help="execution role ARN (default: $SAGEMAKER_ROLE)")
     p.add_argument("--region")
@@ -216,7 +232,7 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--image", help="container image URI (default: the runtime's: SageMaker's PyTorch 2.6 TorchServe "
                                    "image, or its Ray Serve DLC, ray:serve-ml-sagemaker-cpu/-cuda)")
     p.add_argument("--no-wait", action="store_true")
-    group = p.add_argument_group("asynchronous inference (input and answers in S3; README, \"Real-time or async\")")
+    group = p.add_argument_group("asynchronous inference (input and answers in S3; docs/runtimes.md, \"Real-time or async\")")
     group.add_argument("--async", dest="asynchronous", action="store_true", help="create an async endpoint")
     group.add_argument("--output", metavar="S3_URI", help="s3://bucket/prefix for answers (outputs/, failures/)")
     group.add_argument("--max-concurrency", type=int, help="requests one instance works on at once")
@@ -227,6 +243,9 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     group.add_argument("--error-topic", metavar="SNS_ARN")
     p.set_defaults(run=_deploy)
 
+
+def _endpoint_commands(sub, common: list[argparse.ArgumentParser]) -> None:
+    """invoke, delete: calls to an endpoint that exists."""
     p = sub.add_parser("invoke", parents=common, help="send one request to an endpoint")
     p.add_argument("endpoint")
     body = p.add_mutually_exclusive_group(required=True)
@@ -244,11 +263,6 @@ def add_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     group.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                        help="wait this long for the answer and print it (default: print where it will be)")
     p.set_defaults(run=_invoke)
-
-    p = sub.add_parser("lambda-package", parents=common,
-                       help="zip the Amazon Connect contact-flow Lambda (README, \"The call-centre hook\")")
-    p.add_argument("--out", type=Path, help="default: build/connect-lambda.zip in the workdir")
-    p.set_defaults(run=_lambda_package)
 
     p = sub.add_parser("delete", parents=common, help="delete the endpoint, its config and models")
     p.add_argument("endpoint")

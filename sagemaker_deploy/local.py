@@ -14,8 +14,8 @@ import contextlib
 import http.client
 import json
 import os
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import tarfile

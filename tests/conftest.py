@@ -9,7 +9,6 @@ import pytest
 
 from marport.server import LocalTorchServe, free_port_overrides
 
-
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the tests run in the repo, its root the workspace
 MODEL_STORE = REPO_ROOT / "model_store"
 

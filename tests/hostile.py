@@ -16,7 +16,6 @@ import numpy as np
 import yaml
 
 from marport.bench.mixed import strict_json as bench_strict_json
-
 from tests.audio_helpers import cough_like, encode, npy_bytes, pickle_canary_npy
 
 GOOD_TEXT = "The staff were friendly and the room was spotless"

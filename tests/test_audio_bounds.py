@@ -20,10 +20,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from marport.handlers import audio_input
 from marport.handlers import respiratory
-from marport.resources import model_config
 from marport.handlers.serving_common import Request, RequestError
+from marport.resources import model_config
 
 SHIPPED = yaml.safe_load(model_config("respiratory").read_text())["handler"]
 
@@ -111,7 +110,7 @@ def test_streamed_and_one_shot_resampling_agree():
     np.testing.assert_allclose(streamed, one_shot, atol=2e-3)
 
 
-# libsndfile reads all of these; none is what a phone or the README's formats send.
+# libsndfile reads all of these; none is what a phone or docs/serving.md's formats send.
 OTHER_FORMATS = [("AIFF", "PCM_16"), ("AU", "PCM_16"), ("W64", "PCM_16"), ("NIST", "PCM_16"), ("IRCAM", "PCM_16"),
                  ("VOC", "PCM_16"), ("CAF", "PCM_16"), ("MAT5", "PCM_16"), ("PAF", "PCM_16"), ("SVX", "PCM_16"),
                  ("HTK", "PCM_16"), ("SDS", "PCM_16"), ("AVR", "PCM_16"), ("RF64", "PCM_16"), ("MAT4", "PCM_16")]
@@ -214,4 +213,4 @@ def test_npy_is_held_to_the_same_caps(shipped):
     with pytest.raises(RequestError) as raised:
         respiratory.parse_request(request, model)
     assert raised.value.kind == "too_many_samples"
-    assert audio_input.AudioLimits().max_decoded_samples == SHIPPED["max_decoded_samples"]
+    assert respiratory.RespiratoryModel.max_decoded_samples == SHIPPED["max_decoded_samples"]  # the default is the YAML's

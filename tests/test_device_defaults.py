@@ -13,11 +13,10 @@ import pytest
 import torch
 import yaml
 
-from marport.handlers import placement
-from marport.handlers import sentiment
 from marport.build import for_device
-from marport.resources import model_config
+from marport.handlers import placement, sentiment
 from marport.handlers.serving_common import configure_threads, usable_cores
+from marport.resources import model_config
 from sagemaker_deploy.aws import instance_device
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)

@@ -12,13 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marport.build import extract_archive, review_band_yaml, with_handler_setting
-from tests.audio_helpers import cough_like, encode
-from tests.conftest import built_archive
-from marport.handlers import respiratory  # noqa: E402
-from marport.handlers import sentiment  # noqa: E402
+from marport.handlers import (
+    respiratory,  # noqa: E402
+    sentiment,  # noqa: E402
+)
 from marport.handlers.review import ReviewBand  # noqa: E402
 from marport.handlers.serving_common import Request, RequestError  # noqa: E402
 from marport.handlers.text_attributions import words  # noqa: E402
+from tests.audio_helpers import cough_like, encode
+from tests.conftest import built_archive
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from marport.handlers import respiratory
-from marport.handlers import sentiment
 from marport.build import extract_archive
+from marport.handlers import respiratory, sentiment
 from marport.handlers.respiratory_handler import RespiratoryHandler
 from marport.handlers.sentiment_handler import SentimentHandler
 from marport.handlers.serving_common import Request, RequestError

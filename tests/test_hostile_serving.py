@@ -19,13 +19,12 @@ import pytest
 import requests
 import yaml
 
-from marport.handlers import sentiment
 from marport.bench.mixed import derive_max_tokens, kill_worker_under_load, mixed_load
 from marport.bench.workloads import LONG_TEXT
 from marport.build import extract_archive
+from marport.handlers import sentiment
 from marport.server import read_properties
-from tests.conftest import REPO_ROOT
-from tests.conftest import built_archive, send_together, running_torchserve, worker_pids
+from tests.conftest import REPO_ROOT, built_archive, running_torchserve, send_together, worker_pids
 from tests.hostile import GOOD_TEXT, respiratory_cases, sentiment_cases, strict_json
 from tests.test_hostile_inputs import GOOD, close
 
@@ -38,7 +37,7 @@ LIGHT_TEXTS = ["Lovely staff", "The soup was cold", "Open from nine", "Never aga
 
 
 def tight_caps(model_dir) -> dict:
-    """Caps for the demo model derived from its measured speed, as the README derives the shipped ones."""
+    """Caps for the demo model derived from its measured speed, as docs/caps.md derives the shipped ones."""
     model = sentiment.load(str(model_dir))
     texts = [LONG_TEXT] * 16
     sentiment.predict_texts(model, texts[:2])  # first-call overhead out of the way
@@ -167,7 +166,7 @@ def test_body_over_the_front_end_cap_gets_413(server):
         got = post(server, "sentiment", b"a" * (limit + 1), {"Content-Type": "text/plain"})
         assert got.status_code == 413
     except requests.ConnectionError:
-        pass  # a client still writing when the front end closes may see a reset instead (README)
+        pass  # a client still writing when the front end closes may see a reset instead (docs/caps.md)
     # Between the handler's own cap and the front end's, the handler answers with JSON.
     under = post(server, "respiratory", b"RIFF" + b"\0" * (64 * 1024 * 1024), {"Content-Type": "audio/wav"})
     assert under.status_code == 413 and under.json()["type"] == "body_too_large"

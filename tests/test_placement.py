@@ -11,8 +11,8 @@ import logging
 import pytest
 import torch
 
-from marport.handlers import placement
 from marport.build import extract_archive
+from marport.handlers import placement
 from tests.conftest import built_archive
 
 ZEN4_FLAGS = "flags : fpu avx2 avx512f avx512_bf16 avx512_vnni"
@@ -80,11 +80,39 @@ def test_explicit_precisions_are_kept_and_bad_ones_refused(gpus):
         placement.resolve("int8", torch.device("cuda", 0))
 
 
-def test_place_logs_what_it_chose_and_uses_the_core_default(caplog):
+def test_place_logs_what_it_chose(caplog):
     with caplog.at_level(logging.INFO):
-        chosen = placement.place(None, {}, default="fp32")
+        chosen = placement.place(None, {"precision": "fp32"})
     assert chosen.precision == "fp32" and "running on cpu fp32" in caplog.text
-    assert placement.place(None, {"precision": "int8"}, default="fp32").precision == "int8"
+    assert placement.place(None, {"precision": "int8"}).precision == "int8"
+
+
+def test_a_setting_the_archive_leaves_out_keeps_the_shipped_value(tmp_path):
+    """The cores' defaults are their shipped model-config.yaml (one source): an archive whose
+    handler section omits precision and caps gets the shipped ones, and the dataclasses agree."""
+    import yaml
+
+    from marport.handlers import respiratory, sentiment
+    from marport.resources import model_config
+
+    for core in (sentiment, respiratory):
+        shipped = yaml.safe_load(model_config(core.__name__.rsplit(".", 1)[1]).read_text())["handler"]
+        assert core.SHIPPED == shipped
+    assert sentiment.TextLimits().max_tokens == sentiment.SHIPPED["max_tokens"]
+    assert sentiment.TextLimits().batch_tokens == sentiment.SHIPPED["devices"]["cpu"]["batch_tokens"]
+    assert respiratory.RespiratoryModel.batch_windows == respiratory.SHIPPED["devices"]["cpu"]["batch_windows"]
+    _, chosen, settings = placement.load_core(respiratory, str(_respiratory_checkpoint(tmp_path)),
+                                              {"handler": {"threads": 1}}, None)
+    assert chosen.precision == respiratory.SHIPPED["precision"]
+    assert settings["max_duration_s"] == respiratory.SHIPPED["max_duration_s"]
+
+
+def _respiratory_checkpoint(path):
+    from marport.handlers import respiratory
+    from marport.handlers.respiratory_net import save_checkpoint
+
+    save_checkpoint(str(path), respiratory.RespiratoryCNN(), respiratory.AudioConfig())
+    return path
 
 
 class _Context:
@@ -118,9 +146,9 @@ def test_sagemaker_model_fn_passes_the_toolkit_contexts_gpu_id(monkeypatch, tmp_
     asked = []
     real = placement.place  # the same code as the archive's copy
 
-    def spy(gpu_id, settings, default="auto"):
+    def spy(gpu_id, settings):
         asked.append(gpu_id)
-        return real(None, settings, default)
+        return real(None, settings)
 
     import importlib
 

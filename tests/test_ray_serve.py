@@ -19,8 +19,8 @@ import pytest
 import requests
 import yaml
 
-from marport.sagemaker_deploy.package import package
 from marport.ray_server import RayServe
+from marport.sagemaker_deploy.package import package
 from marport.sagemaker_deploy.ray_runtime import DlcAdapter
 from tests.audio_helpers import cough_like, encode
 from tests.conftest import built_archive, torchserve_answers

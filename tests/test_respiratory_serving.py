@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import requests
 
+from marport.build import extract_archive
 from marport.handlers import respiratory
 from marport.handlers.serving_common import Request
 from tests.audio_helpers import cough_like, encode, npy_bytes, pickle_canary_npy, tone
-from marport.build import extract_archive
-from tests.conftest import built_archive, send_together, logged_batches, running_torchserve, worker_pids
+from tests.conftest import built_archive, logged_batches, running_torchserve, send_together, worker_pids
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from marport.handlers import respiratory
 from marport import train_respiratory as tr
+from marport.handlers import respiratory
 from marport.synth_audio import generate
 from tests.audio_helpers import encode, tone
 

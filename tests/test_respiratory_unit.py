@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from marport.handlers import respiratory
+from marport.handlers import respiratory, respiratory_net
 from marport.handlers.serving_common import Request, RequestError
 from tests.audio_helpers import FORMATS, encode, npy_bytes, pickle_canary_npy, plain_pickle, tone
 
@@ -140,7 +140,7 @@ def test_bad_recordings_raise_clear_errors(model, tmp_path, name, make, content_
 
 def test_checkpoint_round_trip_keeps_audio_settings(tmp_path, model):
     audio = respiratory.AudioConfig(window_s=4.0, hop_s=2.0, threshold=0.37)
-    respiratory.save_checkpoint(str(tmp_path), model.net, audio)
+    respiratory_net.save_checkpoint(str(tmp_path), model.net, audio)
     loaded = respiratory.load(str(tmp_path), {"max_duration_s": 30, "fold_batchnorm": False})
     assert (loaded.audio.window_s, loaded.audio.threshold, loaded.audio.window_samples) == (4.0, 0.37, 6400)
     assert loaded.max_duration_s == 30 and loaded.dtype == torch.float32
@@ -149,7 +149,7 @@ def test_checkpoint_round_trip_keeps_audio_settings(tmp_path, model):
 
 
 def test_folded_batchnorm_computes_the_same_logits(tmp_path, model):
-    respiratory.save_checkpoint(str(tmp_path), model.net, respiratory.AudioConfig())
+    respiratory_net.save_checkpoint(str(tmp_path), model.net, respiratory.AudioConfig())
     plain = respiratory.load(str(tmp_path), {"fold_batchnorm": False})
     folded = respiratory.load(str(tmp_path), {"fold_batchnorm": True})
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.net.modules())

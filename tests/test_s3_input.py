@@ -8,11 +8,14 @@ import boto3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.audio_helpers import cough_like, encode
-from marport.handlers import respiratory  # noqa: E402
-from marport.handlers import s3_input  # noqa: E402
+
+from marport.handlers import (
+    respiratory,  # noqa: E402
+    s3_input,  # noqa: E402
+)
 from marport.handlers.s3_input import S3Input, resolve  # noqa: E402
 from marport.handlers.serving_common import Request, RequestError  # noqa: E402
+from tests.audio_helpers import cough_like, encode
 
 BUCKET, OTHER = "calls", "elsewhere"
 WAV = encode(cough_like(3, 16000, 7), 16000)
@@ -205,7 +208,8 @@ KEYS = st.lists(SEGMENT, min_size=1, max_size=4).map("/".join) | st.text(max_siz
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-@given(st.one_of(st.text(max_size=80), st.builds(lambda b, k: f"s3://{b}/{k}", st.sampled_from([BUCKET, OTHER, "calls2"]) | st.text(max_size=20), KEYS),
+@given(st.one_of(st.text(max_size=80), st.builds(lambda b, k: f"s3://{b}/{k}",
+                                                 st.sampled_from([BUCKET, OTHER, "calls2"]) | st.text(max_size=20), KEYS),
                  st.integers(), st.none(), st.lists(st.text(max_size=5), max_size=2)))
 def test_no_uri_reaches_outside_the_allow_list(s3, uri):
     """Whatever the client writes, only an allowed bucket and prefix is ever read; everything else is a 4xx."""

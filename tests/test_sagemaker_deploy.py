@@ -30,7 +30,8 @@ def test_deploy_creates_model_endpoint_and_scaling_then_delete_removes_all(aws, 
     assert env["SAGEMAKER_TS_RESPONSE_TIMEOUT"] == "60"
     bucket, _, key = made["model_data"][len("s3://"):].partition("/")
     s3 = boto3.client("s3", region_name=REGION)
-    assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == (tmp_path / "sentiment-test" / "model.tar.gz").stat().st_size
+    packed = tmp_path / "sentiment-test" / "model.tar.gz"
+    assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == packed.stat().st_size
     config = sm.describe_endpoint_config(EndpointConfigName="sentiment-test")["ProductionVariants"][0]
     assert (config["InstanceType"], config["InitialInstanceCount"]) == ("ml.c5.xlarge", 2)
     scaling = boto3.client("application-autoscaling", region_name=REGION)

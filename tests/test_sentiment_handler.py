@@ -8,8 +8,8 @@ import pytest
 import yaml
 from ts.context import Context, RequestProcessor
 
-from marport.handlers.sentiment_handler import SentimentHandler
 from marport.build import extract_archive
+from marport.handlers.sentiment_handler import SentimentHandler
 from tests.conftest import built_archive
 from tests.hostile import strict_json
 

@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from marport.build import build, extract_archive
 from marport.handlers import sentiment
-from marport.build import build
-from marport.build import extract_archive
 from marport.processes import alive
 from marport.server import TS_MAIN_CLASS
 from tests.conftest import built_archive, logged_batches, running_torchserve, worker_pids

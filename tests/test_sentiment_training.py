@@ -10,12 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertModel, RobertaForSequenceClassification
 
-from tests.conftest import REPO_ROOT
 from marport.model_card import CARD_NAME
 from marport.pretrained import pretrained_dir, pretrained_roberta
 from marport.sentiment_data import LABELS, _key, corpus_examples, detokenize, everyday_eval, load_splits, splits
 from marport.train_sentiment import TrainSettings, train
-from tests.conftest import built_archive
+from tests.conftest import REPO_ROOT, built_archive
 
 CARD_SECTIONS = ["Where every weight came from", "Architecture and size", "Data and licences", "Training recipe",
                  "Metrics", "Intended use", "Known limits"]
@@ -24,7 +23,8 @@ CARD_SECTIONS = ["Where every weight came from", "Architecture and size", "Data 
 @pytest.mark.parametrize("raw, typed", [
     ("it 's a film , honestly .", "it's a film, honestly."),
     ("i do n't think so ...", "i don't think so..."),
-    ('a column of words cannot describe " the lord of the rings " trilogy', 'a column of words cannot describe "the lord of the rings" trilogy'),
+    ('a column of words cannot describe " the lord of the rings " trilogy',
+     'a column of words cannot describe "the lord of the rings" trilogy'),
     ("( and it works ) !", "(and it works)!"),
     ("we 're here -- and they 've gone", "we're here - and they've gone"),
 ])

@@ -6,15 +6,15 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
+from marport.build import build, extract_archive
 from marport.handlers import sentiment
 from marport.handlers.serving_common import Request, RequestError
 from marport.sentiment_data import LABELS, load_splits
-from marport.build import build, extract_archive
 from tests.conftest import built_archive
 
 
@@ -176,7 +176,7 @@ def test_batch_answers_equal_one_by_one(demo):
 
 
 def test_served_demo_model_is_right_on_heldout_reviews(demo):
-    """The archive as served, on held-out sentences: the figures the README and model card state."""
+    """The archive as served, on held-out sentences: the figures docs/serving.md and the model card state."""
     rows = load_splits()["test"][::4]  # every 4th held-out sentence: ~1,400, all three classes
     answers = sentiment.predict_texts(demo, [e.text for e in rows])
     correct = [a["label"] == LABELS[e.label] for a, e in zip(answers, rows)]

@@ -1,7 +1,7 @@
 """`marport ui` in a real browser: Debian's chromium driven by Playwright, against a real TorchServe.
 
 The page's server relays to TorchServe with the inference key, which the browser never sees. Each
-test writes a screenshot of the page to build/ui-screenshots/ (one of them is the README's).
+test writes a screenshot of the page to build/ui-screenshots/ (two of them are in docs/serving.md).
 """
 
 from __future__ import annotations

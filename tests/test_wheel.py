@@ -107,7 +107,8 @@ def test_installing_keeps_the_users_torch(wheel, tmp_path):
     report = tmp_path / "report.json"
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--dry-run", "--report", str(report), str(wheel)],
                    check=True)
-    planned = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
+    planned = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+               for item in json.loads(report.read_text())["install"]}
     assert "marport" in planned and "transformers" in planned
     assert "torch" not in planned  # 2.6.0 satisfies the range: nothing replaces it
 
@@ -146,7 +147,7 @@ def test_the_wheel_carries_what_the_tools_need(wheel):
     assert {"marport/handlers/sentiment_handler.py", "marport/handlers/serving_common.py",
             "marport/handlers/config/sentiment.yaml", "marport/handlers/config/respiratory.yaml",
             "marport/templates/config.properties", "marport/sagemaker_deploy/package.py",
-            "marport/bench/run.py", "marport/data/sentiment/README.md", "marport/templates/metrics.yaml",
+            "marport/bench/run.py", "marport/data/sentiment/README.md", "marport/templates/torchserve_metrics.yaml",
             "marport/connect_lambda/lambda_function.py", "marport/handlers/s3_input.py", "marport/handlers/endpoint.py",
             "marport/handlers/ray_adapter.py", "marport/ui/index.html", "marport/ui/app.js",
             "marport/ray_server.py", "marport/sagemaker_deploy/ray_runtime.py"} <= names
