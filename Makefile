@@ -56,8 +56,9 @@ test-fast: models
 test-integration: models
 	$(PY) -m pytest -m integration
 
-# SageMaker's PyTorch TorchServe image, as far as the handlers see it (docs/runtimes.md, "The container's own stack, tested"): torch 2.6.0,
-# TorchServe 0.12.0, toolkit 2.0.25 and the archives' pinned code/requirements.txt, in a second venv.
+# SageMaker's PyTorch TorchServe image, as far as the handlers see it (docs/runtimes.md, "The container's own
+# stack, tested"): torch 2.6.0, TorchServe 0.12.0, toolkit 2.0.25 and the archives' pinned code/requirements.txt,
+# in a second venv.
 # The cores' unit tests and the toolkit-route serving test run there. About 3 GB of CUDA wheels on a
 # first run (torch 2.6 exists on PyPI only as a CUDA build; it runs on the CPU here).
 CONTAINER_VENV := .venv-container

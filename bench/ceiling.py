@@ -36,9 +36,15 @@ def respiratory_answers(model, bodies: list[bytes], batch: int) -> list:
     return answers
 
 
-# core -> (its module's name, the batched answers function)
-HANDLER_CORES = {"sentiment": ("marport.handlers.sentiment", sentiment_answers),
-                 "respiratory": ("marport.handlers.respiratory", respiratory_answers)}
+# model kind -> how this bench feeds its core a batch (the core module itself is the registry's)
+BATCH_ANSWERS = {"sentiment": sentiment_answers, "respiratory": respiratory_answers}
+
+
+def core_module(kind: str) -> str:
+    """The model kind's core module, as marport/registry.py names it."""
+    from marport.registry import MODELS
+
+    return f"marport.handlers.{MODELS[kind].core.removesuffix('.py')}"
 
 
 def _one_process(core: str, model_dir: str, make_inputs: Callable[[], list], batch: int, threads: int,
@@ -46,8 +52,8 @@ def _one_process(core: str, model_dir: str, make_inputs: Callable[[], list], bat
     """Runs in a fresh process: its share of the inputs, `reps` times, each start at the barrier."""
     import torch
     torch.set_num_threads(threads)
-    module, answers = HANDLER_CORES[core]
-    model = importlib.import_module(module).load(model_dir)
+    answers = BATCH_ANSWERS[core]
+    model = importlib.import_module(core_module(core)).load(model_dir)
     items = make_inputs()[part::parts]
     answers(model, items[:batch], batch)  # first-call paths, untimed
     for rep in range(reps):

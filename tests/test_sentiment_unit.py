@@ -232,22 +232,28 @@ def test_batched_tokenising_equals_the_tokenizers_own_call(demo, texts):
         assert [tuple(s) for s in span] == [tuple(s) for s in one["offset_mapping"]]
 
 
-def test_a_handler_calls_texts_are_tokenised_in_one_call(demo, monkeypatch):
-    demo = dataclasses.replace(demo, words=None)  # every text to the tokenizer (test_word_cache: the cache's share)
-    calls = []
-    real = demo.encoder
+def spy_on_encoder(model, monkeypatch) -> list:
+    """The texts of each call the model's tokenizer backend gets (encode_batch*), recorded as they pass."""
+    calls: list = []
+    real = model.encoder
 
     class Spy:
         def __getattr__(self, name):
             found = getattr(real, name)
-            return (lambda texts: calls.append(len(texts)) or found(texts)) if name.startswith("encode_batch") else found
+            return (lambda texts: calls.append(list(texts)) or found(texts)) if name.startswith("encode_batch") else found
 
-    monkeypatch.setattr(demo, "encoder", Spy())
+    monkeypatch.setattr(model, "encoder", Spy())
+    return calls
+
+
+def test_a_handler_calls_texts_are_tokenised_in_one_call(demo, monkeypatch):
+    demo = dataclasses.replace(demo, words=None)  # every text to the tokenizer (test_word_cache: the cache's share)
+    calls = spy_on_encoder(demo, monkeypatch)
     items = [sentiment.read_request(Request(body=t, content_type="text/plain"), demo) for t in ("Great stay", "Awful")]
     items.append(sentiment.read_request(Request(body=json.dumps({"inputs": ["Fine", "Bad food"]}),
                                                 content_type="application/json"), demo))
     parsed = sentiment.parse_batch(demo, items)
-    assert calls == [4]
+    assert [len(c) for c in calls] == [4]
     assert [p.texts for p in parsed] == [["Great stay"], ["Awful"], ["Fine", "Bad food"]]
     assert all(len(p.ids) == len(p.texts) == len(p.truncated) for p in parsed)
 

@@ -35,8 +35,40 @@ def test_an_empty_model_store_says_what_to_build(tmp_path):
     server = LocalTorchServe(run_dir=tmp_path / "var", overrides=free_port_overrides(), model_store=tmp_path)
     with pytest.raises(FileNotFoundError, match="no model archives in") as raised:
         server.start()
-    assert "marport build sentiment --checkpoint DIR --name NAME" in str(raised.value)
+    from marport.registry import MODELS
+
+    for name in MODELS:  # the hint is the registry's: every model kind, and one's own checkpoint
+        assert f"marport build {name} " in str(raised.value)
+    assert "--checkpoint DIR --name NAME" in str(raised.value)
     assert not server.is_running()
+
+
+def test_the_metrics_declaration_is_torchserves_plus_every_handler_metric():
+    """Generated from operator_metrics.METRICS (one list): TorchServe 0.12 publishes only what is declared."""
+    import yaml
+
+    from marport.handlers.operator_metrics import METRICS
+    from marport.server import metrics_declaration
+
+    declared = yaml.safe_load(metrics_declaration())
+    models = {m["name"]: (kind, m) for kind, ms in declared["model_metrics"].items() for m in ms}
+    for name, (kind, unit, dimensions) in METRICS.items():
+        assert models[name][0] == kind and models[name][1]["unit"] == unit
+        assert models[name][1]["dimensions"] == ["ModelName", *dimensions]
+    assert {"HandlerTime", "PredictionTime"} <= set(models)  # TorchServe's own, kept
+    assert "Requests2XX" in {m["name"] for ms in declared["ts_metrics"].values() for m in ms}
+
+
+def test_a_metrics_file_beside_the_config_wins_over_the_generated_one(tmp_path):
+    config = tmp_path / "config.properties"
+    config.write_text((REPO_ROOT / "config.properties").read_text())
+    server = LocalTorchServe(run_dir=tmp_path / "var", overrides=free_port_overrides(), model_store=tmp_path,
+                             config=config)
+    assert server.props["metrics_config"] == str(tmp_path / "var" / "metrics.yaml")  # generated at start
+    (tmp_path / "metrics.yaml").write_text("dimensions: []\n")
+    again = LocalTorchServe(run_dir=tmp_path / "var", overrides=free_port_overrides(), model_store=tmp_path,
+                            config=config)
+    assert again.props["metrics_config"] == str(tmp_path / "metrics.yaml")
 
 
 def test_the_wheel_ships_the_repos_config():

@@ -190,7 +190,7 @@ def test_a_user_builds_serves_and_packages_their_own_checkpoint(user, tmp_path):
     python, folder, env, run = user
     # A first serve in the empty folder says what to build.
     first = run("serve", check=False)
-    assert first.returncode != 0 and "marport build sentiment --checkpoint DIR --name NAME" in first.stderr
+    assert first.returncode != 0 and "marport build MODEL --checkpoint DIR --name NAME" in first.stderr
     assert run("status", check=False).returncode == 3
 
     checkpoint = tmp_path / "my-checkpoint"

@@ -15,7 +15,7 @@ from marport.handlers import sentiment, word_cache
 from marport.handlers.serving_common import Request
 from marport.sentiment_data import load_splits
 from tests.conftest import built_archive
-from tests.test_sentiment_unit import bpe_tokenizer
+from tests.test_sentiment_unit import bpe_tokenizer, spy_on_encoder
 
 MAX_LENGTH = 40  # short, so that generated texts are truncated often
 
@@ -111,15 +111,7 @@ def test_the_core_uses_the_cache_and_one_backend_call_for_the_rest(demo, monkeyp
     assert demo.words is not None
     texts = ["Great stay", "Café au lait was cold", "Awful [MASK] service", "Fine"]
     expected = sentiment.tokenize(dataclasses.replace(demo, words=None), texts)
-    calls = []
-    real = demo.encoder
-
-    class Spy:
-        def __getattr__(self, name):
-            found = getattr(real, name)
-            return (lambda batch: calls.append(list(batch)) or found(batch)) if name.startswith("encode_batch") else found
-
-    monkeypatch.setattr(demo, "encoder", Spy())
+    calls = spy_on_encoder(demo, monkeypatch)
     assert sentiment.tokenize(demo, texts)[:2] == expected[:2]
     assert calls == [["Café au lait was cold", "Awful [MASK] service"]]
     items = [sentiment.read_request(Request(body=t, content_type="text/plain"), demo) for t in texts]
