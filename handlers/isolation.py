@@ -130,7 +130,8 @@ def answer_batch(
     started = time.perf_counter()
     _predict_isolated(core, model, parsed, outcomes, request_id, report, deadline)
     report.predict_ms = (time.perf_counter() - started) * 1000
-    answered = [outcome for outcome in outcomes if outcome is not None]  # by now every request has its outcome
+    # Every request has its outcome by now; were one missing (our bug), it is that request's 500, in its place.
+    answered = [o if o is not None else internal_error(request_id(i), "answering") for i, o in enumerate(outcomes)]
     for outcome in answered:
         if outcome.kind:
             report.rejected[outcome.kind] = report.rejected.get(outcome.kind, 0) + 1
