@@ -43,6 +43,7 @@ def aws(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_REGION", REGION)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("MARPORT_SAGEMAKER_POLL_S", "0.2")  # moto's endpoint is InService at the second look
     with mock_aws():
         role = boto3.client("iam").create_role(RoleName="sagemaker-exec", AssumeRolePolicyDocument="{}")
         yield role["Role"]["Arn"]
