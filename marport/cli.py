@@ -233,7 +233,6 @@ def _train_commands(sub, common: list, wants) -> None:
         p.set_defaults(run=_train)
 
 
-
 def _serving_commands(sub, common: list) -> None:
     """build, serve, ui, stop, status."""
     from marport import build
@@ -306,16 +305,28 @@ def _other_commands(sub, common: list, wants) -> None:
     p.set_defaults(run=_bench)
 
 
+# A module an extra brings (pyproject.toml) -> that extra: a command that needs it says what to install.
+EXTRA_OF = {"sklearn": "train", "imblearn": "train", "matplotlib": "train", "ts": "serve", "captum": "serve",
+            "onnxruntime": "serve", "onnx": "serve", "sagemaker": "sagemaker", "sagemaker_inference": "sagemaker",
+            "ray": "ray", "librosa": "notebooks"}
+
+
 def main(argv: list[str] | None = None) -> None:
     from marport.processes import Stopped, stop_on_signals
 
-    args = parser(argv).parse_args(argv)
-    workspace = activate(Workspace.at(args.workdir, args.model_store))
-    stop_on_signals()  # a server this command started is stopped on SIGTERM as on Ctrl-C
     try:
+        args = parser(argv).parse_args(argv)
+        workspace = activate(Workspace.at(args.workdir, args.model_store))
+        stop_on_signals()  # a server this command started is stopped on SIGTERM as on Ctrl-C
         args.run(args, workspace)
     except Stopped as why:
         raise SystemExit(f"stopped by {why}; everything this command started has been stopped") from None
+    except ModuleNotFoundError as err:
+        extra = EXTRA_OF.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        raise SystemExit(f"{err.name} is not installed; this command needs marport's `{extra}` extra: "
+                         f"pip install 'marport[{extra}]'") from None
 
 
 if __name__ == "__main__":

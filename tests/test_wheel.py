@@ -243,3 +243,4 @@ def test_a_user_builds_serves_and_packages_their_own_checkpoint(user, tmp_path):
     assert {"MAR-INF/MANIFEST.json", "model-config.yaml", "checkpoint/config.json", "code/inference.py",
             "sentiment_handler.py"} <= names
     assert "transformers" in requirements
+
