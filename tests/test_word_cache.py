@@ -73,6 +73,16 @@ def test_plain_reviews_are_taken_and_truncated_as_the_tokenizer_does(tokenizers)
         assert not truncated and ids == backend.encode("Great food").ids, name
 
 
+def test_long_words_and_runs_of_spaces_match_the_tokenizer(tokenizers):
+    """Past WordPiece's 100 characters a word is [UNK]; byte-level BPE splits it; spaces run as GPT-2's rule says."""
+    for name, tokenizer in tokenizers.items():
+        backend = backend_of(tokenizer, 512)
+        cache = word_cache.WordCache.for_tokenizer(backend, 512)
+        for text in ("a" + "bc" * 75 + " ok", "word   spaced    out ", "   lead", "x" * 101, "1234567890" * 12):
+            expected = backend.encode(text)
+            assert cache.encode(text) == (expected.ids, bool(expected.overflowing)), (name, text)
+
+
 def test_added_tokens_non_ascii_and_controls_go_to_the_tokenizer(tokenizers):
     cache = word_cache.WordCache.for_tokenizer(backend_of(tokenizers["bert"]), MAX_LENGTH)
     for text in ("good [MASK] food", "good [mask] food", "café", "ab\x00cd", "tab\x0bbed"):
