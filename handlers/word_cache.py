@@ -82,14 +82,17 @@ class WordCache:
             return None
         norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
         added = [t["content"] for t in spec.get("added_tokens") or [] if t.get("content")]
-        cache = cls(backend, shape, max_length, lowercase=bool(norm.get("lowercase", False)),
-                    prefix_space=bool(pre.get("add_prefix_space", False)), added=added)
+        try:
+            cache = cls(backend, shape, max_length, lowercase=bool(norm.get("lowercase", False)),
+                        prefix_space=bool(pre.get("add_prefix_space", False)), added=added)
+        except ValueError:  # a post-processor that does not wrap a text's own ids as expected: no cache
+            return None
         return cache if cache.room > 0 else None
 
     def _specials(self, backend: Any) -> tuple[list[int], list[int]]:
         """The ids the post-processor puts before and after a text's own (such as [CLS] ... [SEP])."""
         probe = "hello"
-        own = [t.id for t in self.model.tokenize(self._piece(probe if self.shape == "bert" else " " * self.prefix_space + probe))]
+        own = [t.id for t in self.model.tokenize(self._piece(" " * (self.shape != "bert" and self.prefix_space) + probe))]
         ids = backend.encode(probe, add_special_tokens=True).ids
         for start in range(len(ids) - len(own) + 1):
             if ids[start : start + len(own)] == own:
