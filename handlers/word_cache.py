@@ -60,7 +60,7 @@ class WordCache:
 
     def __init__(self, backend: Any, shape: str, max_length: int, lowercase: bool, prefix_space: bool,
                  added: Sequence[str]):
-        self.model, self.shape, self.max_length = backend.model, shape, max_length
+        self.model, self.shape = backend.model, shape
         self.lowercase, self.prefix_space = lowercase, prefix_space
         self.words_of = BERT_WORDS.findall if shape == "bert" else BYTE_WORDS.findall
         self.text_ok = (BERT_TEXT if shape == "bert" else BYTE_TEXT).fullmatch
@@ -92,7 +92,7 @@ class WordCache:
     def _specials(self, backend: Any) -> tuple[list[int], list[int]]:
         """The ids the post-processor puts before and after a text's own (such as [CLS] ... [SEP])."""
         probe = "hello"
-        own = [t.id for t in self.model.tokenize(self._piece(" " * (self.shape != "bert" and self.prefix_space) + probe))]
+        own = [t.id for t in self.model.tokenize(self._piece(" " * self.prefix_space + probe))]  # as encode() prepares it
         ids = backend.encode(probe, add_special_tokens=True).ids
         for start in range(len(ids) - len(own) + 1):
             if ids[start : start + len(own)] == own:

@@ -267,7 +267,6 @@ def _serving_commands(sub, common: list) -> None:
     p.set_defaults(run=_status)
 
 
-
 def _client_commands(sub, common: list) -> None:
     """predict, token: requests to the server started here."""
     p = sub.add_parser("predict", parents=common, help="send one request to a served model; prints the JSON answer",
@@ -283,7 +282,6 @@ def _client_commands(sub, common: list) -> None:
                        description="Ask the running server for a new inference key and print it; the previous "
                                    "key stops working. Use it as: curl -H \"Authorization: Bearer $(marport token)\"")
     p.set_defaults(run=_token)
-
 
 
 def _other_commands(sub, common: list, wants) -> None:

@@ -27,6 +27,8 @@ from marport.workspace import Workspace
 STOP_TIMEOUT_S = 60
 TS_MAIN_CLASS = "org.pytorch.serve.ModelServer"  # how TorchServe's Java front end shows in a process list
 READY_TIMEOUT_S = 300
+
+
 def build_hint() -> str:
     """How to build what could be served: each model kind of the registry, and a checkpoint of one's own."""
     from marport.registry import MODELS
