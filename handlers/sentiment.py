@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -46,6 +47,7 @@ CPU_DEFAULTS = device_settings(SHIPPED, torch.device("cpu"))
 TEXT_TYPES = ("text/plain", "")  # an absent Content-Type is read as text
 # Categories of characters a reader cannot see: spaces, controls, format marks (zero-width, BOM, bidi).
 INVISIBLE = ("Zs", "Zl", "Zp", "Cc", "Cf")
+ASCII_INVISIBLE = "".join(c for c in map(chr, range(128)) if unicodedata.category(c) in INVISIBLE)
 
 
 @dataclass
@@ -205,15 +207,19 @@ def _check_text(text: Any, where: str, max_chars: int) -> str:
             kind="text_too_long",
             code=413,
         )
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise RequestError(
-            f"{where} has an unpaired surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}; "
-            "send valid Unicode text",
-            kind="invalid_text",
-        ) from None
-    if all(unicodedata.category(ch) in INVISIBLE for ch in text):
+    if text.isascii():  # most texts: no surrogates possible, and str.strip finds a visible character
+        blank = not text.strip(ASCII_INVISIBLE)
+    else:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RequestError(
+                f"{where} has an unpaired surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}; "
+                "send valid Unicode text",
+                kind="invalid_text",
+            ) from None
+        blank = all(unicodedata.category(ch) in INVISIBLE for ch in text)
+    if blank:
         raise RequestError(f"{where} has no visible characters; send non-blank text", kind="empty_text")
     return text
 
@@ -432,30 +438,39 @@ def micro_batches(lengths: Sequence[int], budget: int, min_efficiency: float = 0
 
 def preprocess(model: SentimentModel, requests: Sequence[TextRequest]) -> list[MicroBatch]:
     """Every text of every request, in length-sorted micro-batches under the token budget, padded
-    on the right with the tokenizer's pad token (numpy fills them: no Python work per token)."""
+    on the right with the tokenizer's pad token.
+
+    The groups are consecutive runs of the texts sorted by length, so one padded matrix of them all
+    is built (numpy places every id in one step); each micro-batch is its rows, cut to its own
+    longest text.
+    """
     ids = [i for r in requests for i in r.ids]
     lengths = [len(i) for i in ids]
-    pad = model.tokenizer.pad_token_id or 0
-    batches = []
-    for rows in micro_batches(lengths, model.limits.batch_tokens, model.limits.min_padding_efficiency):
-        sizes = np.fromiter((lengths[r] for r in rows), dtype=np.int64, count=len(rows))
-        width = int(sizes.max())
-        input_ids = np.full((len(rows), width), pad, dtype=np.int64)
-        for j, r in enumerate(rows):
-            input_ids[j, : sizes[j]] = ids[r]
-        mask = (np.arange(width) < sizes[:, None]).astype(np.int64)
-        inputs = {"input_ids": torch.from_numpy(input_ids).to(model.device, non_blocking=True),
-                  "attention_mask": torch.from_numpy(mask).to(model.device, non_blocking=True)}
-        batches.append(MicroBatch(rows, inputs, int(sizes.sum()), len(rows) * width))
+    groups = micro_batches(lengths, model.limits.batch_tokens, model.limits.min_padding_efficiency)
+    order = [r for rows in groups for r in rows]
+    sizes = [lengths[r] for r in order]
+    mask = np.arange(sizes[-1]) < np.array(sizes)[:, None]  # row-major, so the True cells take the ids in order
+    padded = np.full(mask.shape, model.tokenizer.pad_token_id or 0, dtype=np.int64)
+    padded[mask] = np.fromiter(chain.from_iterable(ids[r] for r in order), dtype=np.int64, count=sum(sizes))
+    attention = mask.astype(np.int64)
+    batches, start = [], 0
+    for rows in groups:
+        end = start + len(rows)
+        width = sizes[end - 1]  # sorted: the group's last text is its longest
+        inputs = {"input_ids": _on(model, padded[start:end, :width]), "attention_mask": _on(model, attention[start:end, :width])}
+        batches.append(MicroBatch(rows, inputs, sum(sizes[start:end]), len(rows) * width))
+        start = end
     return batches
 
 
+def _on(model: SentimentModel, array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).to(model.device, non_blocking=True)
+
+
 def forward(model: SentimentModel, batch: MicroBatch) -> torch.Tensor:
-    """Class probabilities, one row per text of the micro-batch, left on the model's device
-    (softmax in fp32 whatever the precision)."""
+    """Logits in fp32 whatever the precision, one row per text of the micro-batch, left on the model's device."""
     with torch.inference_mode():
-        logits = model.model(**batch.inputs).logits
-        return torch.softmax(logits.float(), dim=-1)
+        return model.model(**batch.inputs).logits.float()
 
 
 def padding_efficiency(batches: Sequence[MicroBatch]) -> float:
@@ -485,12 +500,13 @@ def postprocess(model: SentimentModel, probs: torch.Tensor, requests: Sequence[T
 
 
 def predict(model: SentimentModel, requests: Sequence[TextRequest]) -> list:
-    """The whole pipeline for already-parsed requests: the micro-batches' probabilities stay on the
-    device until the last one is done, then come back in one transfer."""
+    """The whole pipeline for already-parsed requests: the micro-batches' logits stay on the device
+    until the last one is done, then one softmax and one transfer bring every text's probabilities back."""
     if not requests:
         return []
     batches = preprocess(model, requests)
-    found = torch.cat([forward(model, batch) for batch in batches]).cpu()
+    with torch.inference_mode():  # one softmax for the call, then one transfer
+        found = torch.softmax(torch.cat([forward(model, batch) for batch in batches]), dim=-1).cpu()
     probs = torch.empty_like(found)
     probs[torch.tensor([r for b in batches for r in b.rows])] = found  # back into request order
     log.info(

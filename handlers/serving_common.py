@@ -14,6 +14,11 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
+try:
+    import orjson
+except ImportError:  # optional: to_json falls back to the standard library
+    orjson = None
+
 from .names import CHECKPOINT_SUBDIR, CONFIG_DIR
 
 JSON_TYPE = "application/json"
@@ -32,6 +37,7 @@ BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
+BOM_STARTS = tuple(sorted({bom[:1] for bom, _ in BOMS}))  # a body starting otherwise has no BOM to look for (a tuple: bytearray slices are unhashable)
 
 
 class RequestError(Exception):
@@ -89,14 +95,12 @@ class Request:
     allow_explain: bool = True  # False for a body fetched from S3 (s3_input: its words would be echoed back)
     # Worked out once, here: a handler call asks each request for its type and options several times.
     media_type: str = field(init=False, default="")  # the Content-Type's media type, lower case
-    _custom: dict = field(init=False, repr=False, default_factory=dict)  # SageMaker's custom attributes
-    _media_params: dict = field(init=False, repr=False, default_factory=dict)  # the Content-Type's parameters
+    # SageMaker's custom attributes and the Content-Type's parameters, parsed when an option is first asked for.
+    _custom: dict | None = field(init=False, repr=False, default=None)
+    _media_params: dict | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
-        kind, _, params = self.content_type.partition(";")
-        self.media_type = kind.strip().lower()
-        self._media_params = _pairs(params, ";")
-        self._custom = _pairs(self.headers.get(CUSTOM_ATTRIBUTES, ""), ";")
+        self.media_type = self.content_type.partition(";")[0].strip().lower()
 
     def option(self, name: str) -> str | None:
         """A per-request option, such as `sample_rate`, wherever the client could put it.
@@ -107,11 +111,13 @@ class Request:
         `X-Amzn-SageMaker-Custom-Attributes: sample_rate=16000`, or a media-type
         parameter (`application/x-npy; sample_rate=16000`), which every route keeps.
         """
-        header = "x-" + name.replace("_", "-")
-        for source, key in ((self.params, name), (self.headers, header), (self._custom, name), (self._media_params, name)):
-            if source.get(key):
-                return source[key]
-        return None
+        found = self.params.get(name) or self.headers.get("x-" + name.replace("_", "-"))
+        if found:
+            return found
+        if self._custom is None:
+            self._custom = _pairs(self.headers.get(CUSTOM_ATTRIBUTES, ""), ";")
+            self._media_params = _pairs(self.content_type.partition(";")[2], ";")
+        return self._custom.get(name) or (self._media_params or {}).get(name) or None
 
     @property
     def explain(self) -> bool:
@@ -202,8 +208,8 @@ def as_text(body: Any, content_type: str = "") -> str:
     """
     if isinstance(body, str):
         return body.removeprefix(BOM_CHAR)
-    data = as_bytes(body)
-    declared = _charset(content_type)
+    data = body if isinstance(body, (bytes, bytearray)) else as_bytes(body)  # both decode as they are: no copy
+    declared = _charset(content_type) if ";" in content_type else None
     if declared:
         try:
             codec = codecs.lookup(declared)
@@ -217,7 +223,7 @@ def as_text(body: Any, content_type: str = "") -> str:
             )
         encoding = codec.name
     else:
-        encoding = next((enc for bom, enc in BOMS if data.startswith(bom)), "utf-8")
+        encoding = next((enc for bom, enc in BOMS if data.startswith(bom)), "utf-8") if data[:1] in BOM_STARTS else "utf-8"
     try:
         text = data.decode(encoding)
     except UnicodeError as exc:
@@ -257,7 +263,22 @@ _STRICT_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 
 
 def to_json(answer: Any) -> str:
-    """Strict JSON (no NaN or Infinity): what every answer is sent as."""
+    """Strict JSON (no NaN or Infinity): what every answer is sent as.
+
+    orjson, where installed (marport[serve] and the archives' code/requirements.txt bring it), writes an
+    answer in a tenth of the standard library's time, which on a GPU is a real share of a text's cost
+    (docs/devices.md). It writes NaN and Infinity as null and refuses what it has no form for (keys
+    that are not strings, integers past 64 bits): any such answer, and any with a null in it, is
+    written by the standard library's strict encoder instead, which decides as it always did.
+    """
+    if orjson is not None:
+        try:
+            out = orjson.dumps(answer)
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+        else:
+            if b"null" not in out:
+                return out.decode()
     return _STRICT_JSON.encode(answer)
 
 

@@ -24,40 +24,43 @@ BODY_FIELDS = ("body", "data", "file", "audio", "text", "inputs")
 
 def to_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> Request:
     """One entry of TorchServe's batch -> Request (body, content type, parameters)."""
-    lowered, plain_headers = {}, {}  # all headers by lower-case name; those that are plain strings
-    for key, value in (headers or {}).items():
-        key = str(key).lower()
-        lowered[key] = value
-        if isinstance(value, str):
-            plain_headers[key] = value
-    headers = lowered
-    name = next((f for f in BODY_FIELDS if row.get(f) is not None), None)
-    if name is None:
-        # A multipart upload under some other field name: take its one file part. Raw
-        # bodies are bytes whatever the part, so plain form fields (no type, or text/*)
-        # are told apart by their part's content type.
-        def part_type_of(key):
-            part = headers.get(str(key).lower())
-            return (part.get("content-type") or "") if isinstance(part, Mapping) else ""
-
-        binary = [k for k, v in row.items() if isinstance(v, (bytes, bytearray))]
-        files = [k for k in binary if part_type_of(k) and not part_type_of(k).startswith("text/")]
-        name = files[0] if len(files) == 1 else (binary[0] if len(binary) == 1 else None)
+    lowered = {str(k).lower(): v for k, v in headers.items()} if headers else {}  # all headers by lower-case name
+    name = "body" if row.get("body") is not None else body_field(row, lowered)
     body = row.get(name) if name else None
-    part = headers.get(name.lower()) if name else None
+    part = lowered.get(name.lower()) if name else None
     part_type = (part.get("content-type") or "") if isinstance(part, Mapping) else ""
-    outer = headers.get("content-type") or ""
+    outer = lowered.get("content-type") or ""
     # A multipart upload's own type is its part's; otherwise the request header,
     # which keeps media-type parameters (TorchServe strips them from the part's).
     content_type = part_type if outer.lower().startswith("multipart/") else (outer or part_type)
-    params = {}
-    for key, value in row.items():
-        if key == name:
-            continue
-        if isinstance(value, (bytes, bytearray)):
-            value = bytes(value).decode("utf-8", errors="replace")
-        params[key] = value if isinstance(value, str) else str(value)
-    return Request(body=body, content_type=content_type, params=params, headers=plain_headers)
+    params = {} if len(row) == 1 and name else {key: text_of(value) for key, value in row.items() if key != name}
+    return Request(body=body, content_type=content_type, params=params,
+                   headers={k: v for k, v in lowered.items() if isinstance(v, str)})
+
+
+def body_field(row: Mapping[str, Any], headers: Mapping[str, Any]) -> str | None:
+    """The field a body arrived under, when it is not "body"."""
+    name = next((f for f in BODY_FIELDS if row.get(f) is not None), None)
+    if name is not None:
+        return name
+
+    # A multipart upload under some other field name: take its one file part. Raw
+    # bodies are bytes whatever the part, so plain form fields (no type, or text/*)
+    # are told apart by their part's content type.
+    def part_type_of(key):
+        part = headers.get(str(key).lower())
+        return (part.get("content-type") or "") if isinstance(part, Mapping) else ""
+
+    binary = [k for k, v in row.items() if isinstance(v, (bytes, bytearray))]
+    files = [k for k in binary if part_type_of(k) and not part_type_of(k).startswith("text/")]
+    return files[0] if len(files) == 1 else (binary[0] if len(binary) == 1 else None)
+
+
+def text_of(value: Any) -> str:
+    """A form field's value as text."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else str(value)
 
 
 class CoreHandler:

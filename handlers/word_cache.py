@@ -3,9 +3,15 @@
 Profiling issue 21's handler showed the Rust tokenizer's per-text bookkeeping (normalised strings
 with character alignments, one Encoding object per text) costing more than the rest of the
 handler: about 20 us a review on this project's 2 cores, most of it not the word-piece lookup.
-Review text repeats its words, so a cache of word -> ids answers most words with one dict
-lookup; a word seen for the first time is split by the tokenizer's own model
-(`backend.model.tokenize`), so the vocabulary and the splitting rules stay the library's.
+Review text repeats its words, so a cache answers most of a text with one dict lookup per
+space-separated chunk ("great," is one key, holding the ids of "great" and ","); a chunk seen for
+the first time is split into the pre-tokeniser's words by the regular expressions below and each
+word by the tokenizer's own model (`backend.model.tokenize`), so the vocabulary and the splitting
+rules stay the library's. A chunk's ids are its words' ids because neither pre-tokeniser looks
+across a single space: BERT's drops whitespace, and GPT-2's regex starts each word after one space
+with that space (` ?[A-Za-z]+`, ...), so a text whose chunks are separated by single spaces splits
+exactly as its chunks do. A byte-level text with a run of spaces, or one at its end, is looked up
+word by word instead (GPT-2 keeps such spaces as words of their own).
 
 Only what is exactly known is taken this way, decided per text:
 
@@ -28,8 +34,8 @@ import json
 import re
 from typing import Any, Sequence
 
-MAX_WORDS = 100_000  # cached words before the cache starts over: bounds memory (about 20 MB)
-MAX_WORD_CHARS = 48  # longer words are split every time, never cached: no request can fill memory
+MAX_WORDS = 100_000  # cached chunks and words before the cache starts over: bounds memory (about 20 MB)
+MAX_WORD_CHARS = 48  # longer chunks and words are split every time, never cached: no request can fill memory
 
 # BERT's pre-tokeniser splits on whitespace and makes each punctuation character a word; in ASCII
 # every printable character that is not a letter or digit is punctuation to it.
@@ -40,6 +46,7 @@ BERT_TEXT = re.compile(r"[\t\n\r\x20-\x7e]*")
 BYTE_WORDS = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
 BYTE_TEXT = re.compile(r"[\x20-\x7e]*")
 BYTE_SPACE = "\u0120"  # how the byte-level alphabet writes a space (printable ASCII stands for itself)
+BYTE_CHUNKS = re.compile(r" ?[^ ]+").findall  # a text's chunks with their one leading space each
 
 
 def _shape(spec: dict) -> str | None:
@@ -69,6 +76,7 @@ class WordCache:
         self.cache: dict[str, list[int]] = {}
         self.prefix, self.suffix = self._specials(backend)
         self.room = max_length - len(self.prefix) - len(self.suffix)  # sequence tokens a text may keep
+        self.end = len(self.prefix) + self.room  # where the text's own ids must stop
 
     @classmethod
     def for_tokenizer(cls, backend: Any, max_length: int) -> "WordCache | None":
@@ -102,14 +110,15 @@ class WordCache:
     def _piece(self, word: str) -> str:
         return word.replace(" ", BYTE_SPACE) if self.shape == "bytelevel" else word
 
-    def _word(self, word: str) -> list[int]:
-        ids = self.cache.get(word)
+    def _ids(self, key: str) -> list[int]:
+        """The ids of a chunk or word (the same for a word: it is its own only word), cached if short."""
+        ids = self.cache.get(key)
         if ids is None:
-            ids = [t.id for t in self.model.tokenize(self._piece(word))]
-            if len(word) <= MAX_WORD_CHARS:
+            ids = [t.id for word in self.words_of(key) for t in self.model.tokenize(self._piece(word))]
+            if len(key) <= MAX_WORD_CHARS:
                 if len(self.cache) >= MAX_WORDS:
                     self.cache.clear()
-                self.cache[word] = ids
+                self.cache[key] = ids
         return ids
 
     def encode(self, text: str) -> tuple[list[int], bool] | None:
@@ -120,9 +129,16 @@ class WordCache:
             text = text.lower()
         if self.prefix_space and text and not text.startswith(" "):
             text = " " + text
-        cache, seq = self.cache, []
-        for word in self.words_of(text):
-            ids = cache.get(word)
-            seq += ids if ids is not None else self._word(word)
-        truncated = len(seq) > self.room
-        return self.prefix + (seq[: self.room] if truncated else seq) + self.suffix, truncated
+        # The keys: a text's chunks where they split as their words do, else its words.
+        if self.shape == "bert":
+            keys = text.split()
+        else:
+            keys = self.words_of(text) if "  " in text or text.endswith(" ") else BYTE_CHUNKS(text)
+        get, seq = self.cache.get, self.prefix.copy()
+        for key in keys:
+            ids = get(key)
+            seq += ids if ids is not None else self._ids(key)
+        if len(seq) > self.end:
+            return seq[: self.end] + self.suffix, True
+        seq += self.suffix
+        return seq, False

@@ -83,7 +83,7 @@ MODELS = {
         sample_content_type="text/plain",
         sample=lambda _: "The staff were friendly and breakfast was generous",
         container_requirements=("transformers==5.24.0", "tokenizers==0.23.3", "safetensors==0.8.0",
-                                "onnxruntime==1.32.0", "onnx==1.23.2", "captum==0.9.0"),
+                                "onnxruntime==1.32.0", "onnx==1.23.2", "captum==0.9.0", "orjson==3.13.0"),
     ),
     "respiratory": ModelKind(
         name="respiratory",
@@ -96,7 +96,7 @@ MODELS = {
                          "handlers/respiratory_net.py"),
         sample_content_type="audio/wav",
         sample=_synthetic_recording,
-        container_requirements=("soundfile==0.14.0", "soxr==1.1.0", "safetensors==0.8.0"),
+        container_requirements=("soundfile==0.14.0", "soxr==1.1.0", "safetensors==0.8.0", "orjson==3.13.0"),
     ),
 }
 

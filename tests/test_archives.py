@@ -15,7 +15,7 @@ from tests.conftest import built_archive
 # Third-party modules the serving side may import: TorchServe's own, torch and what
 # code/requirements.txt installs in SageMaker's container.
 SERVING_DEPENDENCIES = {"torch", "numpy", "yaml", "ts", "sagemaker_inference", "transformers", "soundfile", "soxr",
-                        "safetensors", "onnxruntime", "captum", "boto3", "botocore"}
+                        "safetensors", "onnxruntime", "captum", "boto3", "botocore", "orjson"}
 
 
 def imported_names(source: str) -> set[str]:

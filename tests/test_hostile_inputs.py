@@ -317,3 +317,29 @@ def np_fortran(clip):
     import numpy as np
 
     return np.asfortranarray(np.stack([clip, clip], axis=1))
+
+
+ANSWERS = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=6) | st.integers(-5, 5), inner, max_size=4),
+    max_leaves=16)
+
+
+@settings(max_examples=400, deadline=None)
+@given(answer=ANSWERS)
+def test_to_json_is_the_strict_encoder_with_orjson_or_without(answer):
+    """orjson writes answers where it can (serving_common.to_json); the documents, and the refusals (NaN, Infinity,
+    lone surrogates), are the standard library's strict encoder's."""
+    from marport.handlers import serving_common
+
+    strict = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+    try:
+        expected = json.loads(strict.encode(answer))
+    except ValueError:
+        expected = ValueError
+    try:
+        got = json.loads(serving_common.to_json(answer))
+    except ValueError:
+        got = ValueError
+    assert got == expected

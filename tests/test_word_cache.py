@@ -62,6 +62,23 @@ def test_the_cache_gives_the_tokenizers_own_ids_or_declines(tokenizers, name, te
     assert cache.encode(text) == got  # again, now from the cache
 
 
+SHARED: dict = {}  # one cache per shape across examples: keys cached from one text serve the next
+
+
+@pytest.mark.parametrize("name", ["bert", "bytelevel", "bytelevel-prefix-space"])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(TEXTS, min_size=1, max_size=4))
+def test_a_warm_cache_gives_the_same_ids(tokenizers, name, texts):
+    """Chunks and words cached from earlier texts (with other spacing around them) answer later ones exactly."""
+    backend = backend_of(tokenizers[name])
+    cache = SHARED.setdefault(name, word_cache.WordCache.for_tokenizer(backend, MAX_LENGTH))
+    for text in texts:
+        got = cache.encode(text)
+        if got is not None:
+            expected = backend.encode(text)
+            assert got == (expected.ids, bool(expected.overflowing)), text
+
+
 def test_plain_reviews_are_taken_and_truncated_as_the_tokenizer_does(tokenizers):
     for name, tokenizer in tokenizers.items():
         backend = backend_of(tokenizer)
