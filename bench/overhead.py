@@ -15,6 +15,7 @@ figure splits into microseconds per text inside the forward passes and outside t
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import statistics
@@ -207,7 +208,8 @@ def measure(handlers: dict[str, tuple], texts: list[str], batch: int, reps: int)
 def ours(model_dir: Path, gpu: int | None, settings: dict | None = None, timed: bool = True) -> tuple[Any, tuple, Any]:
     """The archive's handler with the shipped model-config.yaml, as `marport build --device` packs it for
     where it runs (a GPU archive when given a GPU); `settings` override its handler section. `timed`
-    wraps the model and tokenizer in timers (which wait for the GPU at each call: not for throughput)."""
+    wraps the model in a timer (which waits for the GPU at each call: not for throughput) and times the
+    core's tokenising step, once per handler call (word cache and Rust tokenizer together)."""
     from marport.build import for_device
     from marport.handlers.sentiment_handler import SentimentHandler
 
@@ -217,20 +219,81 @@ def ours(model_dir: Path, gpu: int | None, settings: dict | None = None, timed: 
     handler = SentimentHandler()
     handler.initialize(context)
     core = handler.model
-    timers = TimedCalls(core.model, core.device), TimedCalls(core.encoder, core.device, "encode_batch", "encode_batch_fast")
+    timers = TimedCalls(core.model, core.device), TimedCalls(None, core.device)
     if timed:
-        core.model, core.encoder = timers
-        if core.words is not None:
-            core.words = TimedCalls(core.words, core.device, "encode", into=timers[1])
+        core.model = timers[0]
+        time_tokenizing(core, timers[1])
     return handler, timers, context
 
 
-def ours_before(model_dir: Path, gpu: int | None) -> tuple[Any, tuple, Any]:
-    """The handler as it was before issue 21 (a checkout of that commit on sys.path), for the record."""
-    from marport.handlers.sentiment_handler import SentimentHandler
+def time_tokenizing(core: Any, timer: TimedCalls) -> None:
+    """Add the seconds `core` spends in sentiment.tokenize (called once per handler call) to `timer`:
+    the module's function is wrapped once, and each core's calls go to its own timer."""
+    from marport.handlers import sentiment
 
-    context = torchserve_context(model_dir, yaml.safe_load(model_config("sentiment").read_text()), gpu)
-    handler = SentimentHandler()
+    if not hasattr(sentiment.tokenize, "timers"):
+        real = sentiment.tokenize
+
+        def timed(model, texts, offsets=False):
+            started = time.perf_counter()
+            try:
+                return real(model, texts, offsets)
+            finally:
+                if id(model) in timed.timers:
+                    timed.timers[id(model)].seconds += time.perf_counter() - started
+
+        timed.timers = {}  # type: ignore[attr-defined]
+        sentiment.tokenize = timed
+    sentiment.tokenize.timers[id(core)] = timer  # type: ignore[attr-defined]
+
+
+BEFORE_ISSUE_21 = "5c3f283"  # the last commit before issue 21's work: the baseline its overhead goal counts from
+
+
+def before_handlers() -> Path | None:
+    """The handler modules as they were before issue 21, taken from git into the bench folder (None where the
+    history is not at hand, as in a shallow clone or an installed wheel)."""
+    import subprocess
+
+    out = bench_dir() / f"handlers-{BEFORE_ISSUE_21}"
+    if (out / "sentiment_handler.py").exists():
+        return out
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", BEFORE_ISSUE_21, "handlers"], check=True,
+                                 capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    import tarfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                member.name = member.name.removeprefix("handlers/")
+                tar.extract(member, out, filter="data")
+    return out
+
+
+def ours_before(model_dir: Path, gpu: int | None) -> tuple[Any, tuple, Any] | None:
+    """The handler as it was before issue 21, with that commit's own model-config.yaml, in this process (its
+    modules import each other by bare name, as TorchServe unpacked them then), or None if it cannot be had."""
+    import importlib
+    import sys
+
+    folder = before_handlers()
+    if folder is None:
+        return None
+    clash = [m for m in sys.modules if (folder / f"{m}.py").exists()
+             and not str(getattr(sys.modules[m], "__file__", "")).startswith(str(folder))]
+    if clash:
+        log(f"  the pre-issue-21 handler is skipped: modules named {clash} are already imported")
+        return None
+    sys.path.insert(0, str(folder))
+    entry = importlib.import_module("sentiment_handler")
+    config = yaml.safe_load((folder / "config" / "sentiment.yaml").read_text())
+    context = torchserve_context(model_dir, config, gpu)
+    handler = entry.SentimentHandler()
     handler.initialize(context)
     core = handler.model
     timers = TimedCalls(core.model, core.device), TimedCalls(core.tokenizer, core.device)
@@ -268,10 +331,17 @@ def overhead_bench(plan, gpu: int | None = None, texts: list[str] | None = None)
     log("handler overhead: microseconds per text outside the model (tiny model, B = 256)")
     checkpoint = tiny_checkpoint()
     texts = texts or short_texts(768 if plan.quick else 3072)
-    reps = 1 if plan.quick else 5
+    reps = 1 if plan.quick else 7
     with worker_logging():
         handlers = {"marport": ours(checkpoint, gpu), "marport_no_word_cache": ours(checkpoint, gpu, {"word_cache": False}),
                     "hf_example": example(checkpoint, gpu)}
+        before = None if plan.quick else ours_before(checkpoint, gpu)  # quick runs (the tests) keep their process clean
+        if before is not None:
+            handlers["before"] = before
+        # What each of our workers does after its load (handler.gc_freeze), done once here for every handler
+        # loaded in this process, so that no handler's full collections walk the others' models.
+        gc.collect()
+        gc.freeze()
         result: dict = {"batch": BATCH, "texts": len(texts), "model": TINY, "reps": reps, "cpu": cpu_name(),
                         "cores": CORES,
                         "threads": torch.get_num_threads(), **measure(handlers, texts, BATCH, reps)}
@@ -279,4 +349,6 @@ def overhead_bench(plan, gpu: int | None = None, texts: list[str] | None = None)
         log(f"  {name}: {result[name]['us_per_text']:.0f} us/text, {result[name]['outside_us_per_text']:.0f} outside "
             f"the model ({result[name]['tokenizer_us_per_text']:.0f} tokenizing)")
     result["outside_ratio"] = result["hf_example"]["outside_us_per_text"] / result["marport"]["outside_us_per_text"]
+    if "before" in result:
+        result["before_ratio"] = result["before"]["outside_us_per_text"] / result["marport"]["outside_us_per_text"]
     return result

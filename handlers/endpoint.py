@@ -11,6 +11,7 @@ Packed into each archive (its marport_serving package); imports only the modules
 
 from __future__ import annotations
 
+import gc
 import glob
 import importlib
 import inspect
@@ -23,7 +24,7 @@ from typing import Any, Callable, Mapping, Protocol
 from .isolation import Outcome, answer_batch
 from .placement import load_core
 from .s3_input import S3Input, resolve
-from .serving_common import JSON_TYPE, Request, call_budget_s, check_accept, read_config
+from .serving_common import JSON_TYPE, Request, call_budget_s, check_accept, read_config, setting_flag
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class Endpoint:
         self.s3 = S3Input.from_settings(self.settings, core.body_limit(self.model))  # None unless buckets are listed
         self.budget_s = call_budget_s(self.config)  # seconds one call may spend
         self.metrics = metrics
+        if setting_flag(self.settings, "gc_freeze", True):
+            freeze_loaded_objects()
 
     def answer(self, count: int, read: Callable[[int], Request],
                request_id: Callable[[int], str | None]) -> list[Outcome]:
@@ -93,6 +96,17 @@ class Endpoint:
             figures = {}
         figures["ModelMs"] = report.predict_ms
         self.metrics.record(report.rejected, figures)
+
+
+def freeze_loaded_objects() -> None:
+    """Collect what loading left behind, then leave everything loaded out of every later collection (gc.freeze).
+
+    A loaded model is hundreds of thousands of objects (torch, transformers, the tokenizer) that live as long as
+    the worker. Without this, each full collection walks all of them: about 0.25 s that lands on whichever
+    request is being answered, several times an hour under load (measured in docs/devices.md, "Per-text cost").
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def lower_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:

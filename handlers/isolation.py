@@ -37,7 +37,7 @@ INTERNAL = "internal_error"
 DEADLINE = "deadline_exceeded"
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     status: int
     body: str  # strict JSON, ready to send

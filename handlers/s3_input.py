@@ -96,6 +96,8 @@ def reference(request: Request) -> dict | None:
     if isinstance(body, dict):
         doc = body
     elif request.media_type == JSON_TYPE and isinstance(body, (bytes, bytearray, str)) and len(body) <= MAX_REFERENCE_BYTES:
+        if not _may_name_field(body):
+            return None  # the core parses it; parsing it here too would cost every JSON request twice
         try:
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -103,6 +105,14 @@ def reference(request: Request) -> dict | None:
     else:
         return None
     return doc if isinstance(doc, dict) and FIELD in doc else None
+
+
+def _may_name_field(body: bytes | bytearray | str) -> bool:
+    """Whether a JSON text could hold the key "s3_uri": spelled out, with any character escaped (\\u0073...), or
+    in UTF-16 or UTF-32 (which json.loads reads from bytes too)."""
+    if isinstance(body, str):
+        return FIELD in body or "\\u" in body
+    return FIELD.encode() in body or b"\\u" in body or not json.detect_encoding(body).startswith("utf-8")
 
 
 @functools.lru_cache(maxsize=1)

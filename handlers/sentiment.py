@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from itertools import chain
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -107,7 +107,7 @@ class SentimentModel:
         return self._explainer
 
 
-@dataclass
+@dataclass(slots=True)
 class TextRequest:
     texts: list[str]
     single: bool  # answer with one object rather than a list
@@ -118,7 +118,7 @@ class TextRequest:
 
     @property
     def tokens(self) -> int:
-        return sum(len(i) for i in self.ids)
+        return sum(map(len, self.ids))
 
 
 @dataclass
@@ -314,20 +314,13 @@ def tokenize(model: SentimentModel, texts: Sequence[str], offsets: bool = False)
 def _cached_tokens(model: SentimentModel, texts: list[str]) -> tuple[list, list]:
     """Ids and truncation flags: from the word cache where it takes the text, else one backend call."""
     assert model.words is not None
-    ids: list[list[int]] = []
-    truncated: list[bool] = []
-    rest = []  # texts the cache does not take
-    for i, text in enumerate(texts):
-        found = model.words.encode(text)
-        if found is None:
-            rest.append(i)
-            found = [], False
-        ids.append(found[0])
-        truncated.append(found[1])
+    encode = model.words.encode
+    found: list = [encode(text) for text in texts]
+    rest = [i for i, f in enumerate(found) if f is None]  # texts the cache does not take
     if rest:
         for i, e in zip(rest, model.encoder.encode_batch_fast([texts[i] for i in rest])):
-            ids[i], truncated[i] = e.ids, bool(e.overflowing)
-    return ids, truncated
+            found[i] = e.ids, bool(e.overflowing)
+    return [f[0] for f in found], [f[1] for f in found]
 
 
 def batch_encoder(tokenizer: Any, max_length: int) -> Any:
@@ -357,7 +350,7 @@ def read_request(request: Request, model: SentimentModel) -> TextRequest:
     explain = explain or request.explain
     if explain and not request.allow_explain:
         raise explanation_refused()
-    return TextRequest(texts, single=single, explain=explain)
+    return TextRequest(texts, single, [], [], explain)
 
 
 def check_tokens(model: SentimentModel, parsed: TextRequest) -> TextRequest:
@@ -551,7 +544,7 @@ def figures(model: SentimentModel, requests: Sequence[TextRequest], answers: Seq
     lengths = [len(ids) for r in requests for ids in r.ids]
     groups = micro_batches(lengths, model.limits.batch_tokens, model.limits.min_padding_efficiency)
     padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
-    flat = [a for answer in answers for a in (answer if isinstance(answer, list) else [answer])]
+    flat = [a for answer in answers for a in (answer if isinstance(answer, list) else [answer])] if model.review else []
     return {
         "Texts": len(lengths),
         "Tokens": sum(lengths),

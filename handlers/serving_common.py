@@ -7,6 +7,7 @@ it imports nothing else from the project: only the standard library, numpy and t
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import torch
 try:
     import orjson
 except ImportError:  # optional: to_json falls back to the standard library
-    orjson = None
+    orjson = None  # type: ignore[assignment]
 
 from .names import CHECKPOINT_SUBDIR, CONFIG_DIR
 
@@ -37,7 +38,8 @@ BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
-BOM_STARTS = tuple(sorted({bom[:1] for bom, _ in BOMS}))  # a body starting otherwise has no BOM to look for (a tuple: bytearray slices are unhashable)
+# A body starting otherwise has no BOM to look for (a tuple: bytearray slices are unhashable).
+BOM_STARTS = tuple(sorted({bom[:1] for bom, _ in BOMS}))
 
 
 class RequestError(Exception):
@@ -84,7 +86,7 @@ class ModelCore(Protocol):
         """One handler call's figures for the operator metrics (operator_metrics.METRICS names)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """One request as the runtimes hand it to us, reduced to what a core needs."""
 
@@ -111,12 +113,13 @@ class Request:
         `X-Amzn-SageMaker-Custom-Attributes: sample_rate=16000`, or a media-type
         parameter (`application/x-npy; sample_rate=16000`), which every route keeps.
         """
-        found = self.params.get(name) or self.headers.get("x-" + name.replace("_", "-"))
+        found = self.params.get(name) or self.headers.get(_option_header(name))
         if found:
             return found
-        if self._custom is None:
-            self._custom = _pairs(self.headers.get(CUSTOM_ATTRIBUTES, ""), ";")
-            self._media_params = _pairs(self.content_type.partition(";")[2], ";")
+        if self._custom is None:  # parsed on the first option not found above (most requests have neither)
+            custom = self.headers.get(CUSTOM_ATTRIBUTES)
+            self._custom = _pairs(custom, ";") if custom else {}
+            self._media_params = _pairs(self.content_type.partition(";")[2], ";") if ";" in self.content_type else {}
         return self._custom.get(name) or (self._media_params or {}).get(name) or None
 
     @property
@@ -124,9 +127,17 @@ class Request:
         """Asked for an explanation: TorchServe's /explanations route marks its requests with an
         `explain: True` header; elsewhere (SageMaker's /invocations) the `explain` option
         (`X-Explain: true`, custom attributes `explain=true`) asks for one."""
-        if str(self.headers.get("explain", "")).lower() == "true":
+        marked = self.headers.get("explain")
+        if marked is not None and str(marked).lower() == "true":
             return True
-        return str(self.option("explain") or "").strip().lower() in TRUE_WORDS
+        asked = self.option("explain")
+        return asked is not None and str(asked).strip().lower() in TRUE_WORDS
+
+
+@functools.lru_cache(maxsize=64)
+def _option_header(name: str) -> str:
+    """The header an option may come as: sample_rate -> x-sample-rate."""
+    return "x-" + name.replace("_", "-")
 
 
 def explanation_refused() -> RequestError:

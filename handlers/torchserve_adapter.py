@@ -23,19 +23,28 @@ BODY_FIELDS = ("body", "data", "file", "audio", "text", "inputs")
 
 
 def to_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> Request:
-    """One entry of TorchServe's batch -> Request (body, content type, parameters)."""
-    lowered = {str(k).lower(): v for k, v in headers.items()} if headers else {}  # all headers by lower-case name
-    name = "body" if row.get("body") is not None else body_field(row, lowered)
+    """One entry of TorchServe's batch -> Request (body, content type, parameters).
+
+    Runs once per request: TorchServe names a body's part in the headers exactly as in the row, so the
+    common case (a raw body under "body") needs one pass over the headers and no search.
+    """
+    headers = headers or {}
+    plain = {str(k).lower(): v for k, v in headers.items() if isinstance(v, str)}  # request headers, lower-case names
+    name = "body" if row.get("body") is not None else body_field(row, headers)
     body = row.get(name) if name else None
-    part = lowered.get(name.lower()) if name else None
-    part_type = (part.get("content-type") or "") if isinstance(part, Mapping) else ""
-    outer = lowered.get("content-type") or ""
+    part = (headers.get(name) or _by_lower_name(headers, name)) if name else None
+    part_type = (part.get("content-type") or "") if isinstance(part, dict) or isinstance(part, Mapping) else ""
+    outer = plain.get("content-type") or ""
     # A multipart upload's own type is its part's; otherwise the request header,
     # which keeps media-type parameters (TorchServe strips them from the part's).
-    content_type = part_type if outer.lower().startswith("multipart/") else (outer or part_type)
+    content_type = part_type if outer[:10].lower() == "multipart/" else (outer or part_type)
     params = {} if len(row) == 1 and name else {key: text_of(value) for key, value in row.items() if key != name}
-    return Request(body=body, content_type=content_type, params=params,
-                   headers={k: v for k, v in lowered.items() if isinstance(v, str)})
+    return Request(body, content_type, params, plain)
+
+
+def _by_lower_name(headers: Mapping[str, Any], name: str) -> Any:
+    name = name.lower()
+    return next((v for k, v in headers.items() if str(k).lower() == name), None)
 
 
 def body_field(row: Mapping[str, Any], headers: Mapping[str, Any]) -> str | None:
@@ -48,7 +57,7 @@ def body_field(row: Mapping[str, Any], headers: Mapping[str, Any]) -> str | None
     # bodies are bytes whatever the part, so plain form fields (no type, or text/*)
     # are told apart by their part's content type.
     def part_type_of(key):
-        part = headers.get(str(key).lower())
+        part = headers.get(key) or _by_lower_name(headers, str(key))
         return (part.get("content-type") or "") if isinstance(part, Mapping) else ""
 
     binary = [k for k, v in row.items() if isinstance(v, (bytes, bytearray))]

@@ -123,7 +123,11 @@ class WordCache:
 
     def encode(self, text: str) -> tuple[list[int], bool] | None:
         """(ids with the special tokens, truncated?) as the backend would give them, or None."""
-        if not text.isascii() or not self.text_ok(text) or (self.has_added and self.has_added(text)):
+        # str.isprintable is printable ASCII and the space, once isascii holds: what both shapes take (BERT's
+        # tab, LF and CR too, checked by the regex only when a text has one).
+        if not text.isascii() or not (text.isprintable() or self.text_ok(text)):
+            return None
+        if self.has_added and self.has_added(text):
             return None
         if self.lowercase:
             text = text.lower()

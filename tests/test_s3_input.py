@@ -110,6 +110,16 @@ def test_ordinary_bodies_are_left_alone():
         assert resolve(request, ALLOWED) is request
 
 
+@pytest.mark.parametrize("body", [
+    b'{"\\u0073\\u0033_uri": "s3://calls/recordings/a.wav"}',  # the key spelled with escapes
+    '{"s3_uri": "s3://calls/recordings/a.wav"}'.encode("utf-16"),  # json.loads reads UTF-16 bytes too
+    '{"s3_uri": "s3://calls/recordings/a.wav"}'.encode("utf-32-le"),
+])
+def test_a_reference_however_spelled_is_recognised(body):
+    """The quick look that spares ordinary JSON bodies a second parse misses no spelling of the key."""
+    assert s3_input.reference(Request(body=body, content_type="application/json")) == {"s3_uri": "s3://calls/recordings/a.wav"}
+
+
 @pytest.mark.parametrize("entries, allowed", [
     (None, None), ([], None), (["calls"], ((BUCKET, ""),)), ("calls/recordings/,s3://b2", ((BUCKET, "recordings"), ("b2", ""))),
 ])
