@@ -275,7 +275,7 @@ def before_handlers() -> Path | None:
     return out
 
 
-def ours_before(model_dir: Path, gpu: int | None) -> tuple[Any, tuple, Any] | None:
+def ours_before(model_dir: Path, gpu: int | None, settings: dict | None = None) -> tuple[Any, tuple, Any] | None:
     """The handler as it was before issue 21, with that commit's own model-config.yaml, in this process (its
     modules import each other by bare name, as TorchServe unpacked them then), or None if it cannot be had."""
     import importlib
@@ -292,6 +292,7 @@ def ours_before(model_dir: Path, gpu: int | None) -> tuple[Any, tuple, Any] | No
     sys.path.insert(0, str(folder))
     entry = importlib.import_module("sentiment_handler")
     config = yaml.safe_load((folder / "config" / "sentiment.yaml").read_text())
+    config["handler"].update(settings or {})
     context = torchserve_context(model_dir, config, gpu)
     handler = entry.SentimentHandler()
     handler.initialize(context)
@@ -351,4 +352,47 @@ def overhead_bench(plan, gpu: int | None = None, texts: list[str] | None = None)
     result["outside_ratio"] = result["hf_example"]["outside_us_per_text"] / result["marport"]["outside_us_per_text"]
     if "before" in result:
         result["before_ratio"] = result["before"]["outside_us_per_text"] / result["marport"]["outside_us_per_text"]
+    result["cpu_regression"] = None if plan.quick else regression_bench(plan)
+    return result
+
+
+REGRESSION_BATCH = 16  # requests per handler call: the CPU archive's batchSize
+REGRESSION_PRECISIONS = ("auto", "int8")  # the shipped default (bf16 here) and int8
+
+
+def regression_bench(plan) -> dict | None:
+    """No regression on the CPU: the roberta-base-size model through `handle` at the CPU archive's batchSize, this
+    handler against the one before issue 21, each with its own shipped settings and with int8 (texts/s, medians).
+
+    One precision at a time (loading int8 sets the process's torch threads to 1, as it does in a worker), the two
+    handlers taking turns in alternating order. None where the pre-issue-21 handler cannot be had (no git history).
+    """
+    from .workloads import realsize_checkpoint
+
+    log("no regression on the CPU: roberta-base size, B = 16, this handler against the one before issue 21")
+    checkpoint, texts = realsize_checkpoint(), short_texts(64 if plan.quick else 192, seed=3)
+    reps = 1 if plan.quick else 6
+    result: dict = {"batch": REGRESSION_BATCH, "texts": len(texts), "reps": reps, "cpu": cpu_name(), "cores": CORES}
+    with worker_logging():
+        for precision in REGRESSION_PRECISIONS:
+            before = ours_before(checkpoint, None, {"precision": precision})
+            if before is None:
+                return None
+            pair = {"before": before, "marport": ours(checkpoint, None, {"precision": precision}, timed=False)}
+            gc.collect()
+            gc.freeze()
+            seconds: dict[str, list[float]] = {name: [] for name in pair}
+            for handler, _, context in pair.values():
+                drive(handler, context, texts[:REGRESSION_BATCH], REGRESSION_BATCH)
+            for rep in range(reps):
+                for name in (("before", "marport") if rep % 2 == 0 else ("marport", "before")):
+                    handler, _, context = pair[name]
+                    seconds[name].append(drive(handler, context, texts, REGRESSION_BATCH))
+            for name, runs in seconds.items():
+                result[f"{name}_{precision}"] = len(texts) / statistics.median(runs)
+            result[f"ratio_{precision}"] = result[f"marport_{precision}"] / result[f"before_{precision}"]
+            result[f"threads_{precision}"] = torch.get_num_threads()
+            log(f"  {precision}: {result[f'marport_{precision}']:.1f} texts/s against "
+                f"{result[f'before_{precision}']:.1f} before issue 21 ({result[f'ratio_{precision}']:.2f}x)")
+            del pair, before
     return result

@@ -91,11 +91,11 @@ def _late(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() > deadline
 
 
-def _serialise(answer: Any, request_id: str | None) -> Outcome:
+def _serialise(answer: Any, idx: int, request_id: Callable[[int], str | None]) -> Outcome:
     try:
         return Outcome(200, to_json(answer))
     except (ValueError, TypeError):  # NaN/Infinity, or a value JSON has no form for
-        return internal_error(request_id, "serialising the answer to")
+        return internal_error(request_id(idx), "serialising the answer to")
 
 
 def answer_batch(
@@ -186,7 +186,7 @@ def _predict_isolated(core, model, items: Sequence[tuple[int, Any]], outcomes: l
             return
     else:
         for (idx, _), answer in zip(items, answers):
-            outcomes[idx] = _serialise(answer, request_id(idx))
+            outcomes[idx] = _serialise(answer, idx, request_id)  # the id is looked up only for a failure
         report.answers.extend(answers)
         return
     log.warning("a batch of %d requests failed together; retrying it in halves to find the culprit", len(items))
