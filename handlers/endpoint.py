@@ -102,8 +102,8 @@ def freeze_loaded_objects() -> None:
     """Collect what loading left behind, then leave everything loaded out of every later collection (gc.freeze).
 
     A loaded model is hundreds of thousands of objects (torch, transformers, the tokenizer) that live as long as
-    the worker. Without this, each full collection walks all of them: about 0.25 s that lands on whichever
-    request is being answered, several times an hour under load (measured in docs/devices.md, "Per-text cost").
+    the worker. Without this, each full collection walks all of them: about 0.25 s (docs/devices.md, "Per-text
+    cost") that lands on whichever call is running when the collector decides one is due.
     """
     gc.collect()
     gc.freeze()

@@ -1,4 +1,4 @@
-"""Token ids for plain-ASCII texts from a cache of words, equal to the fast tokenizer's own.
+"""Token ids for plain-ASCII texts from a cache of chunks and words, equal to the fast tokenizer's own.
 
 Profiling issue 21's handler showed the Rust tokenizer's per-text bookkeeping (normalised strings
 with character alignments, one Encoding object per text) costing more than the rest of the
