@@ -66,7 +66,7 @@ SHARED: dict = {}  # one cache per shape across examples: keys cached from one t
 
 
 @pytest.mark.parametrize("name", ["bert", "bytelevel", "bytelevel-prefix-space"])
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(texts=st.lists(TEXTS, min_size=1, max_size=4))
 def test_a_warm_cache_gives_the_same_ids(tokenizers, name, texts):
     """Chunks and words cached from earlier texts (with other spacing around them) answer later ones exactly."""
