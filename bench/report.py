@@ -264,7 +264,8 @@ def overhead(r: dict) -> str:
     if not o:
         return "### Handler overhead\n\nNot measured in this run (`marport bench --only overhead`)."
     names = {"before": "marport before issue 21 (one tokenizer call per request)", "marport": "marport",
-             "marport_no_word_cache": "marport, `word_cache: false`", "hf_example": "TorchServe's HF example handler"}
+             "marport_no_word_cache": "marport, `word_cache: false`", "hf_example": "TorchServe's HF example handler",
+             "essentials": "yardstick: the essentials alone (no checks, isolation, options or metrics)"}
     measured_before = "before" in o
     runs = {"before": o.get("before", OVERHEAD_BEFORE_US), **{k: o[k] for k in names if k in o and k != "before"}}
     before = runs["before"]["outside_us_per_text"]
@@ -290,10 +291,23 @@ each row's.
 Outside the model, this handler spends {ours:.1f} us a text against {o['hf_example']['outside_us_per_text']:.0f} us
 for the HF example ({o['outside_ratio']:.1f}x less) and {before:.0f} us before issue 21
 ({before / ours:.1f}x less). Issue 21's goal, a tenth of that ({before / OVERHEAD_GOAL:.1f} us), is {reached}
-on this machine. The word cache (`handlers/word_cache.py`) is what the tokenizing column owes most to{no_cache(o)}.
+on this machine.{yardstick(o, before)} The word cache (`handlers/word_cache.py`) is what the tokenizing column owes
+most to{no_cache(o)}.
 The model column is the tiny model's framework cost (about 1.5 ms a forward pass in bf16, whatever its size, over
 {o['marport']['forward_calls_per_handle']:.0f} passes a call with the CPU's 2,048-token micro-batches).
 {regression(o.get("cpu_regression"))}"""
+
+
+def yardstick(o: dict, before: float) -> str:
+    e = o.get("essentials")
+    if not e:
+        return ""
+    return (f" The yardstick row (`bench/overhead.py`, `EssentialsOnly`) does only the per-text work no handler can"
+            f" skip, through the same core functions: decode, tokenise, pad, the model, one answer and its JSON. It"
+            f" spends {e['outside_us_per_text']:.1f} us a text outside the model ({before / e['outside_us_per_text']:.1f}x"
+            f" less than before issue 21): that is about as low as Python goes here, and the checks, isolation,"
+            f" options and metrics this handler keeps cost the other"
+            f" {o['marport']['outside_us_per_text'] - e['outside_us_per_text']:.1f} us.")
 
 
 def before_row(measured: bool) -> str:
