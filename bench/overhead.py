@@ -15,7 +15,6 @@ figure splits into microseconds per text inside the forward passes and outside t
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import logging
 import statistics
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 import yaml
 
+from marport.handlers.endpoint import freeze_loaded_objects
 from marport.resources import model_config
 from marport.sentiment_data import LABELS
 from marport.workspace import current
@@ -59,11 +59,10 @@ def tiny_checkpoint(out: Path | None = None) -> Path:
 
 class TimedCalls:
     """Stands in for a model (or a tokenizer): forwards every call and attribute, adding up the seconds
-    spent in calls, of the object itself or, with `methods`, of those methods (into another timer's
-    total with `into`: the word cache's time is the tokenizer's)."""
+    spent in calls of the object itself."""
 
-    def __init__(self, inner: Any, device: torch.device, *methods: str, into: "TimedCalls | None" = None):
-        self.inner, self.device, self.methods, self.into = inner, device, methods, into
+    def __init__(self, inner: Any, device: torch.device):
+        self.inner, self.device = inner, device
         self.seconds, self.calls = 0.0, 0
 
     def _sync(self) -> None:
@@ -80,18 +79,7 @@ class TimedCalls:
         return out
 
     def __getattr__(self, name: str):
-        found = getattr(self.inner, name)
-        if name not in self.methods:
-            return found
-
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return found(*args, **kwargs)
-            finally:
-                (self.into or self).seconds += time.perf_counter() - started
-
-        return timed
+        return getattr(self.inner, name)
 
 
 def torchserve_context(model_dir: Path, config: dict | None, gpu: int | None):
@@ -261,17 +249,10 @@ class EssentialsOnly:
         from marport.handlers import sentiment
         from marport.handlers.serving_common import to_json
 
-        core, labels = self.core, self.core.labels
         texts = [row["body"].decode() for row in data]
-        ids, truncated, _ = sentiment.tokenize(core, texts)
+        ids, truncated, _ = sentiment.tokenize(self.core, texts)
         requests = [sentiment.TextRequest([t], True, [i], [c], False) for t, i, c in zip(texts, ids, truncated)]
-        batches = sentiment.preprocess(core, requests)
-        with torch.inference_mode():
-            found = torch.softmax(torch.cat([sentiment.forward(core, b) for b in batches]), dim=-1).cpu()
-        probs = torch.empty_like(found)
-        probs[torch.tensor([r for b in batches for r in b.rows])] = found
-        answers = [to_json({"label": labels[top], "score": row[top], "scores": dict(zip(labels, row))})
-                   for row, top in zip(probs.tolist(), probs.argmax(dim=1).tolist())]
+        answers = [to_json(answer) for answer in sentiment.predict(self.core, requests)]
         for idx in range(len(answers)):
             context.set_response_content_type(idx, "application/json")
         return answers
@@ -373,8 +354,7 @@ def overhead_bench(plan, gpu: int | None = None, texts: list[str] | None = None)
             handlers["before"] = before
         # What each of our workers does after its load (handler.gc_freeze), done once here for every handler
         # loaded in this process, so that no handler's full collections walk the others' models.
-        gc.collect()
-        gc.freeze()
+        freeze_loaded_objects()
         result: dict = {"batch": BATCH, "texts": len(texts), "model": TINY, "reps": reps, "cpu": cpu_name(),
                         "cores": CORES,
                         "threads": torch.get_num_threads(), **measure(handlers, texts, BATCH, reps)}
@@ -382,8 +362,6 @@ def overhead_bench(plan, gpu: int | None = None, texts: list[str] | None = None)
         log(f"  {name}: {result[name]['us_per_text']:.0f} us/text, {result[name]['outside_us_per_text']:.0f} outside "
             f"the model ({result[name]['tokenizer_us_per_text']:.0f} tokenizing)")
     result["outside_ratio"] = result["hf_example"]["outside_us_per_text"] / result["marport"]["outside_us_per_text"]
-    if "before" in result:
-        result["before_ratio"] = result["before"]["outside_us_per_text"] / result["marport"]["outside_us_per_text"]
     result["cpu_regression"] = None if plan.quick else regression_bench(plan)
     return result
 
@@ -411,8 +389,7 @@ def regression_bench(plan) -> dict | None:
             if before is None:
                 return None
             pair = {"before": before, "marport": ours(checkpoint, None, {"precision": precision}, timed=False)}
-            gc.collect()
-            gc.freeze()
+            freeze_loaded_objects()
             seconds: dict[str, list[float]] = {name: [] for name in pair}
             for handler, _, context in pair.values():
                 drive(handler, context, texts[:REGRESSION_BATCH], REGRESSION_BATCH)
