@@ -19,6 +19,7 @@ import io
 import logging
 import statistics
 import time
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -154,30 +155,41 @@ def request_processors(context: Any, headers: list[dict]) -> list:
 
 def drive(handler: Any, context: Any, texts: list[str], batch: int) -> float:
     """Seconds to answer `texts` in handler calls of `batch` requests, as TorchServe's service.predict calls them."""
+    return sum(one_call(handler, context, texts[start : start + batch], start) for start in range(0, len(texts), batch))
+
+
+def one_call(handler: Any, context: Any, texts: list[str], first_id: int = 0) -> float:
+    """Seconds for one handler call answering `texts`, each a text/plain request, as TorchServe's service.predict
+    makes it (request ids, headers and the metrics' ids set on the context first)."""
     headers = {"Content-Type": "text/plain", "body": {"content-type": "text/plain"}}
-    seconds = 0.0
-    for start in range(0, len(texts), batch):
-        rows = [{"body": t.encode()} for t in texts[start : start + batch]]
-        context.request_ids = {i: f"req-{start + i}" for i in range(len(rows))}
-        context.request_processor = request_processors(context, [dict(headers) for _ in rows])
-        context.metrics.request_ids = context.request_ids
-        started = time.perf_counter()
-        answers = handler.handle(rows, context)
-        seconds += time.perf_counter() - started
-        assert len(answers) == len(rows)
+    rows = [{"body": t.encode()} for t in texts]
+    context.request_ids = {i: f"req-{first_id + i}" for i in range(len(rows))}
+    context.request_processor = request_processors(context, [dict(headers) for _ in rows])
+    context.metrics.request_ids = context.request_ids
+    started = time.perf_counter()
+    answers = handler.handle(rows, context)
+    seconds = time.perf_counter() - started
+    assert len(answers) == len(rows)
     return seconds
 
 
 def measure(handlers: dict[str, tuple], texts: list[str], batch: int, reps: int) -> dict:
     """Median microseconds per text through `handle` for each handler, in the model's calls, in the
     tokenizer's and in the rest (the handler's own work); 'outside' is everything but the model.
-    The handlers take turns, rep by rep, so that a slower spell of the machine falls on all of them."""
+
+    Each handler answers all the texts in a row, call after call, as a worker would (a handler taking turns with
+    the others call by call would find the caches as the one before it left them: the HF example's fp32 passes
+    over 150-token rows slowed whichever handler came next). The order of the handlers rotates from one
+    repetition to the next, so that a slower spell of the machine falls on each of them in turn."""
     runs: dict[str, list] = {name: [] for name in handlers}
+    names = list(handlers)
     with contextlib.redirect_stdout(io.StringIO()):  # the example prints its logits, as it does into a worker's log
         for handler, _, context in handlers.values():
             drive(handler, context, texts[: 2 * batch], batch)  # first-call paths, untimed
-        for _ in range(reps):
-            for name, (handler, timers, context) in handlers.items():
+        for rep in range(reps):
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
+                handler, timers, context = handlers[name]
                 for timer in timers:
                     timer.seconds, timer.calls = 0.0, 0
                 total = drive(handler, context, texts, batch)
@@ -190,6 +202,41 @@ def measure(handlers: dict[str, tuple], texts: list[str], batch: int, reps: int)
                      "outside_us_per_text": (total - forward) * per_text, "tokenizer_us_per_text": tokenizing * per_text,
                      "handler_us_per_text": (total - forward - tokenizing) * per_text,
                      "forward_calls_per_handle": calls / -(-len(texts) // batch)}
+    return out
+
+
+class StubModel:
+    """Stands in for a sequence classifier: logits for as many rows as it is given, at once. With it, a handler's
+    time is its own Python and tokenizer with warm caches, free of what the forward passes do to them."""
+
+    def __init__(self, labels: int):
+        self.labels = labels
+
+    def __call__(self, *args, **kwargs):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        ids = args[0] if args else kwargs["input_ids"]
+        return SequenceClassifierOutput(logits=torch.linspace(-1, 1, ids.shape[0] * self.labels).view(-1, self.labels))
+
+
+def measure_stubbed(handlers: dict[str, tuple], texts: list[str], batch: int, labels: int, reps: int) -> dict:
+    """Microseconds per text through `handle` with each handler's model replaced by a StubModel (its timer's inner
+    call), after one untimed pass: the median of `reps` passes, and of those the tokenizing step's share."""
+    out = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for name, (handler, timers, context) in handlers.items():
+            model, timers[0].inner = timers[0].inner, StubModel(labels)
+            try:
+                drive(handler, context, texts, batch)
+                runs = []
+                for _ in range(reps):
+                    timers[1].seconds = 0.0
+                    runs.append((drive(handler, context, texts, batch), timers[1].seconds))
+            finally:
+                timers[0].inner = model
+            total, tokenizing = (statistics.median(r[i] for r in runs) for i in range(2))
+            out[name] = {"stubbed_us_per_text": total * 1e6 / len(texts),
+                         "stubbed_tokenizer_us_per_text": tokenizing * 1e6 / len(texts)}
     return out
 
 
@@ -253,6 +300,49 @@ class EssentialsOnly:
         ids, truncated, _ = sentiment.tokenize(self.core, texts)
         requests = [sentiment.TextRequest([t], True, [i], [c], False) for t, i, c in zip(texts, ids, truncated)]
         answers = [to_json(answer) for answer in sentiment.predict(self.core, requests)]
+        for idx in range(len(answers)):
+            context.set_response_content_type(idx, "application/json")
+        return answers
+
+
+class BareMinimum(EssentialsOnly):
+    """A second yardstick, lower still: the same per-text work written out in a few lines, without the core's
+    request and answer objects either. The texts are tokenised by the core's tokenize (word cache and Rust
+    tokenizer: the tokenizing column), grouped by its micro-batching into one padded matrix whose slices go to the
+    model as they are, one softmax, and each answer formatted straight into JSON text. Good only for these inputs
+    (no truncation, review band or explanation): what a text costs outside the model here when nothing is kept."""
+
+    def handle(self, data: list, context: Any) -> list[str]:
+        import json
+
+        import numpy as np
+
+        from marport.handlers import sentiment
+
+        core = self.core
+        texts = [row["body"].decode() for row in data]
+        ids, _, _ = sentiment.tokenize(core, texts)
+        lengths = [len(i) for i in ids]
+        groups = sentiment.micro_batches(lengths, core.limits.batch_tokens, core.limits.min_padding_efficiency)
+        order = [r for rows in groups for r in rows]
+        sizes = [lengths[r] for r in order]
+        mask = np.arange(sizes[-1]) < np.array(sizes)[:, None]
+        padded = np.full(mask.shape, core.tokenizer.pad_token_id or 0, dtype=np.int64)
+        padded[mask] = np.fromiter(chain.from_iterable(ids[r] for r in order), dtype=np.int64, count=sum(sizes))
+        ids_t, mask_t = torch.from_numpy(padded), torch.from_numpy(mask.astype(np.int64))
+        logits, start = [], 0
+        with torch.inference_mode():
+            for rows in groups:
+                end, width = start + len(rows), sizes[start + len(rows) - 1]
+                logits.append(core.model(input_ids=ids_t[start:end, :width], attention_mask=mask_t[start:end, :width])
+                              .logits.float())
+                start = end
+            found = torch.softmax(torch.cat(logits), dim=-1)
+        probs = torch.empty_like(found)
+        probs[torch.tensor(order)] = found
+        names = [json.dumps(label) for label in core.labels]
+        template = ('{"label":%s,"score":%r,"scores":{' + ",".join(f"{n}:%r" for n in names) + "}}")
+        answers = [template % (names[top], row[top], *row) for row, top in zip(probs.tolist(), probs.argmax(1).tolist())]
         for idx in range(len(answers)):
             context.set_response_content_type(idx, "application/json")
         return answers
@@ -343,12 +433,14 @@ def overhead_bench(plan, gpu: int | None = None, texts: list[str] | None = None)
     log("handler overhead: microseconds per text outside the model (tiny model, B = 256)")
     checkpoint = tiny_checkpoint()
     texts = texts or short_texts(768 if plan.quick else 3072)
-    reps = 1 if plan.quick else 7
+    reps = 1 if plan.quick else 11
     with worker_logging():
         handlers = {"marport": ours(checkpoint, gpu), "marport_no_word_cache": ours(checkpoint, gpu, {"word_cache": False}),
                     "hf_example": example(checkpoint, gpu)}
         essentials = EssentialsOnly(ours(checkpoint, gpu))
         handlers["essentials"] = (essentials, essentials.timers, essentials.context)
+        bare = BareMinimum(ours(checkpoint, gpu))
+        handlers["bare"] = (bare, bare.timers, bare.context)
         before = None if plan.quick else ours_before(checkpoint, gpu)  # quick runs (the tests) keep their process clean
         if before is not None:
             handlers["before"] = before
@@ -358,6 +450,8 @@ def overhead_bench(plan, gpu: int | None = None, texts: list[str] | None = None)
         result: dict = {"batch": BATCH, "texts": len(texts), "model": TINY, "reps": reps, "cpu": cpu_name(),
                         "cores": CORES,
                         "threads": torch.get_num_threads(), **measure(handlers, texts, BATCH, reps)}
+        for name, stubbed in measure_stubbed(handlers, texts, BATCH, len(LABELS), 5 if reps > 1 else 1).items():
+            result[name].update(stubbed)
     for name in handlers:
         log(f"  {name}: {result[name]['us_per_text']:.0f} us/text, {result[name]['outside_us_per_text']:.0f} outside "
             f"the model ({result[name]['tokenizer_us_per_text']:.0f} tokenizing)")
@@ -375,13 +469,15 @@ def regression_bench(plan) -> dict | None:
     handler against the one before issue 21, each with its own shipped settings and with int8 (texts/s, medians).
 
     One precision at a time (loading int8 sets the process's torch threads to 1, as it does in a worker), the two
-    handlers taking turns in alternating order. None where the pre-issue-21 handler cannot be had (no git history).
+    handlers taking turns in alternating order after a whole untimed pass each (the first timed pass ran up to 15%
+    slow); the ratio is the median of the passes' paired ratios, which a slow spell of the machine moves less than
+    it moves either handler's median. None where the pre-issue-21 handler cannot be had (no git history).
     """
     from .workloads import realsize_checkpoint
 
     log("no regression on the CPU: roberta-base size, B = 16, this handler against the one before issue 21")
     checkpoint, texts = realsize_checkpoint(), short_texts(64 if plan.quick else 192, seed=3)
-    reps = 1 if plan.quick else 6
+    reps = 1 if plan.quick else 8
     result: dict = {"batch": REGRESSION_BATCH, "texts": len(texts), "reps": reps, "cpu": cpu_name(), "cores": CORES}
     with worker_logging():
         for precision in REGRESSION_PRECISIONS:
@@ -392,14 +488,14 @@ def regression_bench(plan) -> dict | None:
             freeze_loaded_objects()
             seconds: dict[str, list[float]] = {name: [] for name in pair}
             for handler, _, context in pair.values():
-                drive(handler, context, texts[:REGRESSION_BATCH], REGRESSION_BATCH)
+                drive(handler, context, texts, REGRESSION_BATCH)
             for rep in range(reps):
                 for name in (("before", "marport") if rep % 2 == 0 else ("marport", "before")):
                     handler, _, context = pair[name]
                     seconds[name].append(drive(handler, context, texts, REGRESSION_BATCH))
             for name, runs in seconds.items():
                 result[f"{name}_{precision}"] = len(texts) / statistics.median(runs)
-            result[f"ratio_{precision}"] = result[f"marport_{precision}"] / result[f"before_{precision}"]
+            result[f"ratio_{precision}"] = statistics.median(b / m for b, m in zip(seconds["before"], seconds["marport"]))
             result[f"threads_{precision}"] = torch.get_num_threads()
             log(f"  {precision}: {result[f'marport_{precision}']:.1f} texts/s against "
                 f"{result[f'before_{precision}']:.1f} before issue 21 ({result[f'ratio_{precision}']:.2f}x)")

@@ -46,8 +46,35 @@ def test_overhead_step_splits_each_handlers_time_consistently():
         assert r["forward_us_per_text"] > 0 and r["tokenizer_us_per_text"] > 0
         assert abs(r["outside_us_per_text"] - (r["us_per_text"] - r["forward_us_per_text"])) < 1e-6
         assert abs(r["handler_us_per_text"] - (r["outside_us_per_text"] - r["tokenizer_us_per_text"])) < 1e-6
+        assert 0 < r["stubbed_tokenizer_us_per_text"] < r["stubbed_us_per_text"]  # the model stubbed: still timed apart
     assert result["hf_example"]["forward_calls_per_handle"] == 1  # it pads a whole call to 150 tokens
     assert "Handler overhead" in overhead({"overhead": result})
+
+
+def test_the_yardsticks_answer_as_the_handler_does():
+    """The overhead step's yardsticks are only worth their figures if they do the handler's work: same labels,
+    same scores, strict JSON, for the same requests."""
+    import json
+
+    from marport.bench.overhead import BareMinimum, EssentialsOnly, ours, request_processors, tiny_checkpoint
+    from marport.bench.workloads import short_texts
+
+    loaded = ours(tiny_checkpoint(), None, timed=False)
+    handler, _, context = loaded
+    texts = short_texts(48, seed=5)
+    rows = [{"body": t.encode()} for t in texts]
+    context.request_ids = {i: f"r{i}" for i in range(len(rows))}
+    context.request_processor = request_processors(context, [{"Content-Type": "text/plain"} for _ in rows])
+    expected = [json.loads(a) for a in handler.handle(rows, context)]
+    def strict(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    for yardstick in (EssentialsOnly(loaded), BareMinimum(loaded)):
+        got = [json.loads(a, parse_constant=strict) for a in yardstick.handle(rows, context)]
+        assert [g["label"] for g in got] == [e["label"] for e in expected], type(yardstick).__name__
+        for g, e in zip(got, expected):
+            assert g["scores"].keys() == e["scores"].keys() and g["score"] == pytest.approx(e["score"], abs=1e-6)
+            assert all(g["scores"][k] == pytest.approx(v, abs=1e-6) for k, v in e["scores"].items())
 
 
 def test_gpu_side_by_side_harness_runs_on_the_cpu():
