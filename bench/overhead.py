@@ -177,10 +177,10 @@ def measure(handlers: dict[str, tuple], texts: list[str], batch: int, reps: int)
     """Median microseconds per text through `handle` for each handler, in the model's calls, in the
     tokenizer's and in the rest (the handler's own work); 'outside' is everything but the model.
 
-    Each handler answers all the texts in a row, call after call, as a worker would (a handler taking turns with
-    the others call by call would find the caches as the one before it left them: the HF example's fp32 passes
-    over 150-token rows slowed whichever handler came next). The order of the handlers rotates from one
-    repetition to the next, so that a slower spell of the machine falls on each of them in turn."""
+    Each handler answers all the texts in a row, call after call, as a worker would (taking turns call by call was
+    tried: it put the essentials yardstick above the handler it is a subset of, so a figure depended on the
+    neighbours). The order of the handlers rotates from one repetition to the next, so that a slower spell of the
+    machine falls on each of them in turn."""
     runs: dict[str, list] = {name: [] for name in handlers}
     names = list(handlers)
     with contextlib.redirect_stdout(io.StringIO()):  # the example prints its logits, as it does into a worker's log
@@ -207,7 +207,7 @@ def measure(handlers: dict[str, tuple], texts: list[str], batch: int, reps: int)
 
 class StubModel:
     """Stands in for a sequence classifier: logits for as many rows as it is given, at once. With it, a handler's
-    time is its own Python and tokenizer with warm caches, free of what the forward passes do to them."""
+    time is its own Python and tokenizer, with no forward passes between its calls."""
 
     def __init__(self, labels: int):
         self.labels = labels
