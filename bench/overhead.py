@@ -19,7 +19,6 @@ import io
 import logging
 import statistics
 import time
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -315,21 +314,15 @@ class BareMinimum(EssentialsOnly):
     def handle(self, data: list, context: Any) -> list[str]:
         import json
 
-        import numpy as np
-
         from marport.handlers import sentiment
 
         core = self.core
         texts = [row["body"].decode() for row in data]
         ids, _, _ = sentiment.tokenize(core, texts)
-        lengths = [len(i) for i in ids]
-        groups = sentiment.micro_batches(lengths, core.limits.batch_tokens, core.limits.min_padding_efficiency)
-        order = [r for rows in groups for r in rows]
-        sizes = [lengths[r] for r in order]
-        mask = np.arange(sizes[-1]) < np.array(sizes)[:, None]
-        padded = np.full(mask.shape, core.tokenizer.pad_token_id or 0, dtype=np.int64)
-        padded[mask] = np.fromiter(chain.from_iterable(ids[r] for r in order), dtype=np.int64, count=sum(sizes))
-        ids_t, mask_t = torch.from_numpy(padded), torch.from_numpy(mask.astype(np.int64))
+        groups = sentiment.micro_batches([len(i) for i in ids], core.limits.batch_tokens,
+                                         core.limits.min_padding_efficiency)
+        padded, attention, sizes = sentiment.padded_matrix(ids, groups, core.tokenizer.pad_token_id or 0)
+        ids_t, mask_t = torch.from_numpy(padded), torch.from_numpy(attention)
         logits, start = [], 0
         with torch.inference_mode():
             for rows in groups:
@@ -339,7 +332,7 @@ class BareMinimum(EssentialsOnly):
                 start = end
             found = torch.softmax(torch.cat(logits), dim=-1)
         probs = torch.empty_like(found)
-        probs[torch.tensor(order)] = found
+        probs[torch.tensor([r for rows in groups for r in rows])] = found
         names = [json.dumps(label) for label in core.labels]
         template = ('{"label":%s,"score":%r,"scores":{' + ",".join(f"{n}:%r" for n in names) + "}}")
         answers = [template % (names[top], row[top], *row) for row, top in zip(probs.tolist(), probs.argmax(1).tolist())]

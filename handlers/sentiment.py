@@ -438,14 +438,8 @@ def preprocess(model: SentimentModel, requests: Sequence[TextRequest]) -> list[M
     longest text.
     """
     ids = [i for r in requests for i in r.ids]
-    lengths = [len(i) for i in ids]
-    groups = micro_batches(lengths, model.limits.batch_tokens, model.limits.min_padding_efficiency)
-    order = [r for rows in groups for r in rows]
-    sizes = [lengths[r] for r in order]
-    mask = np.arange(sizes[-1]) < np.array(sizes)[:, None]  # row-major, so the True cells take the ids in order
-    padded = np.full(mask.shape, model.tokenizer.pad_token_id or 0, dtype=np.int64)
-    padded[mask] = np.fromiter(chain.from_iterable(ids[r] for r in order), dtype=np.int64, count=sum(sizes))
-    attention = mask.astype(np.int64)
+    groups = micro_batches([len(i) for i in ids], model.limits.batch_tokens, model.limits.min_padding_efficiency)
+    padded, attention, sizes = padded_matrix(ids, groups, model.tokenizer.pad_token_id or 0)
     batches, start = [], 0
     for rows in groups:
         end = start + len(rows)
@@ -454,6 +448,18 @@ def preprocess(model: SentimentModel, requests: Sequence[TextRequest]) -> list[M
         batches.append(MicroBatch(rows, inputs, sum(sizes[start:end]), len(rows) * width))
         start = end
     return batches
+
+
+def padded_matrix(ids: Sequence[Sequence[int]], groups: Sequence[Sequence[int]],
+                  pad_id: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The texts of `groups` (micro_batches' groups: runs of the texts sorted by length), in that order, as one
+    matrix padded on the right with `pad_id`, its attention mask, and each row's length."""
+    order = [r for rows in groups for r in rows]
+    sizes = [len(ids[r]) for r in order]
+    mask = np.arange(sizes[-1]) < np.array(sizes)[:, None]  # row-major, so the True cells take the ids in order
+    padded = np.full(mask.shape, pad_id, dtype=np.int64)
+    padded[mask] = np.fromiter(chain.from_iterable(ids[r] for r in order), dtype=np.int64, count=sum(sizes))
+    return padded, mask.astype(np.int64), sizes
 
 
 def _on(model: SentimentModel, array: np.ndarray) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar, Mapping
 
-from .endpoint import JSON_TYPE, Endpoint
+from .endpoint import JSON_TYPE, Endpoint, lower_headers
 from .operator_metrics import OperatorMetrics
 from .serving_common import ModelCore, Request
 
@@ -29,7 +29,7 @@ def to_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> Request:
     common case (a raw body under "body") needs one pass over the headers and no search.
     """
     headers = headers or {}
-    plain = {str(k).lower(): v for k, v in headers.items() if isinstance(v, str)}  # request headers, lower-case names
+    plain = lower_headers(headers)
     name = "body" if row.get("body") is not None else body_field(row, headers)
     body = row.get(name) if name else None
     part = (headers.get(name) or _by_lower_name(headers, name)) if name else None
