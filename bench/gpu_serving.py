@@ -31,6 +31,10 @@ from .served import log
 
 RESULT_TIMEOUT_S = 900
 BARE_BUDGET = 16384  # padded tokens per micro-batch of the bare model (its best on an H200, issue 21)
+# The GPU's micro-batching settings tried beside the shipped ones (one worker each): at B = 256 the GPU's
+# `auto` (no padding floor, 16k tokens) pads a call's texts to its longest in one or two passes; a floor trades
+# padded tokens for launches, a larger budget the other way. What the GPU defaults are to be derived from.
+GPU_SWEEP = ({"min_padding_efficiency": 0.5}, {"min_padding_efficiency": 0.8}, {"batch_tokens": 65536})
 
 
 def bare_rate(checkpoint: Path, texts: list[str], device: torch.device, dtype: torch.dtype, reps: int,
@@ -71,12 +75,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _worker(kind: str, checkpoint: str, gpu: int | None, texts: list[str], reps: int, barrier, results) -> None:
-    """One serving worker process: its handler, its share of the texts, `reps` timed passes from the barrier."""
+def _worker(kind: str, checkpoint: str, gpu: int | None, texts: list[str], reps: int, barrier, results,
+            settings: dict | None = None) -> None:
+    """One serving worker process: its handler (ours with `settings` over its handler section), its share of the
+    texts, `reps` timed passes from the barrier."""
     from .overhead import BATCH, drive, example, ours, worker_logging
 
     with worker_logging(), contextlib.redirect_stdout(io.StringIO()):  # the example prints its logits
-        handler, _, context = (ours if kind == "marport" else example)(Path(checkpoint), gpu, timed=False)
+        loaded = ours(Path(checkpoint), gpu, settings, timed=False) if kind == "marport" else \
+            example(Path(checkpoint), gpu, timed=False)
+        handler, _, context = loaded
         drive(handler, context, texts[: 2 * BATCH], BATCH)  # first-call paths, untimed
         device = torch.device("cpu") if gpu is None else torch.device("cuda", gpu)
         for rep in range(reps):
@@ -87,12 +95,14 @@ def _worker(kind: str, checkpoint: str, gpu: int | None, texts: list[str], reps:
             results.put((rep, started, time.perf_counter(), len(texts)))
 
 
-def served_rate(kind: str, checkpoint: Path, texts: list[str], gpu: int | None, workers: int, reps: int) -> float:
-    """Texts/s of `workers` processes of a handler (`marport` or `hf_example`) sharing the texts."""
+def served_rate(kind: str, checkpoint: Path, texts: list[str], gpu: int | None, workers: int, reps: int,
+                settings: dict | None = None) -> float:
+    """Texts/s of `workers` processes of a handler (`marport`, with `settings` if given, or `hf_example`)
+    sharing the texts."""
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(workers), ctx.Queue()
     procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(kind, str(checkpoint), gpu, texts[part::workers], reps, barrier, results))
+                         args=(kind, str(checkpoint), gpu, texts[part::workers], reps, barrier, results, settings))
              for part in range(workers)]
     for proc in procs:
         proc.start()
@@ -145,6 +155,15 @@ def gpu_serving_bench(plan: Any, checkpoint: Path | None = None, gpu: int | None
                          ("hf_example", "hf_example", 1)):
         result[key] = served_rate(kind, checkpoint, texts, gpu, n, reps)
         log(f"  {key}: {result[key]:.0f} texts/s")
+    result["sweep"] = []
+    for settings in GPU_SWEEP[:1] if plan.quick else GPU_SWEEP:
+        try:
+            rate = served_rate("marport", checkpoint, texts, gpu, 1, reps, settings)
+        except RuntimeError as exc:  # a setting the device cannot take (memory, say) costs its row, not the step
+            log(f"  marport, 1 worker, {settings}: failed ({exc})")
+            continue
+        result["sweep"].append({"settings": settings, "texts_per_s": rate})
+        log(f"  marport, 1 worker, {settings}: {rate:.0f} texts/s")
     best = max(result["marport_1_worker"], result[f"marport_{workers}_workers"])
     result["over_hf_example"] = best / result["hf_example"]
     result["share_of_bare"] = best / result["bare_bf16"]

@@ -80,7 +80,7 @@ def test_the_yardsticks_answer_as_the_handler_does():
 def test_gpu_side_by_side_harness_runs_on_the_cpu():
     """The GPU step's harness (worker processes from a barrier, the bare model, both handlers), run on the
     CPU with the tiny model: CI has no GPU, so this is what keeps the GPU step from rotting."""
-    from marport.bench.gpu_serving import gpu_serving_bench
+    from marport.bench.gpu_serving import GPU_SWEEP, gpu_serving_bench
     from marport.bench.overhead import tiny_checkpoint
     from marport.bench.plan import QUICK
     from marport.bench.report import gpu_serving
@@ -90,4 +90,7 @@ def test_gpu_side_by_side_harness_runs_on_the_cpu():
     workers = result["workers_per_gpu"]
     for key in ("bare_bf16", "marport_1_worker", f"marport_{workers}_workers", "hf_example"):
         assert result[key] > 0
+    assert [row["settings"] for row in result["sweep"]] == [GPU_SWEEP[0]] and result["sweep"][0]["texts_per_s"] > 0
     assert "share of the bare model" in gpu_serving(result)
+    (key, value), = GPU_SWEEP[0].items()
+    assert f"`{key}: {value}`" in gpu_serving(result)
