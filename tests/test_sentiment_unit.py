@@ -138,6 +138,7 @@ def test_micro_batches_cover_every_text_once_within_budget(lengths, budget, floo
     assert sorted(r for g in groups for r in g) == list(range(len(lengths)))
     for group in groups:
         longest = max(lengths[r] for r in group)
+        assert lengths[group[-1]] == longest  # preprocess and figures take a group's width from its last text
         assert len(group) * longest <= budget
         # The padding floor holds for every group of two or more (a lone text has no padding).
         assert len(group) == 1 or sum(lengths[r] for r in group) >= floor * len(group) * longest
