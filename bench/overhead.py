@@ -445,12 +445,40 @@ def overhead_bench(plan, gpu: int | None = None, texts: list[str] | None = None)
                         "threads": torch.get_num_threads(), **measure(handlers, texts, BATCH, reps)}
         for name, stubbed in measure_stubbed(handlers, texts, BATCH, len(LABELS), 5 if reps > 1 else 1).items():
             result[name].update(stubbed)
+        result["typographic"] = typographic_tokenizing(handlers["marport"][0].model, texts, 5 if reps > 1 else 1)
     for name in handlers:
         log(f"  {name}: {result[name]['us_per_text']:.0f} us/text, {result[name]['outside_us_per_text']:.0f} outside "
             f"the model ({result[name]['tokenizer_us_per_text']:.0f} tokenizing)")
     result["outside_ratio"] = result["hf_example"]["outside_us_per_text"] / result["marport"]["outside_us_per_text"]
     result["cpu_regression"] = None if plan.quick else regression_bench(plan)
     return result
+
+
+TYPOGRAPHIC = str.maketrans({"'": "\u2019"})  # the apostrophe as phones and word processors type it (’)
+
+
+def typographic_tokenizing(core: Any, texts: list[str], reps: int) -> dict:
+    """The tokenizing step on the same texts with typographic apostrophes, which makes many of them non-ASCII:
+    microseconds per text with the word cache (its first pass over them, then warm) and through the Rust tokenizer
+    alone, in calls of BATCH texts."""
+    import dataclasses
+
+    from marport.handlers import sentiment
+
+    typed = [t.translate(TYPOGRAPHIC) for t in texts]
+
+    def seconds(model: Any) -> float:
+        started = time.perf_counter()
+        for start in range(0, len(typed), BATCH):
+            sentiment.tokenize(model, typed[start : start + BATCH])
+        return time.perf_counter() - started
+
+    per_text = 1e6 / len(typed)
+    first = seconds(core) * per_text
+    rust = dataclasses.replace(core, words=None)
+    warm, alone = (statistics.median(seconds(m) for _ in range(reps)) * per_text for m in (core, rust))
+    return {"non_ascii_share": sum(not t.isascii() for t in typed) / len(typed), "cache_first_us_per_text": first,
+            "cache_us_per_text": warm, "rust_us_per_text": alone}
 
 
 REGRESSION_BATCH = 16  # requests per handler call: the CPU archive's batchSize

@@ -354,8 +354,15 @@ def no_cache(o: dict) -> str:
     off = o.get("marport_no_word_cache")
     if not off:
         return ""
-    return (f": with it off, every text goes through the Rust tokenizer in one call and that costs "
+    text = (f": with it off, every text goes through the Rust tokenizer in one call and that costs "
             f"{off['tokenizer_us_per_text']:.0f} us a text against {o['marport']['tokenizer_us_per_text']:.0f}")
+    typed = o.get("typographic")
+    if typed:
+        text += (f". With typographic apostrophes (’) in place of ', which makes {typed['non_ascii_share']:.0%} of the"
+                 f" same texts non-ASCII, tokenising costs {typed['cache_us_per_text']:.1f} us a text with the cache"
+                 f" ({typed['cache_first_us_per_text']:.1f} on its first pass over them) against"
+                 f" {typed['rust_us_per_text']:.1f} through the Rust tokenizer alone")
+    return text
 
 
 def decoding(r: dict) -> str:

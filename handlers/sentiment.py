@@ -94,7 +94,7 @@ class SentimentModel:
     review: ReviewBand | None = None  # handler.review_band: answers too close to call are marked for a person
     source: str = ""  # the checkpoint folder (an int8 model explains through a torch copy loaded from it)
     encoder: Any = None  # the fast tokenizer's backend, set to truncate (batch_encoder); None: a slow tokenizer
-    words: WordCache | None = None  # plain-ASCII texts encoded from a cache of words (word_cache.py)
+    words: WordCache | None = None  # texts encoded from a cache of chunks and words (word_cache.py)
     _explainer: Any = None
 
     def explainer(self) -> torch.nn.Module:
@@ -287,8 +287,8 @@ def tokenize(model: SentimentModel, texts: Sequence[str], offsets: bool = False)
     """Token ids per text, truncated to the model's length, which texts were truncated and,
     with `offsets`, each token's character span (empty for special tokens).
 
-    With a fast tokenizer, plain-ASCII texts come from the word cache (word_cache.py, same ids) and the
-    rest from one call of its Rust backend (`backend_tokenizer`, set up at load to truncate as
+    With a fast tokenizer, texts come from the word cache (word_cache.py, same ids) and those it declines
+    from one call of its Rust backend (`backend_tokenizer`, set up at load to truncate as
     `tokenizer(..., truncation=True, max_length=...)` does); a slow tokenizer is called as usual.
     """
     texts = list(texts)

@@ -1,4 +1,4 @@
-"""Token ids for plain-ASCII texts from a cache of chunks and words, equal to the fast tokenizer's own.
+"""Token ids for texts from a cache of chunks and words, equal to the fast tokenizer's own.
 
 Profiling issue 21's handler showed the Rust tokenizer's per-text bookkeeping (normalised strings
 with character alignments, one Encoding object per text) costing more than the rest of the
@@ -18,10 +18,17 @@ Only what is exactly known is taken this way, decided per text:
 - two tokenizer shapes, read from the tokenizer's own JSON at load: BERT-style (BertNormalizer,
   BertPreTokenizer, WordPiece) and GPT-2/RoBERTa byte-level BPE (no normaliser, ByteLevel with its
   regex); any other shape gets no cache (`WordCache.for_tokenizer` answers None);
-- texts of printable ASCII and spaces only (plus tab, LF and CR for the BERT shape, which its
-  normaliser turns into spaces), in which no added token (`[MASK]`, `<s>`, ...) appears in any case.
-  On those, lower-casing is str.lower, accents and Chinese characters do not occur, and the
-  pre-tokenisers reduce to the regular expressions below. Every other text goes to the Rust
+- no text in which an added token's text (`[MASK]`, `<s>`, ...) appears in any case: the tokenizer
+  matches those in the raw text before anything else;
+- texts of printable ASCII and spaces (plus tab, LF and CR for the BERT shape, which its normaliser
+  turns into spaces) go through the rules above: lower-casing is str.lower, accents and Chinese
+  characters do not occur, and the pre-tokenisers reduce to the regular expressions below;
+- any other text (accents, typographic quotes, CJK, emoji, controls) is cut at its ASCII spaces only,
+  and a chunk seen for the first time is encoded by the backend itself, normaliser included, so no
+  Unicode rule is written here. That its chunks' ids are the text's follows from the shape: BERT's
+  normaliser works character by character and its pre-tokeniser always ends a word at a space; GPT-2's
+  regex can join a space to other whitespace beside it, so with that shape such a text is taken only
+  when its whitespace is single spaces between chunks. Every text the cache declines goes to the Rust
   tokenizer, in one call for all of them.
 
 tests/test_word_cache.py holds the cache to the tokenizer's own ids with generated texts (hypothesis).
@@ -67,7 +74,7 @@ class WordCache:
 
     def __init__(self, backend: Any, shape: str, max_length: int, lowercase: bool, prefix_space: bool,
                  added: Sequence[str]):
-        self.model, self.shape = backend.model, shape
+        self.backend, self.model, self.shape = backend, backend.model, shape
         self.lowercase, self.prefix_space = lowercase, prefix_space
         self.words_of = BERT_WORDS.findall if shape == "bert" else BYTE_WORDS.findall
         self.text_ok = (BERT_TEXT if shape == "bert" else BYTE_TEXT).fullmatch
@@ -121,14 +128,65 @@ class WordCache:
                 self.cache[key] = ids
         return ids
 
+    def _learn(self, chunks: Sequence[str]) -> dict[str, list[int]]:
+        """The ids of chunks of any text, each from the backend itself (its normaliser and pre-tokeniser included),
+        kept if short. The backend truncates at max_length, which only cuts a chunk the text is cut within. One call
+        a chunk: a text brings one or two new ones, for which a batch call costs more than it saves; a text of
+        nothing but new chunks costs about 1.5x one call for the whole text."""
+        found = {chunk: self.backend.encode(chunk, add_special_tokens=False).ids for chunk in chunks}
+        for chunk, ids in found.items():
+            if len(chunk) <= MAX_WORD_CHARS:
+                if len(self.cache) >= MAX_WORDS:
+                    self.cache.clear()
+                self.cache[chunk] = ids
+        return found
+
+    def _other_keys(self, text: str) -> list[str] | None:
+        """The chunks of a text that is not plain ASCII (accents, curly quotes, CJK, emoji, controls), each of which
+        the backend encodes alone to the ids it gives in the text, or None where that is not known to hold.
+
+        Cut only at ASCII spaces. BERT's normaliser works character by character (NFD reorders marks only between
+        two base characters, and a space is one) and its pre-tokeniser always ends a word at a space, so any
+        text's chunks are independent. GPT-2's regex can join a space to whitespace beside it (`\\s+(?!\\S)`),
+        so there a text is taken only when its sole whitespace is single spaces between chunks.
+        """
+        if self.shape == "bert":
+            return [chunk for chunk in text.split(" ") if chunk]
+        if self.prefix_space and text and not text.startswith(" "):
+            text = " " + text
+        inner = text[1:] if text.startswith(" ") else text
+        if not inner or "  " in text or text.endswith(" ") or inner.split() != inner.split(" "):
+            return None
+        return BYTE_CHUNKS(text)
+
+    def _encode_other(self, text: str) -> tuple[list[int], bool] | None:
+        keys = self._other_keys(text)
+        if keys is None:
+            return None
+        cache = self.cache
+        unseen = [key for key in dict.fromkeys(keys) if key not in cache]
+        found = self._learn(unseen) if unseen else cache
+        get, seq = cache.get, self.prefix.copy()
+        for key in keys:
+            ids = get(key)
+            seq += ids if ids is not None else found[key]
+        return self._finish(seq)
+
+    def _finish(self, seq: list[int]) -> tuple[list[int], bool]:
+        if len(seq) > self.end:
+            return seq[: self.end] + self.suffix, True
+        seq += self.suffix
+        return seq, False
+
     def encode(self, text: str) -> tuple[list[int], bool] | None:
         """(ids with the special tokens, truncated?) as the backend would give them, or None."""
-        # str.isprintable is printable ASCII and the space, once isascii holds: what both shapes take (BERT's
-        # tab, LF and CR too, checked by the regex only when a text has one).
-        if not text.isascii() or not (text.isprintable() or self.text_ok(text)):
-            return None
+        # The tokenizer matches its added tokens in the raw text first: any of them, in any case, and it is its call.
         if self.has_added and self.has_added(text):
             return None
+        # str.isprintable is printable ASCII and the space, once isascii holds: what both shapes' rules below take
+        # (BERT's tab, LF and CR too, checked by the regex only when a text has one). Other texts: chunk by chunk.
+        if not text.isascii() or not (text.isprintable() or self.text_ok(text)):
+            return self._encode_other(text)
         if self.lowercase:
             text = text.lower()
         if self.prefix_space and text and not text.startswith(" "):
@@ -142,7 +200,4 @@ class WordCache:
         for key in keys:
             ids = get(key)
             seq += ids if ids is not None else self._ids(key)
-        if len(seq) > self.end:
-            return seq[: self.end] + self.suffix, True
-        seq += self.suffix
-        return seq, False
+        return self._finish(seq)

@@ -48,7 +48,10 @@ def test_overhead_step_splits_each_handlers_time_consistently():
         assert abs(r["handler_us_per_text"] - (r["outside_us_per_text"] - r["tokenizer_us_per_text"])) < 1e-6
         assert 0 < r["stubbed_tokenizer_us_per_text"] < r["stubbed_us_per_text"]  # the model stubbed: still timed apart
     assert result["hf_example"]["forward_calls_per_handle"] == 1  # it pads a whole call to 150 tokens
-    assert "Handler overhead" in overhead({"overhead": result})
+    typed = result["typographic"]
+    assert 0 < typed["non_ascii_share"] <= 1 and typed["cache_us_per_text"] > 0 and typed["rust_us_per_text"] > 0
+    report = overhead({"overhead": result})
+    assert "Handler overhead" in report and "typographic apostrophes" in report
 
 
 def test_the_yardsticks_answer_as_the_handler_does():
