@@ -25,11 +25,10 @@ Only what is exactly known is taken this way, decided per text:
   characters do not occur, and the pre-tokenisers reduce to the regular expressions below;
 - any other text (accents, typographic quotes, CJK, emoji, controls) is cut at its ASCII spaces only,
   and a chunk seen for the first time is encoded by the backend itself, normaliser included, so no
-  Unicode rule is written here. That its chunks' ids are the text's follows from the shape: BERT's
-  normaliser works character by character and its pre-tokeniser always ends a word at a space; GPT-2's
-  regex can join a space to other whitespace beside it, so with that shape such a text is taken only
-  when its whitespace is single spaces between chunks. Every text the cache declines goes to the Rust
-  tokenizer, in one call for all of them.
+  Unicode rule is written here. That its chunks' ids are the text's follows from the shape (see
+  `_other_keys`): BERT's normaliser works character by character and its pre-tokeniser always ends a
+  word at a space; GPT-2's regex starts afresh before a space that a non-space follows. Every text the
+  cache declines (those with an added token) goes to the Rust tokenizer, in one call for all of them.
 
 tests/test_word_cache.py holds the cache to the tokenizer's own ids with generated texts (hypothesis).
 Packed into each sentiment archive (its marport_serving package).
@@ -54,6 +53,8 @@ BYTE_WORDS = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Z
 BYTE_TEXT = re.compile(r"[\x20-\x7e]*")
 BYTE_SPACE = "\u0120"  # how the byte-level alphabet writes a space (printable ASCII stands for itself)
 BYTE_CHUNKS = re.compile(r" ?[^ ]+").findall  # a text's chunks with their one leading space each
+# Any text cut before each space that a non-space follows: where GPT-2's regex starts a word afresh (see _other_keys).
+BYTE_CUTS = re.compile(r"(?= \S)").split
 
 
 def _shape(spec: dict) -> str | None:
@@ -141,35 +142,32 @@ class WordCache:
                 self.cache[chunk] = ids
         return found
 
-    def _other_keys(self, text: str) -> list[str] | None:
+    def _other_keys(self, text: str) -> list[str]:
         """The chunks of a text that is not plain ASCII (accents, curly quotes, CJK, emoji, controls), each of which
-        the backend encodes alone to the ids it gives in the text, or None where that is not known to hold.
+        the backend encodes alone to the ids it gives it in the text.
 
-        Cut only at ASCII spaces. BERT's normaliser works character by character (NFD reorders marks only between
-        two base characters, and a space is one) and its pre-tokeniser always ends a word at a space, so any
-        text's chunks are independent. GPT-2's regex can join a space to whitespace beside it (`\\s+(?!\\S)`),
-        so there a text is taken only when its sole whitespace is single spaces between chunks.
+        BERT: cut at ASCII spaces. Its normaliser works character by character (NFD reorders marks only between
+        two base characters, and a space is one) and its pre-tokeniser always ends a word at a space.
+        GPT-2's regex: cut before each space followed by a non-space. No match runs across such a space except
+        whitespace (`\\s+(?!\\S)`), and that one, reaching the non-space, backs off to end before the space, as it
+        does at the end of the chunk alone; so the regex starts afresh at each cut, in the text and in the chunk.
         """
         if self.shape == "bert":
             return [chunk for chunk in text.split(" ") if chunk]
         if self.prefix_space and text and not text.startswith(" "):
             text = " " + text
-        inner = text[1:] if text.startswith(" ") else text
-        if not inner or "  " in text or text.endswith(" ") or inner.split() != inner.split(" "):
-            return None
-        return BYTE_CHUNKS(text)
+        return [chunk for chunk in BYTE_CUTS(text) if chunk]
 
-    def _encode_other(self, text: str) -> tuple[list[int], bool] | None:
+    def _encode_other(self, text: str) -> tuple[list[int], bool]:
         keys = self._other_keys(text)
-        if keys is None:
-            return None
         cache = self.cache
-        unseen = [key for key in dict.fromkeys(keys) if key not in cache]
-        found = self._learn(unseen) if unseen else cache
+        found = self._learn([key for key in dict.fromkeys(keys) if key not in cache])
         get, seq = cache.get, self.prefix.copy()
         for key in keys:
             ids = get(key)
-            seq += ids if ids is not None else found[key]
+            if ids is None:  # new, long, or dropped when the cache started over while learning the new ones
+                ids = found[key] if key in found else self._learn([key])[key]
+            seq += ids
         return self._finish(seq)
 
     def _finish(self, seq: list[int]) -> tuple[list[int], bool]:
