@@ -42,6 +42,10 @@ from typing import Any, Sequence
 
 MAX_WORDS = 100_000  # cached chunks and words before the cache starts over: bounds memory (about 20 MB)
 MAX_WORD_CHARS = 48  # longer chunks and words are split every time, never cached: no request can fill memory
+# New chunks of a text beyond ASCII are encoded one call each up to this many (a review brings one or two), in one
+# batch call past it (a long text of new words: half the time per chunk, so it costs at most about 2x one call for
+# the whole text).
+FEW_NEW_CHUNKS = 4
 
 # BERT's pre-tokeniser splits on whitespace and makes each punctuation character a word; in ASCII
 # every printable character that is not a letter or digit is punctuation to it.
@@ -131,10 +135,12 @@ class WordCache:
 
     def _learn(self, chunks: Sequence[str]) -> dict[str, list[int]]:
         """The ids of chunks of any text, each from the backend itself (its normaliser and pre-tokeniser included),
-        kept if short. The backend truncates at max_length, which only cuts a chunk the text is cut within. One call
-        a chunk: a text brings one or two new ones, for which a batch call costs more than it saves; a text of
-        nothing but new chunks costs about 1.5x one call for the whole text."""
-        found = {chunk: self.backend.encode(chunk, add_special_tokens=False).ids for chunk in chunks}
+        kept if short. The backend truncates at max_length, which only cuts a chunk the text is cut within."""
+        if len(chunks) > FEW_NEW_CHUNKS:
+            encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+            found = {chunk: e.ids for chunk, e in zip(chunks, encode(list(chunks), add_special_tokens=False))}
+        else:
+            found = {chunk: self.backend.encode(chunk, add_special_tokens=False).ids for chunk in chunks}
         for chunk, ids in found.items():
             if len(chunk) <= MAX_WORD_CHARS:
                 if len(self.cache) >= MAX_WORDS:
