@@ -101,7 +101,10 @@ class WordCache:
         if shape is None:
             return None
         norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
-        added = [t["content"] for t in spec.get("added_tokens") or [] if t.get("content")]
+        tokens = [t for t in spec.get("added_tokens") or [] if t.get("content")]
+        if shape == "bert" and any(t.get("normalized") and any(c.isspace() for c in t["content"]) for t in tokens):
+            return None  # the normaliser could form such a token across a chunk's edge: only the tokenizer can tell
+        added = [t["content"] for t in tokens]
         try:
             cache = cls(backend, shape, max_length, lowercase=bool(norm.get("lowercase", False)),
                         prefix_space=bool(pre.get("add_prefix_space", False)), added=added)

@@ -124,6 +124,21 @@ def test_added_tokens_go_to_the_tokenizer_and_other_texts_chunk_by_chunk(tokeniz
         assert bpe.encode(text) == (expected.ids, bool(expected.overflowing)), text
 
 
+def test_added_tokens_the_normaliser_forms(tokenizers):
+    """A token matched after normalisation ("[EXTRÁ]" becomes "[extra]") is found within its chunk by the tokenizer
+    itself; one with a space inside could be formed across chunks, so such a tokenizer gets no cache."""
+    tokenizer = copy.deepcopy(tokenizers["bert"])
+    tokenizer.add_tokens(["[extra]"])  # normalised, as added tokens are by default
+    backend = backend_of(tokenizer)
+    cache = word_cache.WordCache.for_tokenizer(backend, MAX_LENGTH)
+    extra = tokenizer.convert_tokens_to_ids("[extra]")
+    for text in ("good [EXTRÁ] é", "x\x00 [EXTRA\x00] y’"):
+        expected = backend.encode(text)
+        assert extra in expected.ids and cache.encode(text) == (expected.ids, False), text
+    tokenizer.add_tokens(["new york"])
+    assert word_cache.WordCache.for_tokenizer(backend_of(tokenizer), MAX_LENGTH) is None
+
+
 def test_memory_is_bounded(tokenizers, monkeypatch):
     monkeypatch.setattr(word_cache, "MAX_WORDS", 5)
     cache = word_cache.WordCache.for_tokenizer(backend_of(tokenizers["bert"]), 512)
