@@ -31,10 +31,12 @@ from .served import log
 
 RESULT_TIMEOUT_S = 900
 BARE_BUDGET = 16384  # padded tokens per micro-batch of the bare model (its best on an H200, issue 21)
-# The GPU's micro-batching settings tried beside the shipped ones (one worker each): at B = 256 the GPU's
-# `auto` (no padding floor, 16k tokens) pads a call's texts to its longest in one or two passes; a floor trades
-# padded tokens for launches, a larger budget the other way. What the GPU defaults are to be derived from.
-GPU_SWEEP = ({"min_padding_efficiency": 0.5}, {"min_padding_efficiency": 0.8}, {"batch_tokens": 65536})
+# Settings tried beside the shipped GPU ones, as (workers, handler settings): at B = 256 the GPU's `auto` (no
+# padding floor, 16k tokens) pads a call's texts to its longest in one or two passes; a floor trades padded tokens
+# for launches, a larger budget the other way; and twice the shipped workers per GPU says whether more CPU work
+# overlapping the GPU's pays. What the GPU defaults are to be checked against.
+GPU_SWEEP = ((1, {"min_padding_efficiency": 0.5}), (1, {"min_padding_efficiency": 0.8}), (1, {"batch_tokens": 65536}),
+             (4, {}))
 
 
 def bare_rate(checkpoint: Path, texts: list[str], device: torch.device, dtype: torch.dtype, reps: int,
@@ -156,14 +158,14 @@ def gpu_serving_bench(plan: Any, checkpoint: Path | None = None, gpu: int | None
         result[key] = served_rate(kind, checkpoint, texts, gpu, n, reps)
         log(f"  {key}: {result[key]:.0f} texts/s")
     result["sweep"] = []
-    for settings in GPU_SWEEP[:1] if plan.quick else GPU_SWEEP:
+    for n, settings in GPU_SWEEP[:1] if plan.quick else GPU_SWEEP:
         try:
-            rate = served_rate("marport", checkpoint, texts, gpu, 1, reps, settings)
+            rate = served_rate("marport", checkpoint, texts, gpu, n, reps, settings)
         except RuntimeError as exc:  # a setting the device cannot take (memory, say) costs its row, not the step
-            log(f"  marport, 1 worker, {settings}: failed ({exc})")
+            log(f"  marport, {n} worker(s), {settings}: failed ({exc})")
             continue
-        result["sweep"].append({"settings": settings, "texts_per_s": rate})
-        log(f"  marport, 1 worker, {settings}: {rate:.0f} texts/s")
+        result["sweep"].append({"workers": n, "settings": settings, "texts_per_s": rate})
+        log(f"  marport, {n} worker(s), {settings}: {rate:.0f} texts/s")
     best = max(result["marport_1_worker"], result[f"marport_{workers}_workers"])
     result["over_hf_example"] = best / result["hf_example"]
     result["share_of_bare"] = best / result["bare_bf16"]

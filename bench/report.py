@@ -513,7 +513,7 @@ def gpu_serving(g: dict | None) -> str:
              f"{g[f'marport_{workers}_workers'] / g['bare_bf16']:.2f}"],
             ["TorchServe's HF example handler (fp32, pads to 150)", f"{g['hf_example']:.0f}",
              f"{g['hf_example'] / g['bare_bf16']:.2f}"]]
-    rows += [["marport, 1 worker, " + ", ".join(f"`{k}: {v}`" for k, v in row["settings"].items()),
+    rows += [[", ".join([f"marport, {row.get('workers', 1)} worker(s)"] + [f"`{k}: {v}`" for k, v in row["settings"].items()]),
               f"{row['texts_per_s']:.0f}", f"{row['texts_per_s'] / g['bare_bf16']:.2f}"] for row in g.get("sweep", [])]
     return f"""#### Serving at B = 256 on a GPU ({g['device']}, {g['date']})
 
@@ -523,7 +523,8 @@ def gpu_serving(g: dict | None) -> str:
 {table(rows, ["", "texts/s", "share of the bare model"])}
 
 The rows with settings are the GPU archive with those in place of its `auto` micro-batching (no padding floor,
-16,384 padded tokens a pass): what the GPU defaults in docs/devices.md are to be checked against.
+16,384 padded tokens a pass), and the last with more workers on the one GPU: what the GPU defaults in
+docs/devices.md are to be checked against.
 Best marport over the HF example: {g['over_hf_example']:.1f}x (goal 10x); share of the bare model's bf16 throughput:
 {g['share_of_bare']:.0%} (goal 30%)."""
 

@@ -93,7 +93,9 @@ def test_gpu_side_by_side_harness_runs_on_the_cpu():
     workers = result["workers_per_gpu"]
     for key in ("bare_bf16", "marport_1_worker", f"marport_{workers}_workers", "hf_example"):
         assert result[key] > 0
-    assert [row["settings"] for row in result["sweep"]] == [GPU_SWEEP[0]] and result["sweep"][0]["texts_per_s"] > 0
+    workers_tried, settings = GPU_SWEEP[0]
+    assert [(row["workers"], row["settings"]) for row in result["sweep"]] == [GPU_SWEEP[0]]
+    assert result["sweep"][0]["texts_per_s"] > 0
     assert "share of the bare model" in gpu_serving(result)
-    (key, value), = GPU_SWEEP[0].items()
-    assert f"`{key}: {value}`" in gpu_serving(result)
+    (key, value), = settings.items()
+    assert f"marport, {workers_tried} worker(s), `{key}: {value}`" in gpu_serving(result)
