@@ -10,8 +10,7 @@ word by the tokenizer's own model (`backend.model.tokenize`), so the vocabulary 
 rules stay the library's. A chunk's ids are its words' ids because neither pre-tokeniser looks
 across a single space: BERT's drops whitespace, and GPT-2's regex starts each word after one space
 with that space (` ?[A-Za-z]+`, ...), so a text whose chunks are separated by single spaces splits
-exactly as its chunks do. A byte-level text with a run of spaces, or one at its end, is looked up
-word by word instead (GPT-2 keeps such spaces as words of their own).
+exactly as its chunks do.
 
 Only what is exactly known is taken this way, decided per text:
 
@@ -20,10 +19,10 @@ Only what is exactly known is taken this way, decided per text:
   regex); any other shape gets no cache (`WordCache.for_tokenizer` answers None);
 - no text in which an added token's text (`[MASK]`, `<s>`, ...) appears in any case: the tokenizer
   matches those in the raw text before anything else;
-- texts of printable ASCII and spaces (plus tab, LF and CR for the BERT shape, which its normaliser
-  turns into spaces) go through the rules above: lower-casing is str.lower, accents and Chinese
-  characters do not occur, and the pre-tokenisers reduce to the regular expressions below;
-- any other text (accents, typographic quotes, CJK, emoji, controls) is cut at its ASCII spaces only,
+- texts of printable ASCII (for GPT-2's rule, with single spaces between chunks and none at the end)
+  go through the rules above: lower-casing is str.lower, accents and Chinese characters do not occur,
+  and the pre-tokenisers reduce to the regular expressions below;
+- any other text (accents, typographic quotes, CJK, emoji, controls, line breaks) is cut at spaces,
   and a chunk seen for the first time is encoded by the backend itself, normaliser included, so no
   Unicode rule is written here. That its chunks' ids are the text's follows from the shape (see
   `_other_keys`): BERT's normaliser works character by character and its pre-tokeniser always ends a
@@ -50,11 +49,9 @@ FEW_NEW_CHUNKS = 4
 # BERT's pre-tokeniser splits on whitespace and makes each punctuation character a word; in ASCII
 # every printable character that is not a letter or digit is punctuation to it.
 BERT_WORDS = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9\s]")
-BERT_TEXT = re.compile(r"[\t\n\r\x20-\x7e]*")
-# GPT-2's pre-tokenising pattern (which ByteLevel uses) restricted to ASCII, where \p{L} is a letter and
-# \p{N} a digit. Python's \s would also match \x1c-\x1f: BYTE_TEXT admits no such character.
+# GPT-2's pre-tokenising pattern (which ByteLevel uses) restricted to printable ASCII, where \p{L} is a letter
+# and \p{N} a digit.
 BYTE_WORDS = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
-BYTE_TEXT = re.compile(r"[\x20-\x7e]*")
 BYTE_SPACE = "\u0120"  # how the byte-level alphabet writes a space (printable ASCII stands for itself)
 BYTE_CHUNKS = re.compile(r" ?[^ ]+").findall  # a text's chunks with their one leading space each
 # Any text cut before each space that a non-space follows: where GPT-2's regex starts a word afresh (see _other_keys).
@@ -82,7 +79,6 @@ class WordCache:
         self.backend, self.model, self.shape = backend, backend.model, shape
         self.lowercase, self.prefix_space = lowercase, prefix_space
         self.words_of = BERT_WORDS.findall if shape == "bert" else BYTE_WORDS.findall
-        self.text_ok = (BERT_TEXT if shape == "bert" else BYTE_TEXT).fullmatch
         # Any added token's text, in any case, sends the text to the tokenizer (which matches them first).
         self.has_added = re.compile("|".join(map(re.escape, added)), re.IGNORECASE).search if added else None
         self.cache: dict[str, list[int]] = {}
@@ -190,19 +186,15 @@ class WordCache:
         # The tokenizer matches its added tokens in the raw text first: any of them, in any case, and it is its call.
         if self.has_added and self.has_added(text):
             return None
-        # str.isprintable is printable ASCII and the space, once isascii holds: what both shapes' rules below take
-        # (BERT's tab, LF and CR too, checked by the regex only when a text has one). Other texts: chunk by chunk.
-        if not text.isascii() or not (text.isprintable() or self.text_ok(text)):
+        # str.isprintable is printable ASCII and the space, once isascii holds: what the rules below take (GPT-2's
+        # with single spaces between chunks). Other texts: chunk by chunk, each new one through the tokenizer.
+        if not (text.isascii() and text.isprintable()) or (self.shape == "bytelevel" and ("  " in text or text.endswith(" "))):
             return self._encode_other(text)
         if self.lowercase:
             text = text.lower()
         if self.prefix_space and text and not text.startswith(" "):
             text = " " + text
-        # The keys: a text's chunks where they split as their words do, else its words.
-        if self.shape == "bert":
-            keys = text.split()
-        else:
-            keys = self.words_of(text) if "  " in text or text.endswith(" ") else BYTE_CHUNKS(text)
+        keys = text.split() if self.shape == "bert" else BYTE_CHUNKS(text)
         get, seq = self.cache.get, self.prefix.copy()
         for key in keys:
             ids = get(key)
