@@ -84,9 +84,10 @@ def _worker(kind: str, checkpoint: str, gpu: int | None, texts: list[str], reps:
     from .overhead import BATCH, drive, example, ours, worker_logging
 
     with worker_logging(), contextlib.redirect_stdout(io.StringIO()):  # the example prints its logits
-        loaded = ours(Path(checkpoint), gpu, settings, timed=False) if kind == "marport" else \
-            example(Path(checkpoint), gpu, timed=False)
-        handler, _, context = loaded
+        if kind == "marport":
+            handler, _, context = ours(Path(checkpoint), gpu, settings, timed=False)
+        else:
+            handler, _, context = example(Path(checkpoint), gpu, timed=False)
         drive(handler, context, texts[: 2 * BATCH], BATCH)  # first-call paths, untimed
         device = torch.device("cpu") if gpu is None else torch.device("cuda", gpu)
         for rep in range(reps):

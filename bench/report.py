@@ -525,6 +525,7 @@ def gpu_serving(g: dict | None) -> str:
 The rows with settings are the GPU archive with those in place of its `auto` micro-batching (no padding floor,
 16,384 padded tokens a pass), and the last with more workers on the one GPU: what the GPU defaults in
 docs/devices.md are to be checked against.
+
 Best marport over the HF example: {g['over_hf_example']:.1f}x (goal 10x); share of the bare model's bf16 throughput:
 {g['share_of_bare']:.0%} (goal 30%)."""
 

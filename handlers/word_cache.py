@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 MAX_WORDS = 100_000  # cached chunks and words before the cache starts over: bounds memory (about 20 MB)
 MAX_WORD_CHARS = 48  # longer chunks and words are split every time, never cached: no request can fill memory
@@ -122,15 +122,16 @@ class WordCache:
         return word.replace(" ", BYTE_SPACE) if self.shape == "bytelevel" else word
 
     def _ids(self, key: str) -> list[int]:
-        """The ids of a chunk or word (the same for a word: it is its own only word), cached if short."""
-        ids = self.cache.get(key)
-        if ids is None:
-            ids = [t.id for word in self.words_of(key) for t in self.model.tokenize(self._piece(word))]
-            if len(key) <= MAX_WORD_CHARS:
-                if len(self.cache) >= MAX_WORDS:
-                    self.cache.clear()
-                self.cache[key] = ids
+        """The ids of a chunk or word of printable ASCII (the same for a word: it is its own only word), kept if short."""
+        ids = [t.id for word in self.words_of(key) for t in self.model.tokenize(self._piece(word))]
+        self._keep(key, ids)
         return ids
+
+    def _keep(self, key: str, ids: list[int]) -> None:
+        if len(key) <= MAX_WORD_CHARS:
+            if len(self.cache) >= MAX_WORDS:
+                self.cache.clear()
+            self.cache[key] = ids
 
     def _learn(self, chunks: Sequence[str]) -> dict[str, list[int]]:
         """The ids of chunks of any text, each from the backend itself (its normaliser and pre-tokeniser included),
@@ -141,10 +142,7 @@ class WordCache:
         else:
             found = {chunk: self.backend.encode(chunk, add_special_tokens=False).ids for chunk in chunks}
         for chunk, ids in found.items():
-            if len(chunk) <= MAX_WORD_CHARS:
-                if len(self.cache) >= MAX_WORDS:
-                    self.cache.clear()
-                self.cache[chunk] = ids
+            self._keep(chunk, ids)
         return found
 
     def _other_keys(self, text: str) -> list[str]:
@@ -157,25 +155,20 @@ class WordCache:
         whitespace (`\\s+(?!\\S)`), and that one, reaching the non-space, backs off to end before the space, as it
         does at the end of the chunk alone; so the regex starts afresh at each cut, in the text and in the chunk.
         """
-        if self.shape == "bert":
-            return [chunk for chunk in text.split(" ") if chunk]
-        if self.prefix_space and text and not text.startswith(" "):
-            text = " " + text
-        return [chunk for chunk in BYTE_CUTS(text) if chunk]
+        return [chunk for chunk in (text.split(" ") if self.shape == "bert" else BYTE_CUTS(text)) if chunk]
 
     def _encode_other(self, text: str) -> tuple[list[int], bool]:
         keys = self._other_keys(text)
-        cache = self.cache
-        found = self._learn([key for key in dict.fromkeys(keys) if key not in cache])
-        get, seq = cache.get, self.prefix.copy()
+        found = self._learn([key for key in dict.fromkeys(keys) if key not in self.cache])
+        # A key missing now is long (never kept), or was dropped when the cache started over while learning.
+        return self._join(keys, lambda key: found[key] if key in found else self._learn([key])[key])
+
+    def _join(self, keys: list[str], missing: Callable[[str], list[int]]) -> tuple[list[int], bool]:
+        """The text's ids from its keys' (cached, else `missing(key)`), between the special tokens, cut to max_length."""
+        get, seq = self.cache.get, self.prefix.copy()
         for key in keys:
             ids = get(key)
-            if ids is None:  # new, long, or dropped when the cache started over while learning the new ones
-                ids = found[key] if key in found else self._learn([key])[key]
-            seq += ids
-        return self._finish(seq)
-
-    def _finish(self, seq: list[int]) -> tuple[list[int], bool]:
+            seq += ids if ids is not None else missing(key)
         if len(seq) > self.end:
             return seq[: self.end] + self.suffix, True
         seq += self.suffix
@@ -186,17 +179,12 @@ class WordCache:
         # The tokenizer matches its added tokens in the raw text first: any of them, in any case, and it is its call.
         if self.has_added and self.has_added(text):
             return None
+        if self.prefix_space and text and not text.startswith(" "):
+            text = " " + text  # as ByteLevel(add_prefix_space=True) does; it makes no run of spaces
         # str.isprintable is printable ASCII and the space, once isascii holds: what the rules below take (GPT-2's
         # with single spaces between chunks). Other texts: chunk by chunk, each new one through the tokenizer.
         if not (text.isascii() and text.isprintable()) or (self.shape == "bytelevel" and ("  " in text or text.endswith(" "))):
             return self._encode_other(text)
         if self.lowercase:
             text = text.lower()
-        if self.prefix_space and text and not text.startswith(" "):
-            text = " " + text
-        keys = text.split() if self.shape == "bert" else BYTE_CHUNKS(text)
-        get, seq = self.cache.get, self.prefix.copy()
-        for key in keys:
-            ids = get(key)
-            seq += ids if ids is not None else self._ids(key)
-        return self._finish(seq)
+        return self._join(text.split() if self.shape == "bert" else BYTE_CHUNKS(text), self._ids)
