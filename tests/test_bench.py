@@ -86,7 +86,7 @@ def test_gpu_side_by_side_harness_runs_on_the_cpu():
     from marport.bench.gpu_serving import GPU_SWEEP, gpu_serving_bench
     from marport.bench.overhead import tiny_checkpoint
     from marport.bench.plan import QUICK
-    from marport.bench.report import gpu_serving
+    from marport.bench.report import GPU_OVER_HF_GOAL, GPU_SHARE_GOAL, gpu_serving
     from marport.bench.workloads import short_texts
 
     result = gpu_serving_bench(QUICK, tiny_checkpoint(), gpu=None, texts=short_texts(512))
@@ -96,6 +96,10 @@ def test_gpu_side_by_side_harness_runs_on_the_cpu():
     workers_tried, settings = GPU_SWEEP[0]
     assert [(row["workers"], row["settings"]) for row in result["sweep"]] == [GPU_SWEEP[0]]
     assert result["sweep"][0]["texts_per_s"] > 0
-    assert "share of the bare model" in gpu_serving(result)
+    text = gpu_serving(result)
+    assert "share of the bare model" in text
     (key, value), = settings.items()
-    assert f"marport, {workers_tried} worker(s), `{key}: {value}`" in gpu_serving(result)
+    assert f"marport, {workers_tried} worker(s), `{key}: {value}`" in text
+    # The goals' verdicts follow the figures (the goals are report.py's constants, nowhere else).
+    assert f"(goal {GPU_OVER_HF_GOAL}x: {'met' if result['over_hf_example'] >= GPU_OVER_HF_GOAL else 'missed'})" in text
+    assert f"{'met' if result['share_of_bare'] >= GPU_SHARE_GOAL else 'missed'})." in text
