@@ -8,7 +8,7 @@ MARPORT := $(VENV)/bin/marport
 STAMP := $(VENV)/.installed-stamp
 HANDLER_FILES := $(wildcard handlers/*.py handlers/config/*.yaml)
 
-.PHONY: install models serve stop check test test-fast test-integration test-container bench bench-quick clean
+.PHONY: install models serve stop check test test-fast test-integration test-container bench bench-quick gpu-kit clean
 
 install: $(STAMP)
 
@@ -85,6 +85,10 @@ bench: models
 
 bench-quick: models
 	$(MARPORT) bench --quick --out build/bench/quick.json
+
+# What a lent GPU machine needs carried for the GPU step (bench/gpu_device.sh runs it there in one call).
+gpu-kit: models
+	$(PY) -m marport.bench.gpu_serving --kit build/gpu-kit
 
 clean:
 	rm -rf build var model_store/*.mar

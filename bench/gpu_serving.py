@@ -13,14 +13,23 @@ Same texts (short reviews), same run, roberta-base size:
 Worker processes start from a shared barrier; a rate is all texts over the span from the first start to the
 last finish, the median of `reps`. No TorchServe is needed (the GPU machines have no Java): the handlers get
 TorchServe's own Context where `ts` is installed and a stand-in otherwise.
+
+On a lent GPU machine without the project's set-up (torch and transformers, no network): `make gpu-kit` here
+writes build/gpu-kit (the demo tokenizer and the wheels that machine lacks), and `bench/gpu_device.sh` there runs
+`python -m marport.bench.gpu_serving` in one call; `marport bench --only gpu --gpu-result FILE` records its JSON
+(docs/operations.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
+import json
 import multiprocessing as mp
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -171,3 +180,59 @@ def gpu_serving_bench(plan: Any, checkpoint: Path | None = None, gpu: int | None
     result["over_hf_example"] = best / result["hf_example"]
     result["share_of_bare"] = best / result["bare_bf16"]
     return result
+
+
+# What the sentiment handler's path imports that the lent GPU machines' image lacks (device tool, KINDS.md): the
+# answers' JSON writer and TorchServe's Python side (its Context and metrics cache), as the image's Python takes them.
+KIT_WHEELS = ("orjson", "torchserve")
+KIT_PYTHON = "3.12"
+KIT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+
+
+def make_kit(kit: Path) -> None:
+    """What a GPU machine with torch and transformers needs carried to run this step: the demo tokenizer (the
+    real-size model is built there from it) and KIT_WHEELS at this project's pins."""
+    from transformers import AutoTokenizer
+
+    from marport.workspace import current
+
+    AutoTokenizer.from_pretrained(current().checkpoint("sentiment")).save_pretrained(kit / "tokenizer")
+    pins = dict(line.split("==", 1) for line in (current().root / "requirements" / "constraints.txt").read_text().split()
+                if "==" in line)
+    wanted = [f"{name}=={pins[name]}" for name in KIT_WHEELS]
+    platforms = [arg for platform in KIT_PLATFORMS for arg in ("--platform", platform)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "--python-version", KIT_PYTHON, "--implementation", "cp", *platforms, "-d", str(kit / "wheels"),
+                    *wanted], check=True)
+    print(f"{kit}: tokenizer and {', '.join(wanted)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The GPU side-by-side at B = 256, on a machine without the "
+                                     "project's set-up (bench/gpu_device.sh), or the kit it needs (--kit).")
+    parser.add_argument("--kit", type=Path, help="write the kit into this folder and stop (here, not on the GPU)")
+    parser.add_argument("--tokenizer", type=Path, help="the demo tokenizer's folder (default: the demo checkpoint)")
+    parser.add_argument("--out", type=Path, default=Path("gpu_serving.json"), help="where the results go (JSON)")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="the same steps on the CPU with the tiny model and small counts: checks the run")
+    args = parser.parse_args(argv)
+    if args.kit:
+        return make_kit(args.kit)
+    from .overhead import tiny_checkpoint
+    from .plan import QUICK, Plan
+    from .workloads import realsize_checkpoint, short_texts
+
+    if args.rehearse:
+        result = gpu_serving_bench(QUICK, tiny_checkpoint(tokenizer_dir=args.tokenizer), gpu=None,
+                                   texts=short_texts(512))
+    elif not torch.cuda.is_available():
+        sys.exit("no CUDA device here (--rehearse runs the same steps on the CPU)")
+    else:
+        result = gpu_serving_bench(Plan(), realsize_checkpoint(tokenizer_dir=args.tokenizer), gpu=0)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

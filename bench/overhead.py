@@ -39,14 +39,14 @@ TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermed
             max_position_embeddings=514, type_vocab_size=1)
 
 
-def tiny_checkpoint(out: Path | None = None) -> Path:
-    """A random one-layer RoBERTa with the demo model's tokenizer and labels."""
+def tiny_checkpoint(out: Path | None = None, tokenizer_dir: Path | None = None) -> Path:
+    """A random one-layer RoBERTa with the demo model's tokenizer (or the one in `tokenizer_dir`) and labels."""
     out = out or bench_dir() / "roberta-tiny"
     if (out / "config.json").exists():
         return out
     from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
 
-    tokenizer = AutoTokenizer.from_pretrained(current().checkpoint("sentiment"))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or current().checkpoint("sentiment"))
     torch.manual_seed(0)
     config = RobertaConfig(**TINY, vocab_size=len(tokenizer), num_labels=len(LABELS),
                            id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)},

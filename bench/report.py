@@ -477,7 +477,8 @@ which has none, so there is nothing to measure.
 def gpu(r: dict) -> str:
     path = results_dir() / "gpu.json"
     if not path.exists():
-        return "### GPU\n\nNo GPU run recorded (`bench/gpu.py` on a GPU host writes `bench/results/gpu.json`)."
+        return ("### GPU\n\nNo GPU run of `bench/gpu.py` recorded (on a GPU host it writes `bench/results/gpu.json`)."
+                f"\n\n{gpu_serving(r.get('gpu_serving'))}")
     g = json.loads(path.read_text())
     rows = [[k, f"{v['texts_per_s']:.0f}", f"{v['speedup']:.2f}x",
              f"{v['texts_per_s_batch64']:.0f}" if "texts_per_s_batch64" in v else "-",

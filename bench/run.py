@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="results file (default: bench/results/latest.json in the workdir)")
     parser.add_argument("--only", choices=["reliability", "precision", "explanations", "decoding", "overhead", "gpu", "ray"],
                         help="run one step and merge it into the existing results (e.g. after changing the caps)")
+    parser.add_argument("--gpu-result", type=Path,
+                        help="with --only gpu: record this side-by-side, measured on a GPU machine by bench/gpu_device.sh")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite BENCHMARKS.md and the plot from the results file")
 
@@ -83,7 +85,8 @@ def run(args: argparse.Namespace) -> None:
         elif args.only == "overhead":
             result["overhead"] = overhead_bench(plan)
         elif args.only == "gpu":
-            result["gpu_serving"] = gpu_step(plan, required=True)
+            result["gpu_serving"] = (json.loads(args.gpu_result.read_text()) if args.gpu_result
+                                     else gpu_step(plan, required=True))
         elif args.only == "ray":
             result["ray"] = ray_bench(plan)
         else:

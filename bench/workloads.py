@@ -22,8 +22,9 @@ ROBERTA_BASE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num
                     intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1)
 
 
-def realsize_checkpoint(out: Path | None = None) -> Path:
-    """A randomly initialised roberta-base classifier with the demo model's tokenizer.
+def realsize_checkpoint(out: Path | None = None, tokenizer_dir: Path | None = None) -> Path:
+    """A randomly initialised roberta-base classifier with the demo model's tokenizer (or the one saved in
+    `tokenizer_dir`: a GPU machine gets only the tokenizer, see gpu_serving.py's kit).
 
     Random weights do the same arithmetic as trained ones; no hub is reachable to
     fetch the real checkpoint. The demo tokenizer (a WordPiece vocabulary trained on
@@ -31,7 +32,7 @@ def realsize_checkpoint(out: Path | None = None) -> Path:
     model's would, and its ids all fall inside roberta-base's vocabulary.
     """
     out = out or bench_dir() / "roberta-base-random"
-    demo = current().checkpoint("sentiment")
+    demo = tokenizer_dir or current().checkpoint("sentiment")
     if (out / "config.json").exists() and _same_file(out / "tokenizer.json", demo / "tokenizer.json"):
         return out
     import torch

@@ -80,21 +80,27 @@ def test_the_yardsticks_answer_as_the_handler_does():
             assert all(g["scores"][k] == pytest.approx(v, abs=1e-6) for k, v in e["scores"].items())
 
 
-def test_gpu_side_by_side_harness_runs_on_the_cpu():
+def test_gpu_side_by_side_harness_runs_on_the_cpu(tmp_path, monkeypatch):
     """The GPU step's harness (worker processes from a barrier, the bare model, both handlers), run on the
-    CPU with the tiny model: CI has no GPU, so this is what keeps the GPU step from rotting."""
-    from marport.bench.gpu_serving import GPU_SWEEP, gpu_serving_bench
-    from marport.bench.overhead import tiny_checkpoint
-    from marport.bench.plan import QUICK
-    from marport.bench.report import GPU_OVER_HF_GOAL, GPU_SHARE_GOAL, gpu_serving
-    from marport.bench.workloads import short_texts
+    CPU with the tiny model through the entry point a GPU machine runs (`--rehearse`), then recorded as a GPU
+    machine's result is: CI has no GPU, so this is what keeps the GPU step from rotting."""
+    import argparse
+    import json
+    import shutil
 
-    result = gpu_serving_bench(QUICK, tiny_checkpoint(), gpu=None, texts=short_texts(512))
+    from marport.bench.gpu_serving import GPU_SWEEP, main
+    from marport.bench.report import GPU_OVER_HF_GOAL, GPU_SHARE_GOAL, gpu_serving
+    from marport.bench.run import results_file, run
+    from marport.workspace import Workspace
+
+    out = tmp_path / "device" / "gpu_serving.json"
+    main(["--rehearse", "--out", str(out)])
+    result = json.loads(out.read_text())
     workers = result["workers_per_gpu"]
     for key in ("bare_bf16", "marport_1_worker", f"marport_{workers}_workers", "hf_example"):
         assert result[key] > 0
     workers_tried, settings = GPU_SWEEP[0]
-    assert [(row["workers"], row["settings"]) for row in result["sweep"]] == [GPU_SWEEP[0]]
+    assert [[row["workers"], row["settings"]] for row in result["sweep"]] == [list(GPU_SWEEP[0])]
     assert result["sweep"][0]["texts_per_s"] > 0
     text = gpu_serving(result)
     assert "share of the bare model" in text
@@ -103,3 +109,14 @@ def test_gpu_side_by_side_harness_runs_on_the_cpu():
     # The goals' verdicts follow the figures (the goals are report.py's constants, nowhere else).
     assert f"(goal {GPU_OVER_HF_GOAL}x: {'met' if result['over_hf_example'] >= GPU_OVER_HF_GOAL else 'missed'})" in text
     assert f"{'met' if result['share_of_bare'] >= GPU_SHARE_GOAL else 'missed'})." in text
+
+    # `marport bench --only gpu --gpu-result FILE` merges it into the results and the report, in a workspace of
+    # its own here (the repository's BENCHMARKS.md stays as it is).
+    recorded = results_file()
+    workspace = Workspace.at(tmp_path / "workspace")
+    monkeypatch.setattr("marport.workspace._current", workspace)
+    (workspace.root / "bench" / "results").mkdir(parents=True)
+    shutil.copy(recorded, results_file())
+    run(argparse.Namespace(out=None, only="gpu", gpu_result=out, report_only=False, quick=False))
+    assert json.loads(results_file().read_text())["gpu_serving"] == result
+    assert f"#### Serving at B = 256 on a GPU (cpu, {result['date']})" in (workspace.root / "BENCHMARKS.md").read_text()
