@@ -32,13 +32,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from .served import log
 
-RESULT_TIMEOUT_S = 900
+# A row's workers report within this or the row has hung (a row takes under a minute on a GPU); it fits a lent GPU
+# machine's 600 s call with the rows before it written (gpu_serving_bench's `save`).
+RESULT_TIMEOUT_S = 300
 BARE_BUDGET = 16384  # padded tokens per micro-batch of the bare model (its best on an H200, issue 21)
 # Settings tried beside the shipped GPU ones, as (workers, handler settings): at B = 256 the GPU's `auto` (no
 # padding floor, 16k tokens) pads a call's texts to its longest in one or two passes; a floor trades padded tokens
@@ -144,8 +146,9 @@ def served_rate(kind: str, checkpoint: Path, texts: list[str], gpu: int | None, 
 
 
 def gpu_serving_bench(plan: Any, checkpoint: Path | None = None, gpu: int | None = 0,
-                      texts: list[str] | None = None) -> dict:
-    """The side-by-side; `gpu=None` runs the same harness on the CPU (what the tests check it with)."""
+                      texts: list[str] | None = None, save: Callable[[dict], None] | None = None) -> dict:
+    """The side-by-side; `gpu=None` runs the same harness on the CPU (what the tests check it with). `save` is
+    handed the result so far after each row, so that a run cut short keeps what it measured."""
     import yaml
 
     from marport.resources import model_config
@@ -163,10 +166,14 @@ def gpu_serving_bench(plan: Any, checkpoint: Path | None = None, gpu: int | None
                     "date": time.strftime("%Y-%m-%d"), "workers_per_gpu": workers}
     result["bare_bf16"] = bare_rate(checkpoint, texts, device, torch.bfloat16, reps)
     log(f"  bare model, bf16: {result['bare_bf16']:.0f} texts/s")
+    if save:
+        save(result)
     for key, kind, n in (("marport_1_worker", "marport", 1), (f"marport_{workers}_workers", "marport", workers),
                          ("hf_example", "hf_example", 1)):
         result[key] = served_rate(kind, checkpoint, texts, gpu, n, reps)
         log(f"  {key}: {result[key]:.0f} texts/s")
+        if save:
+            save(result)
     result["sweep"] = []
     for n, settings in GPU_SWEEP[:1] if plan.quick else GPU_SWEEP:
         try:
@@ -176,6 +183,8 @@ def gpu_serving_bench(plan: Any, checkpoint: Path | None = None, gpu: int | None
             continue
         result["sweep"].append({"workers": n, "settings": settings, "texts_per_s": rate})
         log(f"  marport, {n} worker(s), {settings}: {rate:.0f} texts/s")
+        if save:
+            save(result)
     best = max(result["marport_1_worker"], result[f"marport_{workers}_workers"])
     result["over_hf_example"] = best / result["hf_example"]
     result["share_of_bare"] = best / result["bare_bf16"]
@@ -222,15 +231,17 @@ def main(argv: list[str] | None = None) -> None:
     from .plan import QUICK, Plan
     from .workloads import realsize_checkpoint, short_texts
 
+    def save(result: dict) -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
     if args.rehearse:
-        result = gpu_serving_bench(QUICK, tiny_checkpoint(tokenizer_dir=args.tokenizer), gpu=None,
-                                   texts=short_texts(512))
+        save(gpu_serving_bench(QUICK, tiny_checkpoint(tokenizer_dir=args.tokenizer), gpu=None,
+                               texts=short_texts(512), save=save))
     elif not torch.cuda.is_available():
         sys.exit("no CUDA device here (--rehearse runs the same steps on the CPU)")
     else:
-        result = gpu_serving_bench(Plan(), realsize_checkpoint(tokenizer_dir=args.tokenizer), gpu=0)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+        save(gpu_serving_bench(Plan(), realsize_checkpoint(tokenizer_dir=args.tokenizer), gpu=0, save=save))
     log(f"written: {args.out}")
 
 

@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> None:
         elif args.only == "overhead":
             result["overhead"] = overhead_bench(plan)
         elif args.only == "gpu":
-            result["gpu_serving"] = (json.loads(args.gpu_result.read_text()) if args.gpu_result
-                                     else gpu_step(plan, required=True))
+            result["gpu_serving"] = recorded_gpu_step(args.gpu_result) if args.gpu_result else gpu_step(plan, required=True)
         elif args.only == "ray":
             result["ray"] = ray_bench(plan)
         else:
@@ -127,6 +126,14 @@ def gpu_step(plan: Plan, required: bool = False) -> dict | None:
     from .gpu_serving import gpu_serving_bench
 
     return gpu_serving_bench(plan)
+
+
+def recorded_gpu_step(path: Path) -> dict:
+    """A side-by-side measured on a GPU machine (bench/gpu_device.sh); one cut short (its summary missing) is refused."""
+    result = json.loads(path.read_text())
+    if "share_of_bare" not in result:
+        raise SystemExit(f"{path}: the GPU run stopped before its last row (see its log); nothing recorded")
+    return result
 
 
 def precision_step(plan: Plan, settings: dict) -> dict:

@@ -119,4 +119,10 @@ def test_gpu_side_by_side_harness_runs_on_the_cpu(tmp_path, monkeypatch):
     shutil.copy(recorded, results_file())
     run(argparse.Namespace(out=None, only="gpu", gpu_result=out, report_only=False, quick=False))
     assert json.loads(results_file().read_text())["gpu_serving"] == result
+    # A run cut short (its file is written after every row) is not recorded.
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({k: v for k, v in result.items() if k not in ("over_hf_example", "share_of_bare")}))
+    with pytest.raises(SystemExit, match="stopped before its last row"):
+        run(argparse.Namespace(out=None, only="gpu", gpu_result=partial, report_only=False, quick=False))
+    assert json.loads(results_file().read_text())["gpu_serving"] == result
     assert f"#### Serving at B = 256 on a GPU (cpu, {result['date']})" in (workspace.root / "BENCHMARKS.md").read_text()
