@@ -45,9 +45,10 @@ BARE_BUDGET = 16384  # padded tokens per micro-batch of the bare model (its best
 # Settings tried beside the shipped GPU ones, as (workers, handler settings): at B = 256 the GPU's `auto` (no
 # padding floor, 16k tokens) pads a call's texts to its longest in one or two passes; a floor trades padded tokens
 # for launches, a larger budget the other way; and twice the shipped workers per GPU says whether more CPU work
-# overlapping the GPU's pays. What the GPU defaults are to be checked against.
+# overlapping the GPU's pays; last, torch.compile (handler.compile, dynamic shapes, warmed at load: a minute or two
+# of compiling, so a run cut short loses only this row). What the GPU defaults are to be checked against.
 GPU_SWEEP = ((1, {"min_padding_efficiency": 0.5}), (1, {"min_padding_efficiency": 0.8}), (1, {"batch_tokens": 65536}),
-             (4, {}))
+             (4, {}), (1, {"compile": True}))
 
 
 def bare_rate(checkpoint: Path, texts: list[str], device: torch.device, dtype: torch.dtype, reps: int,
