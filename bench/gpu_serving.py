@@ -165,30 +165,31 @@ def gpu_serving_bench(plan: Any, checkpoint: Path | None = None, gpu: int | None
     log(f"GPU serving side by side on {name}: {len(texts)} texts, B = 256")
     result: dict = {"device": name, "torch": torch.__version__, "texts": len(texts), "batch": 256,
                     "date": time.strftime("%Y-%m-%d"), "workers_per_gpu": workers}
+    def done(line: str) -> None:
+        log(line)
+        if save:
+            save(result)
+
     result["bare_bf16"] = bare_rate(checkpoint, texts, device, torch.bfloat16, reps)
-    log(f"  bare model, bf16: {result['bare_bf16']:.0f} texts/s")
-    if save:
-        save(result)
+    done(f"  bare model, bf16: {result['bare_bf16']:.0f} texts/s")
     for key, kind, n in (("marport_1_worker", "marport", 1), (f"marport_{workers}_workers", "marport", workers),
                          ("hf_example", "hf_example", 1)):
         result[key] = served_rate(kind, checkpoint, texts, gpu, n, reps)
-        log(f"  {key}: {result[key]:.0f} texts/s")
-        if save:
-            save(result)
-    result["sweep"] = []
-    for n, settings in GPU_SWEEP[:1] if plan.quick else GPU_SWEEP:
+        if key == "hf_example":  # the goals' figures, before the sweep: a run cut short in it still has them
+            best = max(result["marport_1_worker"], result[f"marport_{workers}_workers"])
+            result["over_hf_example"] = best / result["hf_example"]
+            result["share_of_bare"] = best / result["bare_bf16"]
+        done(f"  {key}: {result[key]:.0f} texts/s")
+    sweep = GPU_SWEEP[:1] if plan.quick else GPU_SWEEP
+    result["sweep"], result["sweep_planned"] = [], len(sweep)
+    for n, settings in sweep:
         try:
             rate = served_rate("marport", checkpoint, texts, gpu, n, reps, settings)
         except RuntimeError as exc:  # a setting the device cannot take (memory, say) costs its row, not the step
             log(f"  marport, {n} worker(s), {settings}: failed ({exc})")
             continue
         result["sweep"].append({"workers": n, "settings": settings, "texts_per_s": rate})
-        log(f"  marport, {n} worker(s), {settings}: {rate:.0f} texts/s")
-        if save:
-            save(result)
-    best = max(result["marport_1_worker"], result[f"marport_{workers}_workers"])
-    result["over_hf_example"] = best / result["hf_example"]
-    result["share_of_bare"] = best / result["bare_bf16"]
+        done(f"  marport, {n} worker(s), {settings}: {rate:.0f} texts/s")
     return result
 
 

@@ -518,6 +518,9 @@ def gpu_serving(g: dict | None) -> str:
              f"{g['hf_example'] / g['bare_bf16']:.2f}"]]
     rows += [[", ".join([f"marport, {row.get('workers', 1)} worker(s)"] + [f"`{k}: {v}`" for k, v in row["settings"].items()]),
               f"{row['texts_per_s']:.0f}", f"{row['texts_per_s'] / g['bare_bf16']:.2f}"] for row in g.get("sweep", [])]
+    missing = g.get("sweep_planned", len(g.get("sweep", []))) - len(g.get("sweep", []))
+    cut = (f" {missing} of the {g['sweep_planned']} swept settings did not finish (failed, or the run was cut short: "
+           "see its log).") if missing else ""
     return f"""#### Serving at B = 256 on a GPU ({g['device']}, {g['date']})
 
 `bench/gpu_serving.py`, torch {g['torch']}: {g['texts']} review-length texts at roberta-base size, handler calls of
@@ -527,7 +530,7 @@ def gpu_serving(g: dict | None) -> str:
 
 The rows with settings are the GPU archive with those in place of its `auto` micro-batching (no padding floor,
 16,384 padded tokens a pass), and the last with more workers on the one GPU: what the GPU defaults in
-docs/devices.md are to be checked against.
+docs/devices.md are to be checked against.{cut}
 
 Best marport over the HF example: {g['over_hf_example']:.1f}x (goal {GPU_OVER_HF_GOAL}x: {_verdict(g['over_hf_example'] >= GPU_OVER_HF_GOAL)});
 share of the bare model's bf16 throughput: {g['share_of_bare']:.0%} (goal {GPU_SHARE_GOAL:.0%}:

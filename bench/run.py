@@ -129,10 +129,11 @@ def gpu_step(plan: Plan, required: bool = False) -> dict | None:
 
 
 def recorded_gpu_step(path: Path) -> dict:
-    """A side-by-side measured on a GPU machine (bench/gpu_device.sh); one cut short (its summary missing) is refused."""
+    """A side-by-side measured on a GPU machine (bench/gpu_device.sh); one cut short before the goals' rows were
+    all measured is refused (one cut short in the sweep is recorded, the report says how many sweep rows are missing)."""
     result = json.loads(path.read_text())
     if "share_of_bare" not in result:
-        raise SystemExit(f"{path}: the GPU run stopped before its last row (see its log); nothing recorded")
+        raise SystemExit(f"{path}: the GPU run stopped before the goals' rows were measured (see its log); nothing recorded")
     return result
 
 

@@ -119,10 +119,13 @@ def test_gpu_side_by_side_harness_runs_on_the_cpu(tmp_path, monkeypatch):
     shutil.copy(recorded, results_file())
     run(argparse.Namespace(out=None, only="gpu", gpu_result=out, report_only=False, quick=False))
     assert json.loads(results_file().read_text())["gpu_serving"] == result
-    # A run cut short (its file is written after every row) is not recorded.
+    assert "did not finish" not in gpu_serving(result)
+    # A run cut short (its file is written after every row): in the sweep, recorded and said; before the goals'
+    # rows were all measured, refused.
+    assert "1 of the 2 swept settings did not finish" in gpu_serving({**result, "sweep_planned": 2})
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({k: v for k, v in result.items() if k not in ("over_hf_example", "share_of_bare")}))
-    with pytest.raises(SystemExit, match="stopped before its last row"):
+    with pytest.raises(SystemExit, match="stopped before the goals' rows were measured"):
         run(argparse.Namespace(out=None, only="gpu", gpu_result=partial, report_only=False, quick=False))
     assert json.loads(results_file().read_text())["gpu_serving"] == result
     assert f"#### Serving at B = 256 on a GPU (cpu, {result['date']})" in (workspace.root / "BENCHMARKS.md").read_text()
