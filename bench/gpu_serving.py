@@ -165,6 +165,7 @@ def gpu_serving_bench(plan: Any, checkpoint: Path | None = None, gpu: int | None
     log(f"GPU serving side by side on {name}: {len(texts)} texts, B = 256")
     result: dict = {"device": name, "torch": torch.__version__, "texts": len(texts), "batch": 256,
                     "date": time.strftime("%Y-%m-%d"), "workers_per_gpu": workers}
+
     def done(line: str) -> None:
         log(line)
         if save:

@@ -529,8 +529,8 @@ def gpu_serving(g: dict | None) -> str:
 {table(rows, ["", "texts/s", "share of the bare model"])}
 
 The rows with settings are the GPU archive with those in place of its `auto` micro-batching (no padding floor,
-16,384 padded tokens a pass), and the last with more workers on the one GPU: what the GPU defaults in
-docs/devices.md are to be checked against.{cut}
+16,384 padded tokens a pass), with more workers on the one GPU, or compiled (`compile: True`): what the GPU
+defaults in docs/devices.md are to be checked against.{cut}
 
 Best marport over the HF example: {g['over_hf_example']:.1f}x (goal {GPU_OVER_HF_GOAL}x: {_verdict(g['over_hf_example'] >= GPU_OVER_HF_GOAL)});
 share of the bare model's bf16 throughput: {g['share_of_bare']:.0%} (goal {GPU_SHARE_GOAL:.0%}:

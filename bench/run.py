@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> None:
 
         print(write_report(json.loads(args.out.read_text())))
         return
+    if args.gpu_result and args.only != "gpu":
+        raise SystemExit("--gpu-result goes with --only gpu")
     plan = QUICK if args.quick else Plan()
     started = time.perf_counter()
     from .decode_bench import decoding_bench
