@@ -163,7 +163,10 @@ def _scale_for(peak: float) -> float:
 
 
 def _unreadable(exc: Exception) -> RequestError:
-    return RequestError(f"body is not a recording libsndfile can read ({exc}); send WAV, FLAC, OGG or MP3 bytes, "
+    # libsndfile's message names the file it opened: for a body, an in-memory object's repr; only the reason helps
+    reason = re.sub(r"^Error opening <[^>]*>: ", "", str(exc)).strip() or type(exc).__name__
+    reason = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the body", reason)
+    return RequestError(f"body is not a recording libsndfile can read ({reason}); send WAV, FLAC, OGG or MP3 bytes, "
                         "or a float array as application/x-npy", kind="unreadable_audio")
 
 

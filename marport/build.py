@@ -10,6 +10,7 @@ never imports marport from site-packages.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from marport import __version__
 from marport.handlers.names import ARCHIVE_PACKAGE, CHECKPOINT_SUBDIR, CONFIG_DIR, PRECISIONS
+from marport.processes import error_of
 from marport.registry import MODELS, ModelKind
 from marport.resources import handler_file
 from marport.workspace import Workspace
@@ -208,6 +210,31 @@ def _run_with_progress(cmd: list[str], mar: Path, total: int) -> None:
         bar.refresh()
 
 
+LOAD_CHECK_TIMEOUT_S = 600  # a roberta-base-size checkpoint loads and warms up in seconds; compiling takes longer
+
+
+def check_loads(kind: ModelKind, staged: Path, checkpoint: Path) -> None:
+    """Load the staged archive's model as a serving worker will (its entry, its core, its settings; the CPU),
+    in a child process so the staged package never enters this one; refuse the build with the reason."""
+    import tempfile
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "  # the archive's own serving code, not this install's
+            f"from {ARCHIVE_PACKAGE}.endpoint import Endpoint, core_of; Endpoint(core_of(sys.argv[1]), sys.argv[1])")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # the check runs where the build runs: the CPU is enough
+    with tempfile.TemporaryDirectory(prefix="load-check-", dir=staged.parent) as root:
+        for item in [*staged.iterdir(), *(staged / "pack").iterdir()]:  # the archive's root, as a worker sees it
+            if item.name != "pack":
+                (Path(root) / item.name).symlink_to(item.resolve())
+        try:
+            done = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, env=env,
+                                  timeout=LOAD_CHECK_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"{checkpoint} did not load as a {kind.name} model in {LOAD_CHECK_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        raise SystemExit(f"{checkpoint} cannot be served as a {kind.name} model ({kind.summary}); nothing was "
+                         f"built. Loaded as a worker loads it, it failed with:\n  {error_of(done.stderr.splitlines())}")
+
+
 def extract_archive(mar: Path, dest: Path) -> Path:
     """Unpack a .mar (a zip) as TorchServe does, e.g. to load its model in-process."""
     with zipfile.ZipFile(mar) as archive:
@@ -240,6 +267,8 @@ def build(model: str, checkpoint: Path | None = None, export_dir: Path | None = 
     target = f"{gpus} GPU(s)" if device == "gpu" else "the CPU (--device gpu packs a GPU archive)"
     print(f"[2/3] staging checkpoint, handler modules and model-config.yaml for {target}", flush=True)
     staged = stage(kind, checkpoint, workspace.build / name, precision, review_band, s3_allow, device, gpus)
+    print("      loading it as a worker will, to refuse what cannot serve", flush=True)
+    check_loads(kind, staged, checkpoint)
     print(f"[3/3] archiving with torch-model-archiver into {export_dir}", flush=True)
     mar = archive(kind, staged, export_dir, name)
     size_mb = mar.stat().st_size / 1e6

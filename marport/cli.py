@@ -76,7 +76,7 @@ def _serve_ray(args, workspace: Workspace) -> None:
 
 
 def _serve(args, workspace: Workspace) -> None:
-    from marport.server import LocalTorchServe, NothingToServe
+    from marport.server import LoadFailed, LocalTorchServe, NothingToServe
 
     if args.runtime == "ray":
         return _serve_ray(args, workspace)
@@ -93,7 +93,7 @@ def _serve(args, workspace: Workspace) -> None:
         raise SystemExit(str(exc))
     try:
         names = server.wait_ready()
-    except TimeoutError as exc:
+    except (TimeoutError, LoadFailed) as exc:
         server.stop()
         raise SystemExit(str(exc))
     except BaseException:  # SIGTERM/Ctrl-C before it was ready: not left half-started
@@ -136,14 +136,15 @@ def _stop(args, workspace: Workspace) -> None:
     from marport.ray_server import LocalRay
     from marport.server import LocalTorchServe
 
-    if LocalRay(workspace).stop():
+    stopped_ray = LocalRay(workspace).stop()
+    if stopped_ray:
         print("Ray Serve stopped")
     server = LocalTorchServe.for_workspace(workspace)
-    if not server.is_running():
-        print(f"no TorchServe is running from {workspace.root}")
-        return
-    server.stop()
-    print("TorchServe stopped")
+    if server.is_running():
+        server.stop()
+        print("TorchServe stopped")
+    elif not stopped_ray:
+        print(f"nothing is serving from {workspace.root} (neither TorchServe nor Ray Serve)")
 
 
 def _status(args, workspace: Workspace) -> None:

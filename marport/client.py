@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from marport.content_types import content_type_for
+from marport.content_types import FORM_TYPE, content_type_for
 from marport.server import LocalTorchServe
 from marport.workspace import Workspace
 
@@ -63,9 +63,17 @@ def predict(workspace: Workspace, model: str, body: bytes, content_type: str) ->
 
 
 def request_body(text: str | None, file: Path | None, content_type: str | None) -> tuple[bytes, str]:
-    """What `marport predict` sends: the text as text/plain, or a file typed by its extension."""
+    """What `marport predict` sends: the text as text/plain, or a file typed by its extension. Never a form:
+    TorchServe's front end splits such a body into fields (a recording fails there with its own 500)."""
+    if content_type and content_type.split(";")[0].strip().lower() == FORM_TYPE:
+        raise SystemExit(f"--content-type {FORM_TYPE} is not sent: TorchServe's front end parses such a body as a "
+                         "form before any handler sees it (docs/serving.md); use text/plain, application/json or "
+                         "the recording's own type")
     if file is not None:
-        return file.read_bytes(), content_type or content_type_for(file)
+        try:
+            return file.read_bytes(), content_type or content_type_for(file)
+        except OSError as err:
+            raise SystemExit(f"cannot read {file}: {err.strerror or err}") from None
     return (text or "").encode("utf-8"), content_type or "text/plain; charset=utf-8"
 
 

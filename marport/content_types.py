@@ -17,6 +17,8 @@ BY_SUFFIX = {
     ".txt": "text/plain",
 }
 OCTET_STREAM = "application/octet-stream"
+# Never sent: TorchServe's front end parses such a body as a form before any handler sees it (docs/serving.md).
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 def content_type_for(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import time
@@ -64,3 +65,16 @@ def stop_on_signals() -> None:
     """Make SIGTERM (process managers, `kill`) unwind the main thread as SIGINT (Ctrl-C) does."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_stopped)
+
+
+def error_of(lines: list[str], width: int = 300) -> str:
+    """What a failed Python process said: the exception its traceback ends with (a message may span lines),
+    else its last lines; each line cut at `width` characters (a state_dict mismatch lists every key)."""
+    lines = [line.strip() for line in lines if line.strip()]
+    start = max(0, len(lines) - 6)
+    for i in range(len(lines) - 1, -1, -1):
+        if re.match(r"[\w.]*(Error|Exception)\b", lines[i]):
+            start = i
+            break
+    shown = [line if len(line) <= width else line[:width] + " ..." for line in lines[start:start + 6]]
+    return "\n  ".join(shown) or "no output"

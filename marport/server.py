@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from marport.processes import alive, end_processes, free_port, process_family
+from marport.processes import alive, end_processes, error_of, free_port, process_family
 from marport.resources import server_config_template, torchserve_metrics
 from marport.workspace import Workspace
 
@@ -40,6 +41,30 @@ def build_hint() -> str:
 
 class NothingToServe(FileNotFoundError):
     """The archives TorchServe would load are not in the model store."""
+
+
+class LoadFailed(RuntimeError):
+    """A model's worker died while loading it (TorchServe would retry it forever)."""
+
+
+# A worker's stdout in model_log.log: "... [INFO ] W-9000-sentiment_0.1.0-stdout MODEL_LOG - <line>"
+WORKER_LINE = re.compile(r"\bW-\d+-(?P<model>.+)_[^_\s]+-stdout MODEL_LOG - (?P<text>.*)$")
+WORKER_DIED = "Backend worker process died."
+
+
+def load_failures(model_log: list[str]) -> dict[str, str]:
+    """Models whose worker process died, each with the error its traceback ended with."""
+    died: dict[str, list[str]] = {}
+    for line in model_log:
+        found = WORKER_LINE.search(line)
+        if found is None:
+            continue
+        model, text = found["model"], found["text"]
+        if text.strip() == WORKER_DIED:
+            died[model] = []
+        elif model in died:
+            died[model].append(text)
+    return {model: error_of(lines) for model, lines in died.items()}
 
 
 def free_port_overrides() -> dict[str, str]:
@@ -123,17 +148,20 @@ class LocalTorchServe:
         props = read_properties(self.config)
         props.update(self.overrides)
         props["model_store"] = str(self.model_store.resolve())
-        if props.get("metrics_config"):  # TorchServe would read it relative to var/
-            props["metrics_config"] = str(self._metrics_config(props["metrics_config"]))
+        props["metrics_config"] = str(self._metrics_config(props.get("metrics_config")))
         return props
 
-    def _metrics_config(self, name: str) -> Path:
-        """The metrics declaration config.properties names: absolute or beside the config when that file
-        exists, else the generated one (TorchServe's own and the handlers'), which start() writes into the
-        run folder."""
-        path = Path(name)
-        own = path if path.is_absolute() else self.config.parent / path
-        return own if own.exists() else self.run_dir / path.name
+    def _metrics_config(self, name: str | None) -> Path:
+        """The metrics declaration the server starts with: the one config.properties names (absolute, or
+        relative to that file's folder, where TorchServe itself would not look), else the generated one of
+        TorchServe's own and every handler metric, which start() writes into the run folder."""
+        if not name:
+            return self.run_dir / "metrics.yaml"
+        path = Path(name) if Path(name).is_absolute() else self.config.parent / name
+        if not path.is_file():  # TorchServe's workers would die at start, one after another, without saying why
+            raise RuntimeError(f"metrics_config={name} in {self.config}: {path} does not exist; remove the line "
+                               "(marport serve then declares every metric itself) or point it at a file")
+        return path
 
     @property
     def inference_url(self) -> str:
@@ -197,6 +225,7 @@ class LocalTorchServe:
         # a pipe (`make serve | tee`) open until TorchServe stops. Its stdout repeats
         # the rotated logs in logs/, so only stderr is kept.
         (self.run_dir / "logs").mkdir(exist_ok=True)
+        self._log_start = self.model_log.stat().st_size if self.model_log.exists() else 0
         errors = self.run_dir / "logs" / "stderr.log"
         with open(errors, "wb") as err:
             started = subprocess.run(cmd, cwd=self.run_dir, env=self.env, stdin=subprocess.DEVNULL,
@@ -217,11 +246,30 @@ class LocalTorchServe:
             raise NothingToServe(f"{', '.join(str(self.model_store / m) for m in missing)} missing: "
                                  f"build it first, or serve what is there with --models. To build:\n{build_hint()}")
 
+    @property
+    def model_log(self) -> Path:
+        return self.run_dir / "logs" / "model_log.log"
+
+    def _check_loads(self) -> None:
+        """Raise LoadFailed, with the model's own error, once a worker of this run has died loading it."""
+        try:
+            with open(self.model_log, "rb") as log:
+                log.seek(getattr(self, "_log_start", 0))
+                lines = log.read().decode("utf-8", "replace").splitlines()
+        except FileNotFoundError:
+            return
+        failed = load_failures(lines)
+        if failed:
+            said = "\n".join(f"TorchServe could not load {model}:\n  {error}" for model, error in failed.items())
+            raise LoadFailed(f"{said}\n(the whole traceback: {self.model_log})")
+
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> list[str]:
-        """Block until every registered model has a READY worker; return their names."""
+        """Block until every registered model has a READY worker; return their names. A model whose worker
+        dies while loading is reported at once (LoadFailed), not after the timeout."""
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         while time.monotonic() < deadline:
+            self._check_loads()
             try:
                 listed = requests.get(f"{self.management_url}/models", headers=self.headers("management"), timeout=5)
                 if listed.ok:

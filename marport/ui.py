@@ -9,20 +9,29 @@ never sees it), the workspace's Ray Serve, or a SageMaker endpoint (`--endpoint 
     GET  /static/NAME       its script and style
     GET  /api/models        [{"name": ..., "kind": "sentiment" | "respiratory"}]
     POST /api/predict/NAME  the body and Content-Type as sent; the model's status and JSON back
+
+It answers only itself: a request must name this server in `Host` (so DNS rebinding gets nothing), a POST
+must come from this server's own origin (so another page in the browser cannot use the models), and every
+request must carry the secret the page was launched with (`?token=` in the printed link, then a cookie),
+as Jupyter's token does. Anything else is a 403 and nothing is forwarded.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
+import http.cookies
 import http.server
 import json
 import mimetypes
+import secrets
 import threading
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Callable
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
+from marport.content_types import FORM_TYPE
 from marport.workspace import Workspace
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # the largest body either model accepts (respiratory's max_body_bytes)
@@ -73,29 +82,80 @@ def endpoint_target(endpoint: str, kind: str, region: str | None = None) -> Targ
     return Target(lambda: [{"name": endpoint, "kind": kind}], answer, f"SageMaker endpoint {endpoint}")
 
 
-def handler_for(target: Target) -> type:
+@dataclass(frozen=True)
+class Access:
+    """Who the page answers: requests naming one of `hosts` (host:port) that carry `secret`."""
+
+    hosts: frozenset[str]
+    secret: str
+
+    @property
+    def cookie(self) -> str:
+        return "marport_ui_" + min(self.hosts).rsplit(":", 1)[-1]  # cookies ignore ports: one name per port
+
+    def refusal(self, method: str, headers, query: str) -> str | None:
+        """Why this request is refused, or None."""
+        host = (headers.get("Host") or "").lower()
+        if host not in self.hosts:
+            return f"Host {host or '(none)'!r} is not this page's address"
+        origin = headers.get("Origin")
+        if origin is not None or method == "POST":  # a browser names the origin on every POST it sends
+            if not origin or urlsplit(origin.lower()).netloc not in self.hosts or not origin.startswith("http://"):
+                return f"Origin {origin or '(none)'!r} is not this page's"
+        if self.secret_in(headers, query):
+            return None
+        return "no valid token: open the link `marport ui` printed (it carries ?token=...)"
+
+    def secret_in(self, headers, query: str) -> bool:
+        given = parse_qs(query).get("token", [""])[0] or self.cookie_value(headers)
+        return bool(given) and hmac.compare_digest(given.encode(), self.secret.encode())
+
+    def cookie_value(self, headers) -> str:
+        jar = http.cookies.SimpleCookie()
+        try:
+            jar.load(headers.get("Cookie") or "")
+        except http.cookies.CookieError:
+            return ""
+        return jar[self.cookie].value if self.cookie in jar else ""
+
+
+def handler_for(target: Target, access: Access) -> type:
     static = files("marport").joinpath("ui")
 
     class Page(http.server.BaseHTTPRequestHandler):
         server_version = "marport-ui"
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
+        def _send(self, status: int, body: bytes, content_type: str, cookie: bool = False) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            if cookie:  # the launch link's token, kept for the page's own requests; never readable by scripts
+                self.send_header("Set-Cookie", f"{access.cookie}={access.secret}; HttpOnly; SameSite=Strict; Path=/")
             # Everything the page loads comes from here; nothing else may run or be fetched.
             self.send_header("Content-Security-Policy", "default-src 'self'; media-src 'self' blob:; img-src 'self' data:")
+            self.send_header("X-Frame-Options", "DENY")
             self.end_headers()
             self.wfile.write(body)
 
         def _json(self, status: int, payload) -> None:
             self._send(status, json.dumps(payload).encode(), "application/json")
 
+        def _refused(self) -> bool:
+            path, _, query = self.path.partition("?")
+            why = access.refusal(self.command, self.headers, query)
+            if why is None:
+                return False
+            self._json(403, {"code": 403, "type": "forbidden", "message": why})
+            return True
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self._refused():
+                return None
             path = self.path.split("?", 1)[0]
             if path in ("/", "/index.html"):
-                return self._send(200, static.joinpath("index.html").read_bytes(), "text/html; charset=utf-8")
+                page = static.joinpath("index.html").read_bytes()
+                return self._send(200, page, "text/html; charset=utf-8", cookie=True)
             if path.startswith("/static/") and path[len("/static/"):] in STATIC:
                 name = path[len("/static/"):]
                 kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
@@ -105,6 +165,8 @@ def handler_for(target: Target) -> type:
             self._json(404, {"code": 404, "type": "not_found", "message": f"no page at {path}"})
 
         def do_POST(self) -> None:  # noqa: N802
+            if self._refused():
+                return None
             path = self.path.split("?", 1)[0]
             if not path.startswith("/api/predict/"):
                 return self._json(404, {"code": 404, "type": "not_found", "message": f"no API at {path}"})
@@ -112,9 +174,14 @@ def handler_for(target: Target) -> type:
             if size > MAX_BODY_BYTES:
                 return self._json(413, {"code": 413, "type": "body_too_large",
                                         "message": f"{size} bytes is more than the page sends ({MAX_BODY_BYTES})"})
+            content_type = self.headers.get("Content-Type") or ""
+            if content_type.split(";")[0].strip().lower() == FORM_TYPE:  # TorchServe would split it into fields
+                return self._json(415, {"code": 415, "type": "form_encoded_body",
+                                        "message": f"the page does not relay {FORM_TYPE} bodies; send the text or "
+                                                   "recording with its own content type"})
             body = self.rfile.read(size)
             model = unquote(path[len("/api/predict/"):])
-            status, answer = target.predict(model, body, self.headers.get("Content-Type") or "")
+            status, answer = target.predict(model, body, content_type)
             self._send(status, answer, "application/json")
 
         def log_message(self, *args) -> None:  # the terminal shows the URL, not every request
@@ -123,17 +190,31 @@ def handler_for(target: Target) -> type:
     return Page
 
 
-class UiServer:
-    """The page on `host:port` (0: a free port), in a thread; a context manager that stops it."""
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
-    def __init__(self, target: Target, host: str = "127.0.0.1", port: int = 0):
-        self.httpd = http.server.ThreadingHTTPServer((host, port), handler_for(target))
+
+class UiServer:
+    """The page on `host:port` (0: a free port), in a thread; a context manager that stops it.
+    It answers requests for its own address that carry `secret` (a fresh one unless given)."""
+
+    def __init__(self, target: Target, host: str = "127.0.0.1", port: int = 0, secret: str | None = None):
+        self.secret = secret or secrets.token_urlsafe(32)
+        self.httpd = http.server.ThreadingHTTPServer((host, port), http.server.BaseHTTPRequestHandler)
+        bound = self.httpd.server_address[1]
+        names = {*LOOPBACK_NAMES, host.lower()} - {"0.0.0.0", "::", ""}
+        self.httpd.RequestHandlerClass = handler_for(target, Access(frozenset(f"{n}:{bound}" for n in names),
+                                                                    self.secret))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
         return f"http://{host!s}:{port}/"
+
+    @property
+    def launch_url(self) -> str:
+        """The link to open: the page's address with its secret."""
+        return f"{self.url}?token={self.secret}"
 
     def __enter__(self) -> "UiServer":
         self.thread.start()
@@ -160,7 +241,7 @@ def run(args: argparse.Namespace, workspace: Workspace) -> None:
     else:
         target = local_target(workspace)
     with UiServer(target, args.host, args.port) as server:
-        print(f"the page for {target.describe}: open {server.url} (Ctrl-C stops it)", flush=True)
+        print(f"the page for {target.describe}: open {server.launch_url} (Ctrl-C stops it)", flush=True)
         try:
             server.thread.join()
         except KeyboardInterrupt:

@@ -135,6 +135,7 @@ def test_bad_recordings_raise_clear_errors(model, tmp_path, name, make, content_
         parse(model, make(tmp_path), content_type, **headers)
     assert caught.value.kind == kind
     assert 400 <= caught.value.code < 500 and len(caught.value.message) > 15
+    assert " object at 0x" not in caught.value.message, "a Python object's repr reached the client"
     assert not (tmp_path / "canary").exists(), "request data was unpickled"
 
 

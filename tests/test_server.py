@@ -59,16 +59,26 @@ def test_the_metrics_declaration_is_torchserves_plus_every_handler_metric():
     assert "Requests2XX" in {m["name"] for ms in declared["ts_metrics"].values() for m in ms}
 
 
-def test_a_metrics_file_beside_the_config_wins_over_the_generated_one(tmp_path):
+def test_metrics_declaration_generated_unless_the_config_names_one_that_exists(tmp_path):
+    """The shipped config names no metrics_config (TorchServe's bundled one is found wherever it starts);
+    marport serve declares every metric itself, takes a named file relative to the config's folder, and
+    refuses a named file that does not exist instead of starting workers that die one after another."""
     config = tmp_path / "config.properties"
-    config.write_text((REPO_ROOT / "config.properties").read_text())
+    shipped = (REPO_ROOT / "config.properties").read_text()
+    assert "metrics_config" not in read_properties(REPO_ROOT / "config.properties")
+    config.write_text(shipped)
     server = LocalTorchServe(run_dir=tmp_path / "var", overrides=free_port_overrides(), model_store=tmp_path,
                              config=config)
     assert server.props["metrics_config"] == str(tmp_path / "var" / "metrics.yaml")  # generated at start
-    (tmp_path / "metrics.yaml").write_text("dimensions: []\n")
+    config.write_text(shipped + "metrics_config=mine.yaml\n")
+    named = LocalTorchServe(run_dir=tmp_path / "var", overrides=free_port_overrides(), model_store=tmp_path,
+                            config=config)
+    with pytest.raises(RuntimeError, match="mine.yaml does not exist"):
+        named.props
+    (tmp_path / "mine.yaml").write_text("dimensions: []\n")
     again = LocalTorchServe(run_dir=tmp_path / "var", overrides=free_port_overrides(), model_store=tmp_path,
                             config=config)
-    assert again.props["metrics_config"] == str(tmp_path / "metrics.yaml")
+    assert again.props["metrics_config"] == str(tmp_path / "mine.yaml")
 
 
 def test_the_wheel_ships_the_repos_config():

@@ -34,7 +34,7 @@ def page_url(tmp_path_factory):
     workspace = Workspace.at(root)
     with running_torchserve(workspace.run_dir, store, ["sentiment.mar", "respiratory.mar"]) as server:
         with UiServer(local_target(workspace)) as ui:
-            yield ui.url, server
+            yield ui, server
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +53,13 @@ def browser():
 
 @pytest.fixture
 def page(browser, page_url):
-    url, _ = page_url
+    ui, _ = page_url
+    url = ui.url
     context = browser.new_context(viewport={"width": 1000, "height": 900})
     page = context.new_page()
     requests_seen = []
     page.on("request", lambda r: requests_seen.append(r))
-    page.goto(url)
+    page.goto(ui.launch_url)  # the link `marport ui` prints: the page's address and its secret
     page.requests_seen = requests_seen
     yield page
     assert all(r.url.startswith(url) for r in requests_seen), "the page loaded something from elsewhere"
