@@ -67,6 +67,32 @@ class RayMetrics:
                 self._warned = True
 
 
+LOOPBACK_ENV = "MARPORT_RAY_LOOPBACK"  # set by marport's local runtime (marport/ray_server.py), never in the DLC
+
+
+def _replica_grpc_on_loopback() -> None:
+    """Ray Serve 2.55 replicas open an inter-deployment gRPC server on every interface ("[::]:0") that no
+    setting moves. Where the local runtime keeps Ray on this machine it is bound to 127.0.0.1 instead; Ray's
+    proxy reaches this deployment through actor calls, not that server, unless RAY_SERVE_USE_GRPC_BY_DEFAULT."""
+    if os.environ.get(LOOPBACK_ENV) != "1":
+        return
+    from grpc.aio import _server
+
+    original = _server.Server.add_insecure_port
+    if getattr(original, "loopback_only", False):
+        return
+
+    def add_insecure_port(self: Any, address: str) -> int:
+        host, _, port = address.rpartition(":")
+        return original(self, f"127.0.0.1:{port}" if host in ("[::]", "0.0.0.0", "") else address)
+
+    add_insecure_port.loopback_only = True  # type: ignore[attr-defined]
+    _server.Server.add_insecure_port = add_insecure_port  # type: ignore[method-assign]
+
+
+_replica_grpc_on_loopback()  # at import: replicas import this module before Ray starts their gRPC server
+
+
 def _log_like_serve(package: str) -> None:
     """The package's INFO lines (placement, the per-call batch line) where Ray Serve writes its own: the
     replica's log file and the driver's console."""

@@ -39,8 +39,12 @@ def process_family(proc: psutil.Process | int | None) -> list[psutil.Process]:
         return []
 
 
+KILL_WAIT_S = 5  # SIGKILL cannot be refused; this only covers the kernel's tearing down of a large process
+
+
 def end_processes(procs: list[psutil.Process], timeout: float) -> None:
-    """Wait up to `timeout` for processes already told to stop, then kill what is left."""
+    """Wait up to `timeout` for processes already told to stop, then kill what is left and wait until none
+    of them runs, so that a caller who returns has really stopped them."""
     deadline = time.monotonic() + timeout
     while any(alive(p) for p in procs) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -48,6 +52,9 @@ def end_processes(procs: list[psutil.Process], timeout: float) -> None:
         if alive(proc):
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
+    deadline = time.monotonic() + KILL_WAIT_S
+    while any(alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class Stopped(KeyboardInterrupt):

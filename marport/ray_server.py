@@ -1,16 +1,21 @@
 """Ray Serve on this machine: `marport serve --runtime ray`, and the runner the tests and benchmarks use.
 
 `RayServe` runs `serve run CONFIG` (a local Ray head and Ray Serve) in its own session on a free loopback
-port, waits until every application answers, and stops the whole session. `LocalRay` is the workspace's
-server: each archive in the model store extracted under var/ray/models/, one Ray Serve application per
-model at `/predictions/NAME` (the same path as on TorchServe, so `marport predict` works against either),
-served by the installed `marport.handlers.ray_adapter`; its state (pid, port) in var/ray/state.json.
+port, waits until every application answers, and stops the whole session. It is locked as the TorchServe
+side is: every Ray listener on loopback, Ray's token authentication on (the GCS, the raylets, the dashboard
+and its Jobs API all want the token, kept in a 0600 file beside the log), and only the model routes open.
+`LocalRay` is the workspace's server: each archive in the model store extracted under var/ray/models/,
+one Ray Serve application per model at `/predictions/NAME` (the same path as on TorchServe, so `marport
+predict` works against either), served by the installed `marport.handlers.ray_adapter`; its state (pid,
+port) in var/ray/state.json, its token in var/ray/ray_auth_token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -20,13 +25,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import yaml
 
-from marport.processes import alive, free_port
+from marport.processes import alive, end_processes, free_port, process_family
 from marport.workspace import Workspace
 
 START_TIMEOUT_S = 240  # `serve run` answers in about 10 s on 2 idle cores; a cold import of torch can take more
 INSTALLED_ADAPTER = "marport.handlers.ray_adapter:build"
+LOOPBACK_ENV = "MARPORT_RAY_LOOPBACK"  # handlers/ray_adapter.py reads it (the archive imports nothing from marport)
 
 
 class RayServe:
@@ -49,12 +56,17 @@ class RayServe:
     def __enter__(self) -> "RayServe":
         return self.start()
 
+    @property
+    def token_path(self) -> Path:
+        """Ray's authentication token for this server (RAY_AUTH_TOKEN_PATH for `ray status` and friends)."""
+        return self.log_path.parent / "ray_auth_token"
+
     def start(self) -> "RayServe":
         # Ray's own CLI through this Python: a `serve` script on PATH may be another package's
         # (SageMaker's PyTorch serving toolkit installs one that starts TorchServe).
         serve = [sys.executable, "-c", "from ray.serve.scripts import cli; cli()"]
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **locked_ray_env(self.token_path)}
         with open(self.log_path, "ab") as log:
             # Its own session: Ray's head processes (GCS, raylet, dashboard) start in it, and all go together.
             self.proc = subprocess.Popen([*serve, "run", str(self.config_path)], cwd=self.folder, env=env,
@@ -106,19 +118,56 @@ class RayServe:
 
 
 
-def stop_session(pid: int, timeout_s: float = 60) -> None:
-    """Ctrl-C to a `serve run` started in its own session, then SIGKILL to whatever of the session is left."""
+def locked_ray_env(token_path: Path) -> dict[str, str]:
+    """The environment of a local Ray that keeps to this machine and wants a credential.
+
+    Ray on Linux takes the address of the host's first interface as its node IP and binds there (and to
+    every interface); RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 selects the single-machine mode Ray uses on
+    laptops, whose node IP is 127.0.0.1 (and LOOPBACK_ENV has the replicas' own gRPC server follow, see
+    handlers/ray_adapter.py). RAY_AUTH_MODE=token (Ray 2.52+) puts the GCS, raylets, workers,
+    the dashboard and its Jobs API behind the token in `token_path`, made here once (0600).
+    """
+    if not token_path.exists():
+        token_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+    return {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), LOOPBACK_ENV: "1"}
+
+
+STOP_GRACE_S = 10  # Serve's own shutdown on Ctrl-C; a process manager's grace period is 10-30 s
+
+
+def session_processes(pid: int) -> list[psutil.Process]:
+    """`pid`, its descendants and every other process of its session (Ray's head processes start in it)."""
+    try:
+        sid = os.getsid(pid)
+    except ProcessLookupError:
+        return []
+    found = {p.pid: p for p in process_family(pid)}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            if proc.pid not in found and os.getsid(proc.pid) == sid:
+                found[proc.pid] = proc
+    return list(found.values())
+
+
+def stop_session(pid: int, grace_s: float = STOP_GRACE_S) -> None:
+    """Ctrl-C to a `serve run` started in its own session; after `grace_s`, SIGKILL to whatever of the session
+    and its descendants is left. Returns once none of them runs (a zombie has stopped running)."""
+    procs = session_processes(pid)
     try:
         os.killpg(pid, signal.SIGINT)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + grace_s
     while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    try:
+        time.sleep(0.2)
+    procs += [p for p in session_processes(pid) if p not in procs]  # started while it was stopping
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    end_processes(procs, timeout=10)
 
 
 class LocalRay:
@@ -155,7 +204,8 @@ class LocalRay:
             apps.append(app)
         server = RayServe(self.dir, self.dir / "serve.log", {"proxy_location": "EveryNode", "applications": apps})
         server.start()
-        state = {"pid": server.pid, "url": server.url, "models": [m.stem for m in archives]}
+        state = {"pid": server.pid, "url": server.url, "models": [m.stem for m in archives],
+                 "token_path": str(server.token_path)}
         self.state_file.write_text(json.dumps(state))
         server.proc = None  # detached: `marport stop` ends it
         return state

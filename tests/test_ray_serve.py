@@ -8,12 +8,14 @@ TorchServe's reference answers are taken first.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -33,8 +35,46 @@ BATCH_LINE = re.compile(r"batch of (\d+) requests")
 
 
 def ray_processes() -> int:
-    found = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True)
-    return len(found.stdout.split())
+    """Ray's head processes still running (a zombie has stopped; reaping it is its parent's business)."""
+    import psutil
+
+    from marport.processes import alive
+
+    return sum(1 for p in psutil.process_iter(["name"]) if p.info["name"] in ("raylet", "gcs_server") and alive(p))
+
+
+def assert_locked(pid: int, token_path, canary) -> None:
+    """Every listener of the Ray session on loopback; no HTTP port runs a job without Ray's token."""
+    import psutil
+
+    from marport.ray_server import session_processes
+
+    pids = {p.pid for p in session_processes(pid)}
+    listeners = [(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    assert len(listeners) >= 5, listeners  # GCS, raylet, dashboard, agent, proxy at least
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip, _ in listeners), listeners
+    token = token_path.read_text().strip()
+    assert oct(token_path.stat().st_mode & 0o777) == "0o600" and len(token) >= 32
+    job = {"entrypoint": f"touch {canary}"}
+    answered_with_token = []
+    for _, port in listeners:
+        for path in ("/api/jobs/", "/api/job_agent/jobs/"):
+            try:
+                refused = requests.post(f"http://127.0.0.1:{port}{path}", json=job, timeout=5)
+            except requests.RequestException:  # a gRPC port: no HTTP there at all
+                continue
+            assert refused.status_code >= 400, (port, path, refused.status_code, refused.text[:200])
+        try:
+            listed = requests.get(f"http://127.0.0.1:{port}/api/jobs/", headers={"Authorization": f"Bearer {token}"},
+                                  timeout=5)
+        except requests.RequestException:
+            continue
+        if listed.status_code == 200 and listed.text.startswith("["):
+            answered_with_token.append(port)
+    assert answered_with_token, "the Jobs API is expected behind the token, and nowhere else"
+    time.sleep(2)
+    assert not canary.exists(), "a job ran without Ray's token"
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +195,8 @@ def test_marport_serve_runtime_ray_predict_status_stop(tmp_path):
         refused = run("predict", "sentiment", "--file", "/dev/null")
         assert refused.returncode == 1 and strict_json(refused.stdout)["type"] == "empty_body"
         assert "Ray Serve running" in run("status").stdout
+        state = json.loads((tmp_path / "var" / "ray" / "state.json").read_text())
+        assert_locked(int(state["pid"]), Path(state["token_path"]), tmp_path / "canary")
     finally:
         stopped = run("stop")
     assert "Ray Serve stopped" in stopped.stdout
