@@ -57,6 +57,19 @@ def end_processes(procs: list[psutil.Process], timeout: float) -> None:
         time.sleep(0.05)
 
 
+STOP_GRACE_S = 5  # for a server's own shutdown after SIGTERM; process managers allow 10 s (docker stop) to 30 s
+
+
+def terminate(procs: list[psutil.Process], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM to every process still running, SIGKILL to what is left after `grace_s`; returns once none runs.
+    Nothing in it waits on something load can stretch (a helper process's start-up, a busy worker's call)."""
+    for proc in procs:
+        if alive(proc):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+    end_processes(procs, grace_s)
+
+
 class Stopped(KeyboardInterrupt):
     """SIGTERM or SIGINT arrived: unwinds like Ctrl-C, so every `finally` and `with` that started a
     server stops it (Python's default for SIGTERM is to die on the spot and leave children running)."""

@@ -14,7 +14,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from marport.processes import end_processes, free_port, process_family
+from marport.processes import STOP_GRACE_S, free_port, process_family, terminate
 from marport.server import TS_MAIN_CLASS
 
 READY_TIMEOUT_S = 300
@@ -143,26 +142,17 @@ class LocalEndpoint:
             time.sleep(1)
         raise TimeoutError(f"no READY worker after {timeout:.0f}s; see {self.workdir / 'logs'}")
 
-    def stop(self, timeout: float = 60) -> None:
-        """SIGTERM, as SageMaker sends it: the toolkit stops TorchServe and exits.
-
-        Waits for TorchServe and its workers too, so that the next server may start.
-        """
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM, as SageMaker sends it, to the toolkit and to TorchServe together (the toolkit's own way of
+        stopping TorchServe starts `torchserve --stop`, which load can slow to a minute); SIGKILL to whatever
+        is left after `grace_s`. Returns once none of them runs, so that the next server may start."""
         if not self.process:
             return
-        java = self.torchserve_process()  # may outlive a toolkit that died
-        family = process_family(java)
-        if self.process.poll() is None:
-            family += process_family(self.process.pid)[1:]  # its descendants; Popen waits for it
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        elif java is not None:  # no toolkit left to pass SIGTERM on
-            with contextlib.suppress(psutil.NoSuchProcess):
-                java.terminate()
-        end_processes(family, timeout)
+        java = self.torchserve_process()  # not the toolkit's child: `torchserve --start` detaches it
+        procs = process_family(java) + process_family(self.process.pid)
+        terminate(procs, grace_s)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(1)  # reap the toolkit, our child
 
     def torchserve_process(self) -> psutil.Process | None:
         """TorchServe's Java front end for this endpoint, or None.

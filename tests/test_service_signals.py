@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import psutil
@@ -36,6 +37,18 @@ def _wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float) -> re.M
         if found:
             return found
     raise AssertionError(f"no line matching {pattern!r}; saw {''.join(seen)[-2000:]}")
+
+
+# A process manager's grace period is 10 s (docker stop) to 30 s (Kubernetes); the server's own grace is 5 s.
+STOP_BUDGET_S = 15
+
+
+def _post_quietly(url: str, i: int) -> int:
+    try:
+        return requests.post(url, data=f"Review {i}: the room was fine".encode(), timeout=30,
+                             headers={"Content-Type": "text/plain"}).status_code
+    except requests.RequestException:  # cut off by the stop: what the test is about
+        return 0
 
 
 def _torchserve_of(workdir: str) -> list[psutil.Process]:
@@ -81,13 +94,24 @@ def test_serve_local_stops_everything_on_sigterm_and_keeps_management_private(tm
                     continue  # not HTTP (gRPC): nothing answered
                 assert got.status_code >= 400, (listener, method, path, got.status_code, got.text[:200])
 
+        # Stopped while busy: both cores burnt by other programs and requests in flight on this server.
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+        pool = ThreadPoolExecutor(8)
+        sent = [pool.submit(_post_quietly, f"http://127.0.0.1:{port}/invocations", i) for i in range(16)]
+        time.sleep(2)
+        asked = time.monotonic()
         cli.send_signal(signal.SIGTERM)
         said = _wait_for_line(cli, r"stopped", 90)
         assert said
         assert cli.wait(timeout=90) == 0
+        took = time.monotonic() - asked
+        assert took < STOP_BUDGET_S, f"stopping took {took:.1f} s under load"
         survivors = [p for p in family if alive(p)]
         assert not survivors, [p.cmdline() for p in survivors]
+        wait(sent, timeout=30)
     finally:
+        for burner in locals().get("burners", []):
+            burner.kill()
         if cli.poll() is None:
             cli.kill()
         for proc in _torchserve_of(workdir) if workdir else []:
