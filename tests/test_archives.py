@@ -82,3 +82,23 @@ def test_code_requirements_cover_what_the_archive_imports(model, tmp_path):
     assert requirements.split() == list(MODELS[model].container_requirements)
     # transformers loads weights through safetensors without importing it by name here.
     assert model != "sentiment" or {"transformers", "safetensors", "onnxruntime"} <= listed
+
+
+@pytest.mark.parametrize("model, other", [("respiratory", "sentiment"), ("sentiment", "respiratory")])
+def test_a_checkpoint_of_another_kind_is_refused_before_anything_is_built(model, other, tmp_path):
+    """`marport build MODEL --checkpoint DIR` loads DIR as the archive's worker will and refuses with the reason."""
+    import subprocess
+
+    from tests.conftest import REPO_ROOT
+
+    checkpoint = REPO_ROOT / "build" / other / "demo-checkpoint"
+    if not (checkpoint / "config.json").exists():
+        pytest.fail(f"{checkpoint} is missing: run the tests with `make test`, which trains it")
+    built = subprocess.run([sys.executable, "-m", "marport", "build", model, "--checkpoint", str(checkpoint),
+                            "--name", "wrong", "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 1
+    assert f"cannot be served as a {model} model" in built.stderr and "nothing was built" in built.stderr
+    reason = {"respiratory": "Error(s) in loading state_dict for RespiratoryCNN", "sentiment": "tokenizer"}[model]
+    assert reason in built.stderr, built.stderr[-2000:]
+    assert "Traceback" not in built.stderr
+    assert not (tmp_path / "model_store" / "wrong.mar").exists()

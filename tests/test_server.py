@@ -120,3 +120,28 @@ def test_starting_leaves_the_callers_output_streams_free(tmp_path):
     finally:
         launcher.kill()
         server.stop()
+
+
+@pytest.mark.integration
+def test_marport_serve_says_why_a_model_cannot_load_within_seconds(tmp_path):
+    """An archive whose weights are broken (built by hand: `marport build` refuses such a checkpoint): the worker
+    dies at load, TorchServe would retry it forever, and `marport serve` says why at once and stops."""
+    import time
+    import zipfile
+
+    from tests.conftest import built_archive
+
+    (tmp_path / "model_store").mkdir()
+    with zipfile.ZipFile(built_archive("respiratory")) as good, \
+            zipfile.ZipFile(tmp_path / "model_store" / "broken.mar", "w") as broken:
+        for item in good.infolist():
+            broken.writestr(item, b"not weights" if item.filename.endswith(".safetensors") else good.read(item))
+    started = time.monotonic()
+    served = subprocess.run([sys.executable, "-m", "marport", "serve", "--workdir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - started
+    assert served.returncode == 1
+    assert "could not load" in served.stderr and "SafetensorError" in served.stderr, served.stderr[-2000:]
+    assert took < 60, f"the load error took {took:.0f} s to surface"
+    server = LocalTorchServe(run_dir=tmp_path / "var", model_store=tmp_path / "model_store")
+    assert not server.is_running()
