@@ -46,7 +46,7 @@ def _train(args, workspace: Workspace) -> None:
     kind = MODELS[args.model]
     out = args.out.resolve() if args.out else workspace.checkpoint(args.model)
     kind.trainer.run(args, out)
-    print(f"next: marport build {args.model}" + (f" --checkpoint {out}" if args.out else ""))
+    print(f"next: {typed()} build {args.model}" + (f" --checkpoint {out}" if args.out else ""))
 
 
 def _build(args, workspace: Workspace) -> None:
@@ -72,7 +72,7 @@ def _serve_ray(args, workspace: Workspace) -> None:
     print("Try:")
     for name in state["models"]:
         print(f"  {_predict_example(workspace, name)}")
-    print("Stop with: marport stop")
+    print(f"Stop with: {typed()} stop")
 
 
 def _serve(args, workspace: Workspace) -> None:
@@ -103,7 +103,25 @@ def _serve(args, workspace: Workspace) -> None:
     print("Try:")
     for name in names:
         print(f"  {_predict_example(workspace, name)}")
-    print("Stop with: marport stop")
+    print(f"Stop with: {typed()} stop")
+
+
+def typed() -> str:
+    """How to type this command again: `marport` where PATH finds this very one, else its path (`make serve`
+    runs .venv/bin/marport, which PATH does not have), else `python -m marport` with this Python."""
+    import shlex
+    import shutil
+
+    script = Path(sys.argv[0])
+    if script.name != "marport":
+        return f"{shlex.quote(sys.executable)} -m marport"
+    found = shutil.which("marport")
+    if found and Path(found).resolve() == script.resolve():
+        return "marport"
+    try:
+        return shlex.quote(str(script.resolve().relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script.resolve()))
 
 
 def _predict_example(workspace: Workspace, name: str) -> str:
@@ -111,8 +129,8 @@ def _predict_example(workspace: Workspace, name: str) -> str:
     kind = _kind_of(workspace, name)
     sample = kind.sample(workspace) if kind else None
     if isinstance(sample, Path):
-        return f"marport predict {name} --file {sample}"
-    return f"marport predict {name} {json.dumps(sample or 'your text here')}"
+        return f"{typed()} predict {name} --file {sample}"
+    return f"{typed()} predict {name} {json.dumps(sample or 'your text here')}"
 
 
 def _kind_of(workspace: Workspace, name: str):
