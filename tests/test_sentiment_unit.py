@@ -67,6 +67,8 @@ def test_text_plain_and_json_shapes(demo):
     assert parse(demo, {"text": "ok"}).texts == ["ok"]
     many = parse(demo, {"inputs": ["a b", "c d"]})
     assert many.texts == ["a b", "c d"] and not many.single
+    one = parse(demo, {"inputs": "a single text"})  # Hugging Face's inference API shape: one text, one answer
+    assert one.texts == ["a single text"] and one.single
     # TorchServe may hand over JSON already decoded.
     assert parse(demo, {"text": "x y"}).texts == ["x y"]
     assert sentiment.parse_request(Request(body={"inputs": ["q"]}), demo).texts == ["q"]
