@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -170,6 +171,21 @@ def stop_session(pid: int, grace_s: float = STOP_GRACE_S) -> None:
     end_processes(procs, timeout=10)
 
 
+def share_cpus(apps: list[dict], cpus: int) -> None:
+    """Scale the replicas' CPU reservations down so that every model fits this one machine together, as
+    TorchServe's workers do: Ray would otherwise leave a replica waiting for a CPU that never frees."""
+    def replicas(deployment: dict) -> int:
+        return int(deployment.get("num_replicas") or (deployment.get("autoscaling_config") or {}).get("min_replicas") or 1)
+
+    deployments = [d for app in apps for d in app["deployments"]]
+    asked = sum(float(d["ray_actor_options"].get("num_cpus", 1)) * replicas(d) for d in deployments)
+    if asked <= cpus:
+        return
+    for deployment in deployments:
+        options = deployment["ray_actor_options"]
+        options["num_cpus"] = math.floor(float(options.get("num_cpus", 1)) * cpus / asked * 1000) / 1000
+
+
 class LocalRay:
     """The workspace's Ray Serve (`marport serve --runtime ray`)."""
 
@@ -202,6 +218,7 @@ class LocalRay:
             app = serve_config(config, mar.stem, INSTALLED_ADAPTER, {"model_dir": str(folder), "model_name": mar.stem},
                                route_prefix=f"/predictions/{mar.stem}")["applications"][0]
             apps.append(app)
+        share_cpus(apps, os.cpu_count() or 1)
         server = RayServe(self.dir, self.dir / "serve.log", {"proxy_location": "EveryNode", "applications": apps})
         server.start()
         state = {"pid": server.pid, "url": server.url, "models": [m.stem for m in archives],
