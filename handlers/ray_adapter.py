@@ -87,7 +87,7 @@ def _replica_grpc_on_loopback() -> None:
         return original(self, f"127.0.0.1:{port}" if host in ("[::]", "0.0.0.0", "") else address)
 
     add_insecure_port.loopback_only = True  # type: ignore[attr-defined]
-    _server.Server.add_insecure_port = add_insecure_port  # type: ignore[method-assign]
+    _server.Server.add_insecure_port = add_insecure_port
 
 
 _replica_grpc_on_loopback()  # at import: replicas import this module before Ray starts their gRPC server
