@@ -135,6 +135,7 @@ class LocalTorchServe:
     model_store: Path
     overrides: dict[str, str] = field(default_factory=dict)
     config: Path = field(default_factory=server_config_template)
+    _log_start: int = field(default=0, init=False, repr=False)  # model_log.log's size when this run started
 
     @classmethod
     def for_workspace(cls, workspace: Workspace, overrides: dict[str, str] | None = None) -> "LocalTorchServe":
@@ -253,7 +254,7 @@ class LocalTorchServe:
         """Raise LoadFailed, with the model's own error, once a worker of this run has died loading it."""
         try:
             with open(self.model_log, "rb") as log:
-                log.seek(getattr(self, "_log_start", 0))
+                log.seek(self._log_start)
                 lines = log.read().decode("utf-8", "replace").splitlines()
         except FileNotFoundError:
             return

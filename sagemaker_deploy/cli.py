@@ -63,6 +63,7 @@ def _package(args, workspace: Workspace) -> None:
 
 
 def _serve_local(args, workspace: Workspace) -> None:
+    import contextlib
     import signal
     import tempfile
 
@@ -75,7 +76,11 @@ def _serve_local(args, workspace: Workspace) -> None:
         tarball = package(mar, tarball_path(workspace, mar))
     workdir = Path(tempfile.mkdtemp(prefix="sagemaker-local-"))
     endpoint = LocalEndpoint(tarball, workdir, port=args.port)
-    with endpoint:  # marport's main turns SIGTERM into the same unwinding as Ctrl-C
+    with contextlib.ExitStack() as running:  # marport's main turns SIGTERM into the same unwinding as Ctrl-C
+        try:
+            running.enter_context(endpoint)  # a failed start stops what it started
+        except (RuntimeError, TimeoutError) as exc:  # a model that cannot load, say: its own error
+            raise SystemExit(str(exc)) from None
         print(f"SageMaker toolkit serving {tarball} at {endpoint.url} (/ping, /invocations); "
               "Ctrl-C or SIGTERM stops it and everything it started", flush=True)
         print(f"logs: {workdir / 'logs'}", flush=True)

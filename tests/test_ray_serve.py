@@ -199,5 +199,5 @@ def test_marport_serve_runtime_ray_predict_status_stop(tmp_path):
         assert_locked(int(state["pid"]), Path(state["token_path"]), tmp_path / "canary")
     finally:
         stopped = run("stop")
-    assert "Ray Serve stopped" in stopped.stdout
+    assert "Ray Serve stopped" in stopped.stdout and "TorchServe" not in stopped.stdout  # nothing else was running
     assert ray_processes() == before

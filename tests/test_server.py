@@ -127,15 +127,8 @@ def test_marport_serve_says_why_a_model_cannot_load_within_seconds(tmp_path):
     """An archive whose weights are broken (built by hand: `marport build` refuses such a checkpoint): the worker
     dies at load, TorchServe would retry it forever, and `marport serve` says why at once and stops."""
     import time
-    import zipfile
 
-    from tests.conftest import built_archive
-
-    (tmp_path / "model_store").mkdir()
-    with zipfile.ZipFile(built_archive("respiratory")) as good, \
-            zipfile.ZipFile(tmp_path / "model_store" / "broken.mar", "w") as broken:
-        for item in good.infolist():
-            broken.writestr(item, b"not weights" if item.filename.endswith(".safetensors") else good.read(item))
+    broken_archive(tmp_path / "model_store")
     started = time.monotonic()
     served = subprocess.run([sys.executable, "-m", "marport", "serve", "--workdir", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
@@ -145,3 +138,34 @@ def test_marport_serve_says_why_a_model_cannot_load_within_seconds(tmp_path):
     assert took < 60, f"the load error took {took:.0f} s to surface"
     server = LocalTorchServe(run_dir=tmp_path / "var", model_store=tmp_path / "model_store")
     assert not server.is_running()
+
+
+def broken_archive(folder):
+    """The respiratory archive with its weights replaced by bytes that are not safetensors."""
+    import zipfile
+
+    from tests.conftest import built_archive
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(built_archive("respiratory")) as good, zipfile.ZipFile(folder / "broken.mar", "w") as broken:
+        for item in good.infolist():
+            broken.writestr(item, b"not weights" if item.filename.endswith(".safetensors") else good.read(item))
+    return folder / "broken.mar"
+
+
+@pytest.mark.integration
+def test_serve_local_says_why_a_model_cannot_load_within_seconds(tmp_path):
+    """The same under SageMaker's toolkit, whose TorchServe would retry the model until serve-local's timeout."""
+    import time
+
+    from marport.processes import free_port
+
+    mar = broken_archive(tmp_path / "model_store")
+    started = time.monotonic()
+    served = subprocess.run([sys.executable, "-m", "marport", "sagemaker", "serve-local", str(mar), "--port",
+                             str(free_port()), "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - started
+    assert served.returncode == 1
+    assert "could not load" in served.stderr and "SafetensorError" in served.stderr, served.stderr[-2000:]
+    assert "Traceback" not in served.stderr
+    assert took < 90, f"the load error took {took:.0f} s to surface"
