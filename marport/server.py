@@ -46,8 +46,9 @@ class LoadFailed(RuntimeError):
     """A model's worker died while loading it (TorchServe would retry it forever)."""
 
 
-# A worker's stdout in model_log.log: "... [INFO ] W-9000-sentiment_0.1.0-stdout MODEL_LOG - <line>"
-WORKER_LINE = re.compile(r"\bW-\d+-(?P<model>.+)_[^_\s]+-stdout MODEL_LOG - (?P<text>.*)$")
+# A worker's stdout in model_log.log: "... [INFO ] W-9000-sentiment_0.1.0-stdout MODEL_LOG - <line>" with
+# TorchServe's own logging configuration, "... [INFO ] MODEL_LOG - <line>" with SageMaker's toolkit's.
+WORKER_LINE = re.compile(r"(?:\bW-\d+-(?P<model>.+)_[^_\s]+-stdout )?MODEL_LOG - (?P<text>.*)$")
 WORKER_DIED = "Backend worker process died."
 
 
@@ -58,7 +59,7 @@ def load_failures(model_log: list[str]) -> dict[str, str]:
         found = WORKER_LINE.search(line)
         if found is None:
             continue
-        model, text = found["model"], found["text"]
+        model, text = found["model"] or "the model", found["text"]
         if text.strip() == WORKER_DIED:
             died[model] = []
         elif model in died:

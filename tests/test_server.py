@@ -169,3 +169,16 @@ def test_serve_local_says_why_a_model_cannot_load_within_seconds(tmp_path):
     assert "could not load" in served.stderr and "SafetensorError" in served.stderr, served.stderr[-2000:]
     assert "Traceback" not in served.stderr
     assert took < 90, f"the load error took {took:.0f} s to surface"
+
+
+@pytest.mark.parametrize("prefix, model", [("W-9000-my_model_0.1.0-stdout ", "my_model"), ("", "the model")])
+def test_a_dead_workers_error_is_read_from_either_log_format(prefix, model):
+    """TorchServe's own log layout names the worker's thread; SageMaker's toolkit's does not."""
+    from marport.server import load_failures
+
+    lines = [f"2026-12-07T05:09:33,315 [INFO ] {prefix}MODEL_LOG - {text}" for text in (
+        "loading", "Backend worker process died.", "Traceback (most recent call last):", '  File "x.py", line 1',
+        "RuntimeError: Error(s) in loading state_dict for RespiratoryCNN:", "\tMissing key(s) in state_dict: a")]
+    assert load_failures(lines) == {model: "RuntimeError: Error(s) in loading state_dict for RespiratoryCNN:\n  "
+                                           "Missing key(s) in state_dict: a"}
+    assert load_failures(lines[:1]) == {}
