@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from marport.ui import UiServer, local_target
+from marport.ui import Target, UiServer, local_target
 from marport.workspace import Workspace
 from tests.audio_helpers import cough_like, encode
 from tests.conftest import REPO_ROOT, built_archive, running_torchserve
@@ -33,7 +33,15 @@ def page_url(tmp_path_factory):
         shutil.copy2(built_archive(model), store / f"{model}.mar")
     workspace = Workspace.at(root)
     with running_torchserve(workspace.run_dir, store, ["sentiment.mar", "respiratory.mar"]) as server:
-        with UiServer(local_target(workspace)) as ui:
+        target = local_target(workspace)
+        relayed: list[str] = []  # every request the page's server forwarded, by model
+
+        def predict(model, body, content_type):
+            relayed.append(model)
+            return target.predict(model, body, content_type)
+
+        with UiServer(Target(target.models, predict, target.describe)) as ui:
+            ui.relayed = relayed
             yield ui, server
 
 
@@ -153,3 +161,51 @@ def test_keyboard_reaches_every_control_and_each_has_a_label(page):
         reached.add(page.evaluate("document.activeElement.id"))
     assert {"sentiment-text", "sentiment-submit", "respiratory-file", "respiratory-submit", "record"} <= reached
     assert page.locator("#sentiment-result").get_attribute("aria-live") == "polite"
+
+
+EVIL_PAGE = """<!doctype html><html><body>
+<form id="f" method="post" enctype="text/plain" action="{ui}api/predict/sentiment"><input name="a" value="b"></form>
+<script>
+fetch("{ui}api/predict/sentiment", {{method: "POST", mode: "no-cors", credentials: "include",
+  headers: {{"Content-Type": "text/plain"}}, body: "stolen"}}).finally(() => document.getElementById("f").submit());
+</script></body></html>"""
+
+
+def test_another_page_in_the_same_browser_cannot_use_the_models(browser, page_url):
+    """The user has the page open (its cookie is set); another site, here on another loopback port, so that
+    the browser even sends that cookie (same site), posts to it with fetch and with a form: nothing is relayed."""
+    import http.server
+    import threading
+
+    ui, _ = page_url
+    html = EVIL_PAGE.format(ui=ui.url).encode()
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args):
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    context = browser.new_context()
+    try:
+        mine = context.new_page()
+        mine.goto(ui.launch_url)
+        assert context.cookies(), "the launch link sets the page's cookie"
+        before = list(ui.relayed)
+        answers = []
+        other = context.new_page()
+        other.on("response", lambda r: answers.append(r.status) if "/api/predict/" in r.url else None)
+        other.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        other.wait_for_timeout(3000)
+        assert answers and set(answers) == {403}, answers  # the fetch and the form post, both refused
+        assert ui.relayed == before, "a foreign page's request reached the models"
+    finally:
+        context.close()
+        evil.shutdown()
+        evil.server_close()
