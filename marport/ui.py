@@ -142,8 +142,7 @@ def handler_for(target: Target, access: Access) -> type:
             self._send(status, json.dumps(payload).encode(), "application/json")
 
         def _refused(self) -> bool:
-            path, _, query = self.path.partition("?")
-            why = access.refusal(self.command, self.headers, query)
+            why = access.refusal(self.command, self.headers, self.path.partition("?")[2])
             if why is None:
                 return False
             self._json(403, {"code": 403, "type": "forbidden", "message": why})
@@ -209,6 +208,8 @@ class UiServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
+        if host in ("0.0.0.0", "::"):  # every interface: this machine's own browser reaches it on loopback
+            host = "127.0.0.1"
         return f"http://{host!s}:{port}/"
 
     @property
