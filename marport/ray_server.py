@@ -137,7 +137,7 @@ def locked_ray_env(token_path: Path) -> dict[str, str]:
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), LOOPBACK_ENV: "1"}
 
 
-STOP_GRACE_S = 10  # Serve's own shutdown on Ctrl-C; a process manager's grace period is 10-30 s
+SERVE_STOP_GRACE_S = 10  # Serve's own shutdown on Ctrl-C; a process manager's grace period is 10-30 s
 
 
 def session_processes(pid: int) -> list[psutil.Process]:
@@ -154,7 +154,7 @@ def session_processes(pid: int) -> list[psutil.Process]:
     return list(found.values())
 
 
-def stop_session(pid: int, grace_s: float = STOP_GRACE_S) -> None:
+def stop_session(pid: int, grace_s: float = SERVE_STOP_GRACE_S) -> None:
     """Ctrl-C to a `serve run` started in its own session; after `grace_s`, SIGKILL to whatever of the session
     and its descendants is left. Returns once none of them runs (a zombie has stopped running)."""
     procs = session_processes(pid)
