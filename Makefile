@@ -64,7 +64,8 @@ test-integration: models
 CONTAINER_VENV := .venv-container
 CONTAINER_STAMP := $(CONTAINER_VENV)/.installed-stamp
 CONTAINER_TESTS := tests/test_respiratory_unit.py tests/test_audio_bounds.py tests/test_sentiment_unit.py \
-	tests/test_hostile_inputs.py tests/test_s3_input.py tests/test_container_compat.py tests/test_sagemaker_toolkit.py
+	tests/test_hostile_inputs.py tests/test_s3_input.py tests/test_container_compat.py tests/test_sagemaker_toolkit.py \
+	tests/test_sagemaker_mme.py
 
 $(CONTAINER_STAMP): requirements/container.txt marport/registry.py $(STAMP)
 	test -x $(CONTAINER_VENV)/bin/python || $(PYTHON) -m venv $(CONTAINER_VENV)

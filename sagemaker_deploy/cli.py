@@ -53,10 +53,28 @@ def tarball_path(workspace: Workspace, mar: Path) -> Path:
     return workspace.build / "sagemaker" / mar.stem / "model.tar.gz"
 
 
+def multi_model_path(workspace: Workspace, mar: Path) -> Path:
+    """One S3 prefix's worth of tarballs: each model's is NAME.tar.gz, the TargetModel a call names."""
+    return workspace.build / "sagemaker" / "multi-model" / f"{mar.stem}.tar.gz"
+
+
+def _archives(args, workspace: Workspace) -> list[Path]:
+    if len(args.archive) > 1 and not args.multi_model:
+        raise SystemExit("several archives are served together only on a multi-model endpoint: add --multi-model")
+    return [archive_path(workspace, name) for name in args.archive]
+
+
 def _package(args, workspace: Workspace) -> None:
     from .package import package
 
-    mar = archive_path(workspace, args.archive)
+    if args.multi_model:
+        if args.out or args.runtime != "torchserve":
+            raise SystemExit("--multi-model writes build/sagemaker/multi-model/NAME.tar.gz for TorchServe's container")
+        for mar in _archives(args, workspace):
+            print(package(mar, multi_model_path(workspace, mar), review_band=args.review_band, s3_allow=args.s3_allow,
+                          device=args.device or "cpu", gpus=args.gpus or 1))
+        return
+    (mar,) = _archives(args, workspace)
     print(package(mar, args.out or tarball_path(workspace, mar), manifest=not args.toolkit_only,
                   review_band=args.review_band, s3_allow=args.s3_allow, device=args.device or "cpu",
                   gpus=args.gpus or 1, runtime=args.runtime))
@@ -70,9 +88,13 @@ def _serve_local(args, workspace: Workspace) -> None:
     from .local import LocalEndpoint
     from .package import package
 
-    tarball = Path(args.archive)
+    if args.multi_model:
+        return _serve_local_mme(args, workspace)
+    if len(args.archive) > 1:
+        raise SystemExit("several archives are served together only on a multi-model endpoint: add --multi-model")
+    tarball = Path(args.archive[0])
     if not tarball.name.endswith(".tar.gz"):  # an archive: package it first, as deploy would
-        mar = archive_path(workspace, args.archive)
+        mar = archive_path(workspace, args.archive[0])
         tarball = package(mar, tarball_path(workspace, mar))
     workdir = Path(tempfile.mkdtemp(prefix="sagemaker-local-"))
     endpoint = LocalEndpoint(tarball, workdir, port=args.port)
@@ -84,6 +106,32 @@ def _serve_local(args, workspace: Workspace) -> None:
         print(f"SageMaker toolkit serving {tarball} at {endpoint.url} (/ping, /invocations); "
               "Ctrl-C or SIGTERM stops it and everything it started", flush=True)
         print(f"logs: {workdir / 'logs'}", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            print("stopping the toolkit, TorchServe and its workers", flush=True)
+    print("stopped", flush=True)
+
+
+def _serve_local_mme(args, workspace: Workspace) -> None:
+    """The toolkit in multi-model mode: the tarballs laid out as the platform lays them; nothing loaded yet."""
+    import signal
+    import tempfile
+
+    from .local_mme import LocalMultiModel
+    from .package import package
+
+    tarballs = {}
+    for mar in _archives(args, workspace):
+        tarball = package(mar, multi_model_path(workspace, mar))
+        tarballs[tarball.name] = tarball
+    endpoint = LocalMultiModel(tarballs, Path(tempfile.mkdtemp(prefix="sagemaker-mme-")), port=args.port)
+    with endpoint:
+        print(f"SageMaker's multi-model toolkit at {endpoint.url}; load a model as the platform does:", flush=True)
+        for target, folder in endpoint.models.items():
+            print(f"  curl -s -X POST {endpoint.url}/models -H 'Content-Type: application/json' "
+                  f"-d '{{\"model_name\": \"{folder.parent.name}\", \"url\": \"{folder}\"}}'   # {target}")
+        print(f"then POST {endpoint.url}/models/NAME/invoke; Ctrl-C or SIGTERM stops it", flush=True)
         try:
             signal.pause()
         except KeyboardInterrupt:
@@ -193,7 +241,10 @@ def _package_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("package", parents=common, help="turn an archive into model.tar.gz, unchanged",
                        description="Write model.tar.gz: the archive's files at its root (SageMaker's TorchServe "
                                    "serves them as they are), plus code/inference.py and code/requirements.txt.")
-    p.add_argument("archive", help=ARCHIVE_HELP)
+    p.add_argument("archive", nargs="+", help=ARCHIVE_HELP + " (several with --multi-model)")
+    p.add_argument("--multi-model", action="store_true",
+                   help="one tarball per archive for a multi-model endpoint's S3 prefix: "
+                        "build/sagemaker/multi-model/NAME.tar.gz")
     p.add_argument("--out", type=Path, help="default: build/sagemaker/NAME/model.tar.gz in the workdir")
     p.add_argument("--toolkit-only", action="store_true", help="leave out the manifest: serve via code/inference.py")
     p.add_argument("--review-band", metavar="LOW,HIGH", help=REVIEW_BAND_HELP)
@@ -204,7 +255,9 @@ def _package_commands(sub, common: list[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("serve-local", parents=common,
                        help="serve model.tar.gz through SageMaker's real toolkit on 127.0.0.1 (no Docker)")
-    p.add_argument("archive", help="a model.tar.gz, or an archive (packaged first): " + ARCHIVE_HELP)
+    p.add_argument("archive", nargs="+", help="a model.tar.gz, or an archive (packaged first): " + ARCHIVE_HELP)
+    p.add_argument("--multi-model", action="store_true",
+                   help="serve the archives as a multi-model endpoint's container (SAGEMAKER_MULTI_MODEL=true)")
     p.add_argument("--port", type=int, default=8090)
     p.set_defaults(run=_serve_local)
 

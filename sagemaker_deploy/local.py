@@ -30,7 +30,7 @@ from marport.server import TS_MAIN_CLASS, LoadFailed, load_failures
 READY_TIMEOUT_S = 300
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: Path, timeout: float):
         super().__init__("localhost", timeout=timeout)
         self.socket_path = str(path)
@@ -44,13 +44,47 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 def unix_get(path: Path, url: str, timeout: float = 5) -> tuple[int, bytes]:
     """An HTTP GET over a Unix socket: (status, body)."""
-    conn = _UnixHTTPConnection(path, timeout)
+    conn = UnixHTTPConnection(path, timeout)
     try:
         conn.request("GET", url)
         response = conn.getresponse()
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def torchserve_of(ts_config: Path) -> psutil.Process | None:
+    """TorchServe's Java front end started with this config file, or None. Not the toolkit's child:
+    `torchserve --start` detaches it."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if TS_MAIN_CLASS in cmdline and str(ts_config) in cmdline:
+            return proc
+    return None
+
+
+def start_toolkit(workdir: Path, base: Path, ts_config: Path, env: dict[str, str]) -> subprocess.Popen:
+    """SageMaker's PyTorch toolkit as the container starts it, with `base` as its /opt/ml and `env` (the
+    container's variables and TorchServe's addresses) on top; every other listener on a free loopback port."""
+    full = dict(os.environ)
+    full.update(
+        # The toolkit runs `torchserve` from PATH, as the container has it.
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        SAGEMAKER_BASE_DIR=str(base),
+        # The toolkit binds 0.0.0.0; TorchServe's TS_* variables (enable_envvars_config is on in its config)
+        # keep every listener on loopback or on a Unix socket here.
+        TS_METRICS_ADDRESS=f"http://127.0.0.1:{free_port()}",
+        TS_GRPC_INFERENCE_PORT=str(free_port()),
+        TS_GRPC_MANAGEMENT_PORT=str(free_port()),
+        TEMP=str(workdir / "tmp"),
+        TMPDIR=str(workdir / "tmp"),
+        LOG_LOCATION=str(workdir / "logs"),
+        METRICS_LOCATION=str(workdir / "logs"),
+    )
+    full.update(env)
+    log = open(workdir / "logs" / "toolkit.log", "wb")
+    return subprocess.Popen([sys.executable, "-m", f"{__package__}.toolkit_entry", str(ts_config)],
+                            cwd=workdir, env=full, stdout=log, stderr=subprocess.STDOUT, umask=0o077)
 
 
 @dataclass
@@ -100,31 +134,14 @@ class LocalEndpoint:
 
             config = yaml.safe_load((model_dir / "model-config.yaml").read_text()) or {}
             self.env = serving_env(config, manifest=(model_dir / "MAR-INF" / "MANIFEST.json").exists())
-        env = dict(os.environ)
-        env.update(self.env)
-        env.update(
-            # The toolkit runs `torchserve` from PATH, as the container has it.
-            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-            SAGEMAKER_BASE_DIR=str(base),
-            SAGEMAKER_BIND_TO_PORT=str(self.port),
-            SAGEMAKER_MODEL_SERVER_WORKERS=env.get("SAGEMAKER_MODEL_SERVER_WORKERS", "1"),
-            # The toolkit binds 0.0.0.0; TorchServe's TS_* variables (enable_envvars_config
-            # is on in its config) keep every listener on loopback here.
-            TS_INFERENCE_ADDRESS=self.url,
-            TS_MANAGEMENT_ADDRESS=f"unix:{self.management_socket}",
-            TS_METRICS_ADDRESS=f"http://127.0.0.1:{free_port()}",
-            TS_GRPC_INFERENCE_PORT=str(free_port()),
-            TS_GRPC_MANAGEMENT_PORT=str(free_port()),
-            TEMP=str(self.workdir / "tmp"),
-            TMPDIR=str(self.workdir / "tmp"),
-            LOG_LOCATION=str(self.workdir / "logs"),
-            METRICS_LOCATION=str(self.workdir / "logs"),
-        )
-        log = open(self.workdir / "logs" / "toolkit.log", "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", f"{__package__}.toolkit_entry", str(self.ts_config)],
-            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, umask=0o077,
-        )
+        self.process = start_toolkit(self.workdir, base, self.ts_config, {
+            **self.env,
+            "SAGEMAKER_MODEL_SERVER_WORKERS": self.env.get("SAGEMAKER_MODEL_SERVER_WORKERS",
+                                                           os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", "1")),
+            "SAGEMAKER_BIND_TO_PORT": str(self.port),
+            "TS_INFERENCE_ADDRESS": self.url,
+            "TS_MANAGEMENT_ADDRESS": f"unix:{self.management_socket}",
+        })
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Wait for a READY worker: the toolkit's /ping says healthy even while a
@@ -166,16 +183,7 @@ class LocalEndpoint:
             self.process.wait(1)  # reap the toolkit, our child
 
     def torchserve_process(self) -> psutil.Process | None:
-        """TorchServe's Java front end for this endpoint, or None.
-
-        Not the toolkit's child (`torchserve --start` detaches it): it is the
-        ModelServer started with this endpoint's config file.
-        """
-        for proc in psutil.process_iter(["cmdline"]):
-            cmdline = proc.info["cmdline"] or []
-            if TS_MAIN_CLASS in cmdline and str(self.ts_config) in cmdline:
-                return proc
-        return None
+        return torchserve_of(self.ts_config)
 
     def __enter__(self):
         try:
