@@ -82,7 +82,6 @@ def _package(args, workspace: Workspace) -> None:
 
 def _serve_local(args, workspace: Workspace) -> None:
     import contextlib
-    import signal
     import tempfile
 
     from .local import LocalEndpoint
@@ -106,16 +105,22 @@ def _serve_local(args, workspace: Workspace) -> None:
         print(f"SageMaker toolkit serving {tarball} at {endpoint.url} (/ping, /invocations); "
               "Ctrl-C or SIGTERM stops it and everything it started", flush=True)
         print(f"logs: {workdir / 'logs'}", flush=True)
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            print("stopping the toolkit, TorchServe and its workers", flush=True)
+        _until_stopped()
     print("stopped", flush=True)
+
+
+def _until_stopped() -> None:
+    """Block until Ctrl-C or SIGTERM (marport's main turns SIGTERM into the same unwinding as Ctrl-C)."""
+    import signal
+
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        print("stopping the toolkit, TorchServe and its workers", flush=True)
 
 
 def _serve_local_mme(args, workspace: Workspace) -> None:
     """The toolkit in multi-model mode: the tarballs laid out as the platform lays them; nothing loaded yet."""
-    import signal
     import tempfile
 
     from .local_mme import LocalMultiModel
@@ -132,10 +137,7 @@ def _serve_local_mme(args, workspace: Workspace) -> None:
             print(f"  curl -s -X POST {endpoint.url}/models -H 'Content-Type: application/json' "
                   f"-d '{{\"model_name\": \"{folder.parent.name}\", \"url\": \"{folder}\"}}'   # {target}")
         print(f"then POST {endpoint.url}/models/NAME/invoke; Ctrl-C or SIGTERM stops it", flush=True)
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            print("stopping the toolkit, TorchServe and its workers", flush=True)
+        _until_stopped()
     print("stopped", flush=True)
 
 

@@ -70,6 +70,17 @@ def torchserve_answers(tmp_path_factory, inputs: dict) -> dict:
     return answers
 
 
+def answers_close(a, b, tol=1e-5) -> bool:
+    """Two JSON answers alike: the same keys, labels and flags, numbers within `tol`."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(answers_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(answers_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return isinstance(b, (int, float)) and abs(a - b) <= tol
+    return a == b
+
+
 def built_archive(name: str) -> Path:
     mar = MODEL_STORE / f"{name}.mar"
     if not mar.exists():

@@ -22,7 +22,7 @@ from marport.handlers.respiratory_handler import RespiratoryHandler
 from marport.handlers.sentiment_handler import SentimentHandler
 from marport.handlers.serving_common import Request, RequestError
 from tests.audio_helpers import cough_like, encode, npy_bytes
-from tests.conftest import built_archive
+from tests.conftest import answers_close, built_archive
 from tests.hostile import GOOD_TEXT, HandlerRig, respiratory_cases, sentiment_cases, strict_json
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -43,16 +43,6 @@ GOOD = {
 }
 
 
-def close(a, b, tol=1e-5):
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
-    if isinstance(a, float):
-        return abs(a - b) <= tol
-    return a == b
-
-
 def cases(model, tmp_path):
     return sentiment_cases() if model == "sentiment" else respiratory_cases(str(tmp_path / "canary"))
 
@@ -62,7 +52,7 @@ def assert_outcome(case, status, answer, rig):
         assert status == 200, (case.name, answer)
         if case.twin:
             (_, want), = rig.run([case.twin])
-            assert close(answer, want), (case.name, answer, want)
+            assert answers_close(answer, want), (case.name, answer, want)
         return
     assert 400 <= status < 500, (case.name, status, answer)
     assert answer["code"] == status and answer["message"] and answer["request_id"], (case.name, answer)
@@ -82,7 +72,7 @@ def test_hostile_corpus_mixed_with_good_requests(model, rigs, tmp_path):
         rows = [GOOD[model], *[(c.body, c.headers) for c in chunk], GOOD[model]]
         results = rig.run(rows)
         for status, answer in (results[0], results[-1]):
-            assert status == 200 and close(answer, alone)
+            assert status == 200 and answers_close(answer, alone)
         for case, (status, answer) in zip(chunk, results[1:-1]):
             assert_outcome(case, status, answer, rig)
     if model == "respiratory":
@@ -108,7 +98,7 @@ def assert_only_the_culprit_fails(rig, monkeypatch, stage: str, error: Exception
             assert f"req-{idx}" in answer["message"]
         else:
             (_, alone), = rig.run([(text.encode(), {"Content-Type": "text/plain"})])
-            assert status == 200 and close(answer, alone)
+            assert status == 200 and answers_close(answer, alone)
 
 
 def test_a_failing_forward_pass_fails_only_its_culprit(rigs, monkeypatch):
@@ -259,7 +249,7 @@ def test_handle_answers_every_batch_mix(model, rigs):
             assert status == 200 or 400 <= status < 500, (rows[i], status, answer)
             if status != 200:
                 assert answer["code"] == status and answer["type"] and answer["message"]
-        assert results[where][0] == 200 and close(results[where][1], alone)
+        assert results[where][0] == 200 and answers_close(results[where][1], alone)
 
     check()
 

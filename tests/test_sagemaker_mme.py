@@ -13,7 +13,7 @@ from marport.processes import alive
 from marport.sagemaker_deploy.local_mme import LocalMultiModel, opaque_name
 from marport.sagemaker_deploy.package import package
 from tests.audio_helpers import cough_like, encode
-from tests.conftest import built_archive, torchserve_answers
+from tests.conftest import answers_close, built_archive, torchserve_answers
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +41,6 @@ def mme(tmp_path_factory):
     assert not [p for p in java if alive(p)], "the toolkit's TorchServe outlived the endpoint"
 
 
-def close(a, b, tol=1e-5):
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
-    if isinstance(a, float):
-        return abs(a - b) <= tol
-    return a == b
-
-
 def load(endpoint, target: str) -> requests.Response:
     folder = endpoint.models[target]
     return requests.post(f"{endpoint.url}/models", json={"model_name": opaque_name(target), "url": str(folder)},
@@ -70,7 +60,7 @@ def test_the_platforms_calls_load_invoke_and_unload_both_models(mme, reference):
         got = requests.post(f"{mme.url}/models/{opaque_name(target)}/invoke", data=body, timeout=120,
                             headers={"Content-Type": content_type, "X-Amzn-SageMaker-Target-Model": target})
         assert got.status_code == 200, got.text[:300]
-        assert close(json.loads(got.text), reference[model, "one"]), (model, got.text[:300])
+        assert answers_close(json.loads(got.text), reference[model, "one"]), (model, got.text[:300])
         hostile, kind, error = HOSTILE[model]
         refused = requests.post(f"{mme.url}/models/{opaque_name(target)}/invoke", data=hostile, timeout=120,
                                 headers={"Content-Type": kind, "X-Amzn-SageMaker-Target-Model": target})
