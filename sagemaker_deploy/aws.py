@@ -91,7 +91,7 @@ def instance_device(instance_type: str) -> str:
     return "gpu" if instance_type.startswith(GPU_FAMILIES) else "cpu"
 
 
-def _endpoint_exists(client, name: str) -> bool:
+def endpoint_exists(client, name: str) -> bool:
     try:
         client.describe_endpoint(EndpointName=name)
         return True
@@ -142,7 +142,7 @@ def deploy(mar: Path, options: DeployOptions, workdir: Path = Path("build/sagema
         )
     client = session.sagemaker_client
     async_config = inference_config(options.asynchronous) if options.asynchronous else None
-    if _endpoint_exists(client, options.endpoint):
+    if endpoint_exists(client, options.endpoint):
         # A new model and endpoint config, then a rolling update: no downtime.
         model.create(instance_type=options.instance_type, tags=tags or None)
         config = name_from_base(options.endpoint)
@@ -187,10 +187,14 @@ def autoscale(boto, endpoint: str, minimum: int, maximum: int, invocations_per_i
 
 
 def invoke(endpoint: str, body: bytes, content_type: str, region: str | None = None,
-           accept: str = "application/json", sample_rate: int | None = None) -> tuple[int, bytes]:
-    """One request to the endpoint; (HTTP status, body). Model errors come back as their 4xx."""
+           accept: str = "application/json", sample_rate: int | None = None,
+           target_model: str | None = None) -> tuple[int, bytes]:
+    """One request to the endpoint (to `target_model` on a multi-model one); (HTTP status, body). Model errors
+    come back as their 4xx."""
     runtime = boto_session(region).client("sagemaker-runtime")
-    extra = {"CustomAttributes": f"sample_rate={sample_rate}"} if sample_rate else {}
+    extra: dict = {"CustomAttributes": f"sample_rate={sample_rate}"} if sample_rate else {}
+    if target_model:
+        extra["TargetModel"] = target_model
     try:
         reply = runtime.invoke_endpoint(EndpointName=endpoint, Body=body, ContentType=content_type,
                                         Accept=accept, **extra)
@@ -223,8 +227,8 @@ def delete(endpoint: str, region: str | None = None, delete_model_data: bool = F
         scaling.deregister_scalable_target(ServiceNamespace="sagemaker", ScalableDimension=SCALABLE_DIMENSION,
                                            ResourceId=f"endpoint/{endpoint}/variant/{VARIANT}")
         removed.append(f"scaling target of {endpoint}")
-    except scaling.exceptions.ObjectNotFoundException:
-        pass
+    except (scaling.exceptions.ObjectNotFoundException, scaling.exceptions.ValidationException):
+        pass  # no scaling target: AWS says ObjectNotFound, moto ValidationException
     cloudwatch = boto.client("cloudwatch")
     alarms = [a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNamePrefix=f"{endpoint}-")["MetricAlarms"]
               if a["AlarmName"] == f"{endpoint}-{WAKE_ALARM}"]
@@ -241,6 +245,11 @@ def delete(endpoint: str, region: str | None = None, delete_model_data: bool = F
         removed.append(f"model {name}")
         if delete_model_data and data and data.startswith("s3://"):
             bucket, _, key = data[len("s3://"):].partition("/")
-            boto.client("s3").delete_object(Bucket=bucket, Key=key)
+            s3 = boto.client("s3")
+            keys = [key] if not key.endswith("/") else [  # a multi-model endpoint's prefix: every tarball under it
+                o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+                for o in page.get("Contents", [])]
+            for each in keys:
+                s3.delete_object(Bucket=bucket, Key=each)
             removed.append(data)
     return removed

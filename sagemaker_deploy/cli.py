@@ -164,7 +164,16 @@ def _deploy(args, workspace: Workspace) -> None:
         review_band=args.review_band, asynchronous=asynchronous, s3_allow=args.s3_allow or [],
         device=args.device, gpus=args.gpus or 1, runtime=args.runtime, image=args.image,
     )
-    print(json.dumps(deploy(archive_path(workspace, args.archive), options), indent=2))
+    if args.multi_model:  # a new MME with these archives, or these added to a live one
+        from .aws import endpoint_exists, sagemaker_session
+        from .multi_model import add_model, deploy_multi_model
+
+        mars = _archives(args, workspace)
+        if endpoint_exists(sagemaker_session(args.region, args.bucket).sagemaker_client, args.endpoint):
+            return print(json.dumps({"added": [add_model(args.endpoint, mar, options) for mar in mars]}, indent=2))
+        return print(json.dumps(deploy_multi_model(mars, options), indent=2))
+    (mar,) = _archives(args, workspace)
+    print(json.dumps(deploy(mar, options), indent=2))
 
 
 def _invoke(args, workspace: Workspace) -> None:
@@ -183,7 +192,7 @@ def _invoke(args, workspace: Workspace) -> None:
     if args.asynchronous:
         return _invoke_async(args, body, args.content_type or content_type)
     status, answer = invoke(args.endpoint, body, args.content_type or content_type, args.region,
-                            sample_rate=args.sample_rate)
+                            sample_rate=args.sample_rate, target_model=args.target_model)
     print(answer.decode("utf-8", errors="replace"))
     if status != 200:
         sys.exit(f"HTTP {status}")
@@ -271,7 +280,9 @@ def _package_commands(sub, common: list[argparse.ArgumentParser]) -> None:
 
 def _deploy_command(sub, common: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("deploy", parents=common, help="package, upload, and create or update an endpoint")
-    p.add_argument("archive", help=ARCHIVE_HELP)
+    p.add_argument("archive", nargs="+", help=ARCHIVE_HELP + " (several with --multi-model)")
+    p.add_argument("--multi-model", action="store_true", help="one multi-model endpoint for the archives; on a "
+                   "live one, add them (each answers calls naming TargetModel NAME.tar.gz)")
     p.add_argument("--endpoint", required=True)
     p.add_argument("--role", help="execution role ARN (default: $SAGEMAKER_ROLE)")
     p.add_argument("--region")
@@ -315,6 +326,7 @@ def _endpoint_commands(sub, common: list[argparse.ArgumentParser]) -> None:
     body.add_argument("--s3-uri", help="s3://bucket/key of a recording the endpoint fetches itself")
     p.add_argument("--content-type")
     p.add_argument("--sample-rate", type=int, help="for .npy bodies")
+    p.add_argument("--target-model", metavar="NAME.tar.gz", help="the model of a multi-model endpoint to ask")
     p.add_argument("--region")
     group = p.add_argument_group("asynchronous endpoints")
     group.add_argument("--async", dest="asynchronous", action="store_true",
