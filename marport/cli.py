@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 from marport import __version__
+from marport.hints import typed
 from marport.registry import MODELS
 from marport.workspace import Workspace, activate
 
@@ -106,24 +107,6 @@ def _serve(args, workspace: Workspace) -> None:
     print(f"Stop with: {typed()} stop")
 
 
-def typed() -> str:
-    """How to type this command again: `marport` where PATH finds this very one, else its path (`make serve`
-    runs .venv/bin/marport, which PATH does not have), else `python -m marport` with this Python."""
-    import shlex
-    import shutil
-
-    script = Path(sys.argv[0])
-    if script.name != "marport":
-        return f"{shlex.quote(sys.executable)} -m marport"
-    found = shutil.which("marport")
-    if found and Path(found).resolve() == script.resolve():
-        return "marport"
-    try:
-        return shlex.quote(str(script.resolve().relative_to(Path.cwd())))
-    except ValueError:
-        return shlex.quote(str(script.resolve()))
-
-
 def _predict_example(workspace: Workspace, name: str) -> str:
     """A `marport predict` line for a served model, with its kind's sample request."""
     kind = _kind_of(workspace, name)
@@ -191,6 +174,12 @@ def _predict(args, workspace: Workspace) -> None:
     if (args.text is None) == (args.file is None):
         raise SystemExit("give the request as TEXT or --file FILE (one of the two)")
     body, content_type = request_body(args.text, args.file, args.content_type)
+    if args.endpoint:  # a SageMaker multi-model endpoint: the model is the TargetModel NAME.tar.gz
+        from marport.sagemaker_deploy.aws import invoke
+
+        status, reply = invoke(args.endpoint, body, content_type, args.region, target_model=f"{args.model}.tar.gz")
+        print(reply.decode("utf-8", errors="replace"))
+        return None if status == 200 else sys.exit(f"HTTP {status}")
     try:
         answer = predict(workspace, args.model, body, content_type)
     except NotServing as exc:
@@ -295,6 +284,8 @@ def _client_commands(sub, common: list) -> None:
     p.add_argument("text", nargs="?", help="the text to classify")
     p.add_argument("--file", type=Path, help="send this file's bytes instead")
     p.add_argument("--content-type", help="override the Content-Type")
+    p.add_argument("--endpoint", help="a SageMaker multi-model endpoint instead: MODEL is its TargetModel MODEL.tar.gz")
+    p.add_argument("--region", help="with --endpoint (default: $AWS_REGION)")
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("token", parents=common, help="print a fresh inference key (keys expire after 60 minutes)",

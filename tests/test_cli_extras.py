@@ -36,7 +36,7 @@ def test_hints_name_the_command_as_it_can_be_typed(monkeypatch, tmp_path):
     finds the same script, `marport`; run as `python -m marport`, that."""
     import sys
 
-    from marport.cli import typed
+    from marport.hints import typed
 
     script = tmp_path / ".venv" / "bin" / "marport"
     script.parent.mkdir(parents=True)

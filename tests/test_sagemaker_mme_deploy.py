@@ -57,9 +57,15 @@ def test_invoke_names_the_target_model_on_the_wire(aws, tmp_path, monkeypatch):
     deploy_multi_model([built_archive("sentiment")], DeployOptions(endpoint="mme", role=aws, wait=False), tmp_path)
     status, _ = aws_module.invoke("mme", b"Great staff", "text/plain", target_model="sentiment.tar.gz")
     assert status == 200 and len(sent) == 1
-    headers = {k: bytes(v).decode() if isinstance(v, bytes) else v for k, v in sent[0].headers.items()}
-    assert headers["X-Amzn-SageMaker-Target-Model"] == "sentiment.tar.gz"
-    assert headers["Content-Type"] == "text/plain" and sent[0].body == b"Great staff"
+    recording = tmp_path / "cough.wav"
+    recording.write_bytes(b"RIFF....")
+    cli.main(["predict", "respiratory", "--file", str(recording), "--endpoint", "mme"])  # predict NAME --endpoint E
+    assert len(sent) == 2
+    for request, (target, content_type, body) in zip(sent, [("sentiment.tar.gz", "text/plain", b"Great staff"),
+                                                           ("respiratory.tar.gz", "audio/wav", b"RIFF....")]):
+        headers = {k: bytes(v).decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+        assert headers["X-Amzn-SageMaker-Target-Model"] == target
+        assert headers["Content-Type"] == content_type and request.body == body
 
 
 def test_models_are_added_only_to_a_multi_model_endpoint(aws, tmp_path):
