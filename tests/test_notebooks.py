@@ -57,6 +57,7 @@ def test_sentiment_notebook(tmp_path, monkeypatch):
     assert "MAR-INF/MANIFEST.json" in tagged_output(nb, "package")
     assert (tmp_path / "sentiment" / "model.tar.gz").stat().st_size > 0
     assert tagged_output(nb, "aws").startswith("AWS steps skipped: no AWS credentials found")
+    assert tagged_output(nb, "aws-mme").startswith("AWS steps skipped: no AWS credentials found")  # the MME section
 
 
 def test_respiratory_notebook(tmp_path, monkeypatch):

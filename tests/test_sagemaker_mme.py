@@ -33,8 +33,18 @@ def reference(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mme(tmp_path_factory):
+    """Both demo archives and one a user builds from a checkpoint of their own, under one prefix."""
+    import subprocess
+    import sys
+
+    from tests.test_sentiment_unit import save_tiny_checkpoint
+
     folder = tmp_path_factory.mktemp("mme")
     tarballs = {f"{m}.tar.gz": package(built_archive(m), folder / "prefix" / f"{m}.tar.gz") for m in BODIES}
+    mine = save_tiny_checkpoint(folder / "my-checkpoint", labels=("bad", "good"))
+    subprocess.run([sys.executable, "-m", "marport", "build", "sentiment", "--checkpoint", str(mine), "--name", "mine",
+                    "--workdir", str(folder)], check=True, capture_output=True, timeout=600)
+    tarballs["mine.tar.gz"] = package(folder / "model_store" / "mine.mar", folder / "prefix" / "mine.tar.gz")
     with LocalMultiModel(tarballs, folder / "run") as endpoint:
         yield endpoint
     java = [p for p in psutil.process_iter(["cmdline"]) if str(folder) in " ".join(p.info["cmdline"] or [])]
@@ -47,7 +57,7 @@ def load(endpoint, target: str) -> requests.Response:
                          timeout=300)
 
 
-def test_the_platforms_calls_load_invoke_and_unload_both_models(mme, reference):
+def test_the_platforms_calls_load_invoke_and_unload_every_model(mme, reference):
     assert requests.get(f"{mme.url}/ping", timeout=10).status_code == 200  # healthy with nothing loaded
     for target in mme.models:
         assert load(mme, target).status_code == 200, target
@@ -70,6 +80,9 @@ def test_the_platforms_calls_load_invoke_and_unload_both_models(mme, reference):
                               headers={"Content-Type": "text/plain", "X-Amzn-SageMaker-Target-Model": "sentiment.tar.gz",
                                        "X-Amzn-SageMaker-Custom-Attributes": "explain=true"})
     assert explained.status_code == 200 and explained.json()["attributions"], explained.text[:300]
+    mine = requests.post(f"{mme.url}/models/{opaque_name('mine.tar.gz')}/invoke", data=b"Lovely staff", timeout=120,
+                         headers={"Content-Type": "text/plain", "X-Amzn-SageMaker-Target-Model": "mine.tar.gz"})
+    assert mine.status_code == 200 and set(mine.json()["scores"]) == {"bad", "good"}, mine.text[:300]  # its labels
     unloaded = requests.delete(f"{mme.url}/models/{opaque_name('sentiment.tar.gz')}", timeout=60)
     assert unloaded.status_code == 200
     assert requests.get(f"{mme.url}/models/{opaque_name('sentiment.tar.gz')}", timeout=10).status_code == 404
