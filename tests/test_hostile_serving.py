@@ -24,9 +24,9 @@ from marport.bench.workloads import LONG_TEXT
 from marport.build import extract_archive
 from marport.handlers import sentiment
 from marport.server import read_properties
-from tests.conftest import REPO_ROOT, built_archive, running_torchserve, send_together, worker_pids
+from tests.conftest import REPO_ROOT, answers_close, built_archive, running_torchserve, send_together, worker_pids
 from tests.hostile import GOOD_TEXT, respiratory_cases, sentiment_cases, strict_json
-from tests.test_hostile_inputs import GOOD, close
+from tests.test_hostile_inputs import GOOD
 
 pytestmark = pytest.mark.integration
 
@@ -94,11 +94,11 @@ def test_hostile_corpus_in_batches_of_good_requests(server, tmp_path):
     for (model, _, _, case), response in zip(jobs, responses):
         answer = strict_json(response.text)
         if case is None:
-            assert response.status_code == 200 and close(answer, alone[model])
+            assert response.status_code == 200 and answers_close(answer, alone[model])
         elif case.expect == "ok":
             assert response.status_code == 200, (case.name, response.text)
             if case.twin:
-                assert close(answer, twins[case.name]), case.name
+                assert answers_close(answer, twins[case.name]), case.name
         else:
             assert 400 <= response.status_code < 500, (case.name, response.status_code, response.text)
             assert answer["code"] == response.status_code and answer["message"], case.name

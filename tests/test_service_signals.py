@@ -116,3 +116,34 @@ def test_serve_local_stops_everything_on_sigterm_and_keeps_management_private(tm
             cli.kill()
         for proc in _torchserve_of(workdir) if workdir else []:
             proc.kill()
+
+
+def test_serve_local_multi_model_stops_everything_on_sigterm():
+    """The multi-model container's serve-local behaves like the single-model one: SIGTERM ends it all."""
+    port = free_port()
+    cli = subprocess.Popen([sys.executable, "-m", "marport", "sagemaker", "serve-local", "--multi-model", "sentiment",
+                            "respiratory", "--port", str(port)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        _wait_for_line(cli, r"Ctrl-C or SIGTERM stops it", 300)
+        assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=10).status_code == 200
+        family = [psutil.Process(cli.pid), *psutil.Process(cli.pid).children(recursive=True)]
+        workdirs = set()
+        for proc in family:
+            try:  # the toolkit's `torchserve --start` launcher stays a zombie: it is never waited for
+                workdirs |= {part for part in proc.cmdline() if "sagemaker-mme-" in part}
+            except psutil.Error:
+                continue
+        java = [p for p in psutil.process_iter(["cmdline"])
+                if TS_MAIN_CLASS in (p.info["cmdline"] or []) and any(w in " ".join(p.info["cmdline"]) for w in workdirs)]
+        assert java, "TorchServe's Java front end was not found"
+        everything = [*family, *java, *(c for j in java for c in j.children(recursive=True))]
+        asked = time.monotonic()
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=90) == 0
+        assert time.monotonic() - asked < STOP_BUDGET_S
+        survivors = [p for p in everything if alive(p)]
+        assert not survivors, [p.cmdline() for p in survivors]
+    finally:
+        if cli.poll() is None:
+            cli.kill()
