@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import subprocess
 import tarfile
 import threading
 import time
@@ -50,7 +51,7 @@ class LocalMultiModel:
     workdir: Path
     port: int = 0
     models: dict[str, Path] = field(default_factory=dict)  # TargetModel -> where it was unpacked
-    process: object = None
+    process: subprocess.Popen | None = None
     relay: http.server.ThreadingHTTPServer | None = None
 
     @property
@@ -86,7 +87,7 @@ class LocalMultiModel:
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:  # type: ignore[attr-defined]
+            if self.process is None or self.process.poll() is not None:
                 raise RuntimeError(f"the toolkit exited; see {self.workdir / 'logs'}")
             try:
                 if forward(self.socket, "GET", "/ping", b"", {})[0] == 200:
@@ -102,8 +103,8 @@ class LocalMultiModel:
             self.relay.server_close()
         if self.process is not None:
             terminate(process_family(torchserve_of(self.workdir / "sagemaker-ts.properties"))
-                      + process_family(self.process.pid))  # type: ignore[attr-defined]
-            self.process.wait(5)  # type: ignore[attr-defined]
+                      + process_family(self.process.pid))
+            self.process.wait(5)
 
     def __enter__(self) -> "LocalMultiModel":
         try:
