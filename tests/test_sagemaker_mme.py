@@ -13,7 +13,7 @@ from marport.processes import alive
 from marport.sagemaker_deploy.local_mme import LocalMultiModel, opaque_name
 from marport.sagemaker_deploy.package import package
 from tests.audio_helpers import cough_like, encode
-from tests.conftest import answers_close, built_archive, torchserve_answers
+from tests.conftest import answers_close, built_archive, running_torchserve, torchserve_answers
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,11 @@ def mme(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "marport", "build", "sentiment", "--checkpoint", str(mine), "--name", "mine",
                     "--workdir", str(folder)], check=True, capture_output=True, timeout=600)
     tarballs["mine.tar.gz"] = package(folder / "model_store" / "mine.mar", folder / "prefix" / "mine.tar.gz")
+    with running_torchserve(folder / "single", folder / "model_store", ["mine.mar"]) as single:  # its reference
+        mine_alone = requests.post(f"{single.inference_url}/predictions/mine", data=b"Lovely staff", timeout=120,
+                                   headers={"Content-Type": "text/plain", **single.headers()}).json()
     with LocalMultiModel(tarballs, folder / "run") as endpoint:
+        endpoint.mine_alone = mine_alone  # type: ignore[attr-defined]
         yield endpoint
     java = [p for p in psutil.process_iter(["cmdline"]) if str(folder) in " ".join(p.info["cmdline"] or [])]
     assert not [p for p in java if alive(p)], "the toolkit's TorchServe outlived the endpoint"
@@ -83,6 +87,7 @@ def test_the_platforms_calls_load_invoke_and_unload_every_model(mme, reference):
     mine = requests.post(f"{mme.url}/models/{opaque_name('mine.tar.gz')}/invoke", data=b"Lovely staff", timeout=120,
                          headers={"Content-Type": "text/plain", "X-Amzn-SageMaker-Target-Model": "mine.tar.gz"})
     assert mine.status_code == 200 and set(mine.json()["scores"]) == {"bad", "good"}, mine.text[:300]  # its labels
+    assert answers_close(mine.json(), mme.mine_alone), (mine.text, mme.mine_alone)  # as its single-model server
     unloaded = requests.delete(f"{mme.url}/models/{opaque_name('sentiment.tar.gz')}", timeout=60)
     assert unloaded.status_code == 200
     assert requests.get(f"{mme.url}/models/{opaque_name('sentiment.tar.gz')}", timeout=10).status_code == 404
