@@ -49,6 +49,22 @@ def aws(monkeypatch, tmp_path):
         yield role["Role"]["Arn"]
 
 
+def invocations_sent(monkeypatch) -> list:
+    """The InvokeEndpoint requests sent from now on, as botocore sends them (moto answers with canned bodies)."""
+    from marport.sagemaker_deploy import aws as aws_module
+
+    sent: list = []
+    real = aws_module.boto_session
+
+    def watched(region=None):
+        session = real(region)
+        session.events.register("before-send.sagemaker-runtime.InvokeEndpoint", lambda request, **_: sent.append(request))
+        return session
+
+    monkeypatch.setattr(aws_module, "boto_session", watched)
+    return sent
+
+
 def torchserve_answers(tmp_path_factory, inputs: dict) -> dict:
     """Local TorchServe's answer to every body of `inputs` ({model: {case: (body, content type)}}), keyed by
     (model, case): the reference the other runtimes (SageMaker's toolkit, Ray Serve) must match."""

@@ -11,7 +11,7 @@ import yaml
 
 from marport import cli
 from marport.sagemaker_deploy.aws import DeployError, DeployOptions, boto_session, delete, deploy
-from tests.conftest import REGION, built_archive
+from tests.conftest import REGION, built_archive, invocations_sent
 
 
 def test_deploy_creates_model_endpoint_and_scaling_then_delete_removes_all(aws, tmp_path):
@@ -98,15 +98,7 @@ def test_invoke_sends_the_body_with_its_content_type(aws, tmp_path, monkeypatch)
     from marport.content_types import content_type_for
     from marport.sagemaker_deploy import aws as aws_module
 
-    sent = []
-    real = aws_module.boto_session
-
-    def watched(region=None):
-        session = real(region)
-        session.events.register("before-send.sagemaker-runtime.InvokeEndpoint", lambda request, **_: sent.append(request))
-        return session
-
-    monkeypatch.setattr(aws_module, "boto_session", watched)
+    sent = invocations_sent(monkeypatch)
     deploy(built_archive("sentiment"), DeployOptions(endpoint="inv", role=aws, wait=False), tmp_path)
     status, _ = aws_module.invoke("inv", b"Great staff", "text/plain")
     aws_module.invoke("inv", b"RIFF....", "audio/wav", sample_rate=16000)

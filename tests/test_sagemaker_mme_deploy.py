@@ -11,7 +11,7 @@ from marport import cli
 from marport.sagemaker_deploy import aws as aws_module
 from marport.sagemaker_deploy.aws import DeployError, DeployOptions, delete, deploy
 from marport.sagemaker_deploy.multi_model import add_model, deploy_multi_model
-from tests.conftest import REGION, built_archive
+from tests.conftest import REGION, built_archive, invocations_sent
 
 
 def test_one_endpoint_for_both_models_then_one_more_added_then_all_deleted(aws, tmp_path):
@@ -45,15 +45,7 @@ def test_one_endpoint_for_both_models_then_one_more_added_then_all_deleted(aws, 
 
 
 def test_invoke_names_the_target_model_on_the_wire(aws, tmp_path, monkeypatch):
-    sent = []
-    real = aws_module.boto_session
-
-    def watched(region=None):
-        session = real(region)
-        session.events.register("before-send.sagemaker-runtime.InvokeEndpoint", lambda request, **_: sent.append(request))
-        return session
-
-    monkeypatch.setattr(aws_module, "boto_session", watched)
+    sent = invocations_sent(monkeypatch)
     deploy_multi_model([built_archive("sentiment")], DeployOptions(endpoint="mme", role=aws, wait=False), tmp_path)
     status, _ = aws_module.invoke("mme", b"Great staff", "text/plain", target_model="sentiment.tar.gz")
     assert status == 200 and len(sent) == 1
