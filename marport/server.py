@@ -67,6 +67,21 @@ def load_failures(model_log: list[str]) -> dict[str, str]:
     return {model: error_of(lines) for model, lines in died.items()}
 
 
+def raise_load_failures(model_log: Path, start: int = 0) -> None:
+    """Raise LoadFailed, with the model's own error, once a worker has died loading it (TorchServe would retry
+    it forever); `start`: the log's size when this run began."""
+    try:
+        with open(model_log, "rb") as log:
+            log.seek(start)
+            lines = log.read().decode("utf-8", "replace").splitlines()
+    except FileNotFoundError:
+        return
+    failed = load_failures(lines)
+    if failed:
+        said = "\n".join(f"TorchServe could not load {model}:\n  {error}" for model, error in failed.items())
+        raise LoadFailed(f"{said}\n(the whole traceback: {model_log})")
+
+
 def free_port_overrides() -> dict[str, str]:
     """config.properties overrides that put every TorchServe listener on a free loopback port."""
     return {
@@ -252,17 +267,7 @@ class LocalTorchServe:
         return self.run_dir / "logs" / "model_log.log"
 
     def _check_loads(self) -> None:
-        """Raise LoadFailed, with the model's own error, once a worker of this run has died loading it."""
-        try:
-            with open(self.model_log, "rb") as log:
-                log.seek(self._log_start)
-                lines = log.read().decode("utf-8", "replace").splitlines()
-        except FileNotFoundError:
-            return
-        failed = load_failures(lines)
-        if failed:
-            said = "\n".join(f"TorchServe could not load {model}:\n  {error}" for model, error in failed.items())
-            raise LoadFailed(f"{said}\n(the whole traceback: {self.model_log})")
+        raise_load_failures(self.model_log, self._log_start)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> list[str]:
         """Block until every registered model has a READY worker; return their names. A model whose worker

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from marport.processes import STOP_GRACE_S, free_port, process_family, terminate
-from marport.server import TS_MAIN_CLASS, LoadFailed, load_failures
+from marport.server import TS_MAIN_CLASS, raise_load_failures
 
 READY_TIMEOUT_S = 300
 
@@ -150,7 +150,7 @@ class LocalEndpoint:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the toolkit exited ({self.process.returncode}); see {self.workdir / 'logs'}")
-            self._check_load()
+            raise_load_failures(self.workdir / "logs" / "model_log.log")
             try:
                 status, body = self.management("/models/model")
                 if status == 200 and any(w["status"] == "READY" for w in json.loads(body)[0]["workers"]):
@@ -159,16 +159,6 @@ class LocalEndpoint:
                 pass
             time.sleep(1)
         raise TimeoutError(f"no READY worker after {timeout:.0f}s; see {self.workdir / 'logs'}")
-
-    def _check_load(self) -> None:
-        """Raise LoadFailed, with the model's own error, once TorchServe's worker has died loading it (the
-        toolkit's TorchServe would retry it until the timeout)."""
-        log = self.workdir / "logs" / "model_log.log"
-        if log.exists():
-            failed = load_failures(log.read_text(errors="replace").splitlines())
-            if failed:
-                said = "\n".join(f"  {error}" for error in failed.values())
-                raise LoadFailed(f"TorchServe could not load the model:\n{said}\n(the whole traceback: {log})")
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM, as SageMaker sends it, to the toolkit and to TorchServe together (the toolkit's own way of
