@@ -119,9 +119,33 @@ class Access:
         return jar[self.cookie].value if self.cookie in jar else ""
 
 
-def handler_for(target: Target, access: Access) -> type:
-    static = files("marport").joinpath("ui")
+def not_relayed(size: int, content_type: str) -> dict | None:
+    """Why a body is not passed on, as the JSON answer: too large, or a form (TorchServe would split it)."""
+    if size > MAX_BODY_BYTES:
+        return {"code": 413, "type": "body_too_large",
+                "message": f"{size} bytes is more than the page sends ({MAX_BODY_BYTES})"}
+    if content_type.split(";")[0].strip().lower() == FORM_TYPE:
+        return {"code": 415, "type": "form_encoded_body",
+                "message": f"the page does not relay {FORM_TYPE} bodies; send the text or recording with its own "
+                           "content type"}
+    return None
 
+
+def static_asset(path: str) -> tuple[bytes, str] | None:
+    """The page's script or style at /static/NAME, with its content type; None for any other path."""
+    name = path.removeprefix("/static/")
+    if not path.startswith("/static/") or name not in STATIC:
+        return None
+    kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return ui_file(name), f"{kind}; charset=utf-8"
+
+
+def ui_file(name: str) -> bytes:
+    """A file of the page, shipped in the wheel (marport/ui/)."""
+    return files("marport").joinpath("ui").joinpath(name).read_bytes()
+
+
+def handler_for(target: Target, access: Access) -> type:
     class Page(http.server.BaseHTTPRequestHandler):
         server_version = "marport-ui"
 
@@ -143,22 +167,19 @@ def handler_for(target: Target, access: Access) -> type:
 
         def _refused(self) -> bool:
             why = access.refusal(self.command, self.headers, self.path.partition("?")[2])
-            if why is None:
-                return False
-            self._json(403, {"code": 403, "type": "forbidden", "message": why})
-            return True
+            if why is not None:
+                self._json(403, {"code": 403, "type": "forbidden", "message": why})
+            return why is not None
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self._refused():
                 return None
             path = self.path.split("?", 1)[0]
             if path in ("/", "/index.html"):
-                page = static.joinpath("index.html").read_bytes()
-                return self._send(200, page, "text/html; charset=utf-8", cookie=True)
-            if path.startswith("/static/") and path[len("/static/"):] in STATIC:
-                name = path[len("/static/"):]
-                kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
-                return self._send(200, static.joinpath(name).read_bytes(), f"{kind}; charset=utf-8")
+                return self._send(200, ui_file("index.html"), "text/html; charset=utf-8", cookie=True)
+            asset = static_asset(path)
+            if asset is not None:
+                return self._send(200, *asset)
             if path == "/api/models":
                 return self._json(200, {"models": target.models(), "serving": target.describe})
             self._json(404, {"code": 404, "type": "not_found", "message": f"no page at {path}"})
@@ -170,14 +191,9 @@ def handler_for(target: Target, access: Access) -> type:
             if not path.startswith("/api/predict/"):
                 return self._json(404, {"code": 404, "type": "not_found", "message": f"no API at {path}"})
             size = int(self.headers.get("Content-Length") or 0)
-            if size > MAX_BODY_BYTES:
-                return self._json(413, {"code": 413, "type": "body_too_large",
-                                        "message": f"{size} bytes is more than the page sends ({MAX_BODY_BYTES})"})
             content_type = self.headers.get("Content-Type") or ""
-            if content_type.split(";")[0].strip().lower() == FORM_TYPE:  # TorchServe would split it into fields
-                return self._json(415, {"code": 415, "type": "form_encoded_body",
-                                        "message": f"the page does not relay {FORM_TYPE} bodies; send the text or "
-                                                   "recording with its own content type"})
+            if (refused := not_relayed(size, content_type)) is not None:
+                return self._json(refused["code"], refused)
             body = self.rfile.read(size)
             model = unquote(path[len("/api/predict/"):])
             status, answer = target.predict(model, body, content_type)
