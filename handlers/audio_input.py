@@ -13,7 +13,7 @@ sniffs many more (MAT5, PAF, SDS, VOC, NIST, ...), which get a 415 naming what t
 A `.npy` body is a float or integer array whose header is checked before anything is
 allocated; it is never unpickled.
 
-Packed into the respiratory archive (its marport_serving package); imports numpy, soundfile, soxr and serving_common.
+Packed into the respiratory archive (its marport_serving package); imports numpy, soundfile, soxr and contract.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .serving_common import RequestError
+from .contract import RequestError
 
 NPY_TYPES = ("application/x-npy", "application/npy")
 NPY_MAGIC = b"\x93NUMPY"

@@ -1,12 +1,9 @@
-"""One endpoint object for every runtime: load a model core once, answer a batch, record its figures.
+"""One endpoint object for every runtime: a model loaded once where the runtime put it, answering batches.
 
-The runtime adapters (TorchServe's handler, the SageMaker toolkit's `code/inference.py`, the Ray
-Serve deployment) only turn their own requests into `serving_common.Request`s and the outcomes back
-into their own responses. Everything between is here, once: the model's placement and load (device,
-the device's `auto` settings, threads), S3 references, the call's time budget, the Accept check,
-per-request isolation (isolation.answer_batch), the log line and the operator metrics.
-
-Packed into each archive (its marport_serving package); imports only the modules packed beside it.
+The runtime adapters (torchserve_adapter, sagemaker_adapter, ray_adapter) turn their requests into
+`contract.Request`s and the Outcomes back into their responses. Everything between is here, once: settings and
+placement, threads, S3 references, the call's time budget, the Accept check, the model's steps in order with each
+request's failure its own (isolation.py), the log line and the operator metrics.
 """
 
 from __future__ import annotations
@@ -17,24 +14,26 @@ import importlib
 import inspect
 import logging
 import os
-import sys
 import time
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
-from .isolation import Outcome, answer_batch
-from .placement import load_core
+from .bodies import JSON_TYPE, check_accept
+from .contract import Model, Request
+from .isolation import Outcome, each, serialised, together
+from .placement import check_batching, place
 from .s3_input import S3Input, resolve
-from .serving_common import JSON_TYPE, Request, call_budget_s, check_accept, read_config, setting_flag
+from .settings import call_budget_s, configure_threads, device_settings, handler_settings, read_config, setting_flag
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Model)
 
-__all__ = ["Endpoint", "JSON_TYPE", "MetricsSink", "Outcome", "core_of"]
+__all__ = ["Endpoint", "JSON_TYPE", "MetricsSink", "Outcome", "core_of", "gathered", "lower_headers"]
 
 
 class MetricsSink(Protocol):
-    """Where a runtime's operator metrics go (operator_metrics.OperatorMetrics for TorchServe's API)."""
+    """Where a runtime's operator metrics go (operator_metrics.OperatorMetrics, ray_adapter.RayMetrics)."""
 
-    def record(self, rejected: Mapping[str, int], figures: Mapping[str, float]) -> None: ...
+    def record(self, rejected: Mapping[str, int], figures: Mapping[str, float | None]) -> None: ...
 
 
 def entry_class(module: Any) -> type:
@@ -43,68 +42,103 @@ def entry_class(module: Any) -> type:
     return found
 
 
-def core_of(model_dir: str) -> Any:
-    """The model core an archive (or an extracted tarball) serves: the one its `*_handler.py` entry names."""
-    if model_dir not in sys.path:
-        sys.path.insert(0, model_dir)  # the entry module and the marport_serving package sit at the archive's root
+def core_of(model_dir: str) -> type[Model]:
+    """The Model class an archive serves: the one its `*_handler.py` entry names (the archive's root is on
+    sys.path: TorchServe puts it there; the other adapters do)."""
     entries = sorted(glob.glob(os.path.join(model_dir, "*_handler.py")))
     if len(entries) != 1:
         raise RuntimeError(f"expected one *_handler.py in {model_dir}, found {entries}")
     return entry_class(importlib.import_module(os.path.basename(entries[0])[:-3])).core  # type: ignore[attr-defined]
 
 
-class Endpoint:
-    """A model core, loaded once where the runtime put this worker, answering batches of requests."""
+def load_model(core: type[M], model_dir: str, config: Mapping[str, Any] | None = None, gpu_id: Any = None) -> M:
+    """Settings (model-config.yaml's, default the archive's own, over the model's defaults; then the device's
+    `auto` values), placement, threads, then the model's own load."""
+    started = time.perf_counter()
+    config = read_config(model_dir) if config is None else config
+    settings = {**core.defaults, **handler_settings(config)}
+    placement = place(gpu_id, settings)
+    settings = device_settings(settings, placement.device)
+    threads = configure_threads(settings)
+    model = core(settings, placement.device, placement.dtype, placement.precision)
+    model.load(model_dir)
+    log.info("%s loaded in %.2fs on %s with %d torch threads", core.__name__, time.perf_counter() - started,
+             placement.describe(), threads)
+    check_batching(config, placement.device)
+    return model
 
-    def __init__(self, core: Any, model_dir: str, yaml_config: Mapping[str, Any] | None = None,
+
+class Endpoint:
+    """A model, loaded once, answering batches of requests."""
+
+    def __init__(self, core: type[Model], model_dir: str, yaml_config: Mapping[str, Any] | None = None,
                  gpu_id: Any = None, metrics: MetricsSink | None = None):
-        self.core = core
         self.config = read_config(model_dir, yaml_config)
-        self.model, self.placement, self.settings = load_core(core, model_dir, self.config, gpu_id)
-        self.s3 = S3Input.from_settings(self.settings, core.body_limit(self.model))  # None unless buckets are listed
-        self.budget_s = call_budget_s(self.config)  # seconds one call may spend
+        self.model = load_model(core, model_dir, self.config, gpu_id)
+        self.s3 = S3Input.from_settings(self.model.settings, self.model.max_body_bytes)  # None unless allowed
+        self.budget_s = call_budget_s(self.config)
         self.metrics = metrics
-        if setting_flag(self.settings, "gc_freeze", True):
+        if setting_flag(self.model.settings, "gc_freeze", True):
             freeze_loaded_objects()
 
-    def answer(self, count: int, read: Callable[[int], Request],
-               request_id: Callable[[int], str | None]) -> list[Outcome]:
-        """Outcomes for requests 0..count-1 in order, each strict JSON with its own status; never raises.
+    def _read(self, request: Request, deadline: float) -> Any:
+        check_accept(request.headers.get("accept"))
+        return self.model.read(resolve(request, self.s3, deadline))  # {"s3_uri": ...} becomes the object's bytes
 
-        `read(i)` builds request i from the runtime's own (and may refuse it with a RequestError);
-        the Accept header and S3 references are handled here for every runtime alike.
-        """
+    def answer(self, requests: Sequence[Request | Outcome], ids: Sequence[str | None]) -> list[Outcome]:
+        """One Outcome per request, in order, each strict JSON with its own status; never raises."""
         deadline = time.monotonic() + self.budget_s
-
-        def read_checked(idx: int) -> Request:
-            request = read(idx)
-            check_accept(request.headers.get("accept"))
-            return resolve(request, self.s3, deadline)  # an {"s3_uri": ...} body becomes the object's bytes
-
-        outcomes, report = answer_batch(self.core, self.model, count, read_checked, request_id, deadline)
-        log.info(report.line())  # one line a call: operators (and the tests) see batching and rejections at work
-        self._record(report)
+        started = time.perf_counter()
+        read = each(lambda r: self._read(r, deadline), requests, ids, deadline, "reading")
+        prepared = self._run(self.model.prepare, read, ids, deadline, "reading")[0]
+        parse_ms = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        results, calls = self._run(self.model.predict, prepared, ids, deadline, "scoring")
+        predict_ms = (time.perf_counter() - started) * 1000
+        outcomes = [serialised(r, i) for r, i in zip(results, ids)]
+        rejected: dict[str, int] = {}
+        for outcome in outcomes:
+            if outcome.kind:
+                rejected[outcome.kind] = rejected.get(outcome.kind, 0) + 1
+        log.info("batch of %d requests, %d rejected%s; parse %.1f ms, model %.1f ms in %d call(s)", len(outcomes),
+                 sum(rejected.values()), "".join(f" {k}={v}" for k, v in sorted(rejected.items())), parse_ms,
+                 predict_ms, calls)
+        answered = [(p, r) for p, r in zip(prepared, results) if not isinstance(r, Outcome)]
+        self._record(rejected, answered, predict_ms)
         return outcomes
 
-    def _record(self, report: Any) -> None:
+    @staticmethod
+    def _run(step: Callable[[list], list], items: list, ids: Sequence[str | None], deadline: float,
+             stage: str) -> tuple[list, int]:
+        """step over the items not yet answered, together; the results back in their places."""
+        todo = [i for i, item in enumerate(items) if not isinstance(item, Outcome)]
+        done, calls = together(step, [items[i] for i in todo], [ids[i] for i in todo], deadline, stage)
+        merged = list(items)
+        for i, result in zip(todo, done):
+            merged[i] = result
+        return merged, calls
+
+    def _record(self, rejected: Mapping[str, int], answered: list[tuple[Any, Any]], predict_ms: float) -> None:
+        """The call's figures (the model's, over the inputs it answered) and rejections, to the runtime's metrics."""
         if self.metrics is None:
             return
         try:
-            figures = dict(self.core.figures(self.model, report.parsed, report.answers))
+            figures = dict(self.model.figures([p for p, _ in answered], [r for _, r in answered]))
         except Exception:  # noqa: BLE001 - a figure we cannot compute never costs an answer
             log.warning("could not compute this batch's operator figures", exc_info=True)
             figures = {}
-        figures["ModelMs"] = report.predict_ms
-        self.metrics.record(report.rejected, figures)
+        figures["ModelMs"] = predict_ms
+        self.metrics.record(rejected, figures)
+
+
+def gathered(count: int, convert: Callable[[int], Request], ids: Sequence[str | None]) -> list[Request | Outcome]:
+    """The runtime's requests 0..count-1 as Requests; one that cannot be turned into one is answered alone."""
+    return each(convert, range(count), ids, None, "reading")
 
 
 def freeze_loaded_objects() -> None:
-    """Collect what loading left behind, then leave everything loaded out of every later collection (gc.freeze).
-
-    A loaded model is hundreds of thousands of objects (torch, transformers, the tokenizer) that live as long as
-    the worker. Without this, each full collection walks all of them: about 0.25 s (docs/devices.md, "Per-text
-    cost") that lands on whichever call is running when the collector decides one is due.
-    """
+    """Collect what loading left, then keep everything loaded out of later collections (gc.freeze): a loaded
+    model is hundreds of thousands of long-lived objects a full collection would otherwise walk each time."""
     gc.collect()
     gc.freeze()
 

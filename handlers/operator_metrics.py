@@ -9,7 +9,6 @@ metrics declaration (`marport serve` generates it from METRICS below), as TorchS
 are `[METRICS]` lines in the worker's log. Emitting never fails a request: a runtime without the API (SageMaker's
 toolkit route) or a metric it refuses is skipped.
 
-Packed into each `.mar` (its marport_serving package); imports nothing from the project.
 """
 
 from __future__ import annotations
@@ -67,7 +66,7 @@ class OperatorMetrics:
                             exc_info=True)
                 self._warned = True
 
-    def record(self, rejected: Mapping[str, int], figures: Mapping[str, float]) -> None:
+    def record(self, rejected: Mapping[str, int], figures: Mapping[str, float | None]) -> None:
         """One handler call: rejections by error type, then the core's own figures (see METRICS)."""
         if self.cache is None:
             return
@@ -76,3 +75,9 @@ class OperatorMetrics:
         for name, value in figures.items():
             if name in METRICS and value is not None:
                 self.emit(name, value)
+
+
+def from_context(context: Any) -> OperatorMetrics | None:
+    """The metrics of a TorchServe context (TorchServe's handler, and the SageMaker toolkit's which passes one)."""
+    return None if context is None else OperatorMetrics(getattr(context, "metrics", None),
+                                                        getattr(context, "model_name", ""))

@@ -9,22 +9,16 @@ newer than PyTorch 2.6, the SageMaker container's version.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 
 from .names import PRECISIONS
+from .settings import AUTO, device_kind
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
-# torch's device type -> its entry in handler.devices (TorchServe's deviceType words).
-DEVICE_KINDS = {"cpu": "cpu", "cuda": "gpu"}
-# Keys of a handler.devices entry that TorchServe's front end reads from the top level of model-config.yaml:
-# `marport build --device` packs them there; a worker never applies them at load.
-FRONTEND_KEYS = ("batchSize", "maxBatchDelay", "workers_per_gpu")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that do bf16 arithmetic natively
 
@@ -102,29 +96,6 @@ def place(gpu_id: Any, settings: Mapping[str, Any] | None) -> Placement:
     return placement
 
 
-def device_kind(device: torch.device) -> str:
-    """`cpu` or `gpu`: which entry of handler.devices applies to a model on `device`."""
-    return DEVICE_KINDS.get(device.type, device.type)
-
-
-def device_settings(settings: Mapping[str, Any], device: torch.device) -> dict:
-    """The handler settings for a model on `device`: every setting left `auto` (or absent) that
-    handler.devices.<cpu|gpu> names takes the value measured for that kind of device there.
-
-    What is right for two CPU cores is wrong for a GPU (docs/devices.md, "Device-aware defaults"): the
-    model-config.yaml keeps one table of both, and a number set outside the table wins.
-    """
-    table = settings.get("devices") or {}
-    if not isinstance(table, Mapping):
-        raise ValueError(f"handler.devices must map cpu/gpu to settings, got {table!r}")
-    entry = table.get(device_kind(device)) or {}
-    resolved = dict(settings)
-    for key, value in entry.items():
-        if key not in FRONTEND_KEYS and str(resolved.get(key, AUTO)).strip().lower() == AUTO:
-            resolved[key] = value
-    return resolved
-
-
 def check_batching(config: Mapping[str, Any], device: torch.device) -> None:
     """Say so in the worker log when the archive's batchSize is below this device's default (handler.devices):
     TorchServe fixed it before the worker started (`marport build --device gpu` packs the GPU's)."""
@@ -138,20 +109,3 @@ def check_batching(config: Mapping[str, Any], device: torch.device) -> None:
     if wanted and int(config.get("batchSize") or 1) < int(wanted):
         log.warning("batchSize %s on %s, where %s is the default: build the archive for this device "
                     "(marport build --device %s)", config.get("batchSize"), device, wanted, device_kind(device))
-
-
-def load_core(core: Any, model_dir: str, config: Mapping[str, Any], gpu_id: Any) -> tuple[Any, Placement, dict]:
-    """What every runtime does at worker start (endpoint.Endpoint): place the model (the runtime's `gpu_id`),
-    resolve the `auto` settings for that device, set the worker's threads, load the core, check the batching."""
-    from .serving_common import configure_threads, handler_settings
-
-    started = time.perf_counter()
-    settings = {**core.SHIPPED, **handler_settings(config)}  # what the archive leaves out keeps the shipped value
-    placement = place(gpu_id, settings)
-    settings = device_settings(settings, placement.device)
-    threads = configure_threads(settings)
-    model = core.load(model_dir, settings, placement)
-    log.info("%s loaded in %.2fs on %s with %d torch threads", core.__name__, time.perf_counter() - started,
-             placement.describe(), threads)
-    check_batching(config, placement.device)
-    return model, placement, settings

@@ -51,7 +51,7 @@ class RayMetrics:
                                        tag_keys=("ModelName", *dims))
         return self._metrics[name]
 
-    def record(self, rejected: Mapping[str, int], figures: Mapping[str, float]) -> None:
+    def record(self, rejected: Mapping[str, int], figures: Mapping[str, float | None]) -> None:
         from marport_serving.operator_metrics import METRICS
 
         try:
@@ -122,7 +122,7 @@ class MarportModel:
 
         model_name = model_name or os.path.basename(model_dir)
         core = core_of(model_dir)
-        _log_like_serve(core.__name__.split(".")[0])  # the archive's package: every module's logger below it
+        _log_like_serve(core.__module__.split(".")[0])  # the archive's package: every module's logger below it
         self.endpoint = Endpoint(core, model_dir, None, _gpu_id(), RayMetrics(model_name))
         config = self.endpoint.config
         # @serve.batch adds these setters to the method at run time (Ray's type hints do not say so).
@@ -132,14 +132,12 @@ class MarportModel:
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)  # set from model-config.yaml in __init__
     async def answer(self, requests: list) -> list:
         """One Endpoint call for a batch of requests, on the replica's user-code loop: requests arriving
-        meanwhile queue for the next batch. (Handing the call to a thread instead let every request
-        start its own batch of one: 15 texts/s against 23-25 on 2 cores, BENCHMARKS.md.)"""
-        ids = [r.headers.get(REQUEST_ID_HEADER) for r in requests]
-        return self.endpoint.answer(len(requests), requests.__getitem__, ids.__getitem__)
+        meanwhile queue for the next batch."""
+        return self.endpoint.answer(requests, [r.headers.get(REQUEST_ID_HEADER) for r in requests])
 
     async def __call__(self, http: HttpRequest) -> Response:
+        from marport_serving.contract import Request
         from marport_serving.endpoint import lower_headers
-        from marport_serving.serving_common import Request
 
         headers = lower_headers(http.headers)
         headers.setdefault(REQUEST_ID_HEADER, str(uuid.uuid4()))  # Ray's proxy sets one and returns it as X-Request-Id

@@ -33,7 +33,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .serving_common import JSON_TYPE, Request, RequestError, explanation_refused, setting_flag
+from .bodies import JSON_TYPE
+from .contract import Request, RequestError
+from .settings import setting_flag
 
 SETTING = "s3_allowed_buckets"
 EXPLAIN_SETTING = "s3_explain"
@@ -49,6 +51,11 @@ BAD_SEGMENTS = ("", ".", "..")
 CONNECT_TIMEOUT_S, READ_TIMEOUT_S, ATTEMPTS = 1.0, 3.0, 2
 S3_BUDGET_S = 2 * ATTEMPTS * (CONNECT_TIMEOUT_S + READ_TIMEOUT_S)  # 16 s before the body's first byte
 CHUNK_BYTES = 1 << 20
+
+
+def explanation_refused() -> RequestError:
+    return RequestError("explanations of S3 objects are off for this model (handler.s3_explain): they would echo "
+                        "the object's content", kind="s3_explain_disabled", code=403)
 
 
 def segments(path: str) -> list[str]:

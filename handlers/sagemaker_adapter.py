@@ -38,7 +38,7 @@ def model_fn(model_dir: str, context=None):
     """The toolkit passes its TorchServe context, whose gpu_id says which GPU this worker owns."""
     _keep_bodies_raw()
     if model_dir not in sys.path:
-        sys.path.insert(0, model_dir)  # the archive's marport_serving package sits at the tarball root
+        sys.path.insert(0, model_dir)  # the archive's marport_serving package and entry sit at the tarball root
     from marport_serving.endpoint import Endpoint, core_of
 
     properties = getattr(context, "system_properties", None) or {}
@@ -46,7 +46,7 @@ def model_fn(model_dir: str, context=None):
 
 
 def _headers(context) -> dict:
-    """The request's headers, lower-cased: the toolkit passes its TorchServe context, which holds them
+    """The request's headers, lower-cased, from the toolkit's TorchServe context
     (X-Amzn-SageMaker-Custom-Attributes carries `sample_rate=...` and `explain=true`)."""
     from marport_serving.endpoint import lower_headers
 
@@ -58,27 +58,17 @@ def _headers(context) -> dict:
 
 
 def transform_fn(served, data: Any, content_type: str, accept: str, context=None):
-    """One request, answered as the TorchServe route answers it: strict JSON, its own status.
-
-    The toolkit passes its TorchServe context as a fifth argument when the function
-    takes one; the status is set on it, so errors are JSON bodies, not tracebacks, and
-    the operator metrics go to its metrics cache as on the TorchServe route.
-    """
+    """One request, answered as the TorchServe route answers it: strict JSON, its own status set on the context
+    (so errors are JSON bodies, not tracebacks), the operator metrics to its metrics cache."""
+    from marport_serving.contract import Request
     from marport_serving.endpoint import JSON_TYPE
-    from marport_serving.operator_metrics import OperatorMetrics
-    from marport_serving.serving_common import Request
+    from marport_serving.operator_metrics import from_context
 
-    if context is not None and served.metrics is None:
-        served.metrics = OperatorMetrics(getattr(context, "metrics", None), getattr(context, "model_name", ""))
-
-    def read(_: int) -> Request:
-        headers = {**_headers(context), "accept": accept or ""}
-        return Request(body=data, content_type=content_type or "", headers=headers)
-
-    def request_id(_: int):
-        return context.get_request_id(0) if context is not None else None
-
-    (outcome,) = served.answer(1, read, request_id)
+    if served.metrics is None:
+        served.metrics = from_context(context)
+    request = Request(body=data, content_type=content_type or "", headers={**_headers(context), "accept": accept or ""})
+    request_id = context.get_request_id(0) if context is not None else None
+    (outcome,) = served.answer([request], [request_id])
     if outcome.status != 200:
         if context is None:  # a toolkit without context passing: its own error type keeps the status
             from sagemaker_inference.errors import BaseInferenceToolkitError

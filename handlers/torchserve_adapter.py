@@ -1,19 +1,13 @@
-"""TorchServe adapter over a model core (sentiment.py, respiratory.py).
-
-A core module (serving_common.ModelCore) is loaded and served by endpoint.Endpoint,
-the same object every runtime uses. This adapter only turns TorchServe's batch into
-Requests (body, content type, form fields, headers) and the outcomes back into
-TorchServe's per-request statuses, with TorchServe's metrics API for the figures.
-"""
+"""TorchServe adapter: TorchServe's batch -> Requests for endpoint.Endpoint, its Outcomes -> per-request statuses."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any, ClassVar, Mapping
 
-from .endpoint import JSON_TYPE, Endpoint, lower_headers
-from .operator_metrics import OperatorMetrics
-from .serving_common import ModelCore, Request
+from .contract import Model, Request
+from .endpoint import JSON_TYPE, Endpoint, gathered, lower_headers
+from .operator_metrics import from_context
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +68,9 @@ def text_of(value: Any) -> str:
 
 
 class CoreHandler:
-    """TorchServe's class entry point; subclasses name their core module."""
+    """TorchServe's class entry point; subclasses name their Model class."""
 
-    core: ClassVar[ModelCore]  # set by subclasses (the entry names its core module: mypy checks it against ModelCore)
+    core: ClassVar[type[Model]]
 
     def __init__(self):
         self.endpoint: Endpoint | None = None
@@ -88,17 +82,17 @@ class CoreHandler:
 
     def initialize(self, context) -> None:
         # TorchServe gives a worker its GPU (from deviceType/deviceIds in model-config.yaml) as gpu_id.
-        metrics = OperatorMetrics(getattr(context, "metrics", None), getattr(context, "model_name", ""))
         self.endpoint = Endpoint(self.core, context.system_properties.get("model_dir"),
                                  getattr(context, "model_yaml_config", None),
-                                 context.system_properties.get("gpu_id"), metrics)
+                                 context.system_properties.get("gpu_id"), from_context(context))
         self.initialized = True
 
     def handle(self, data, context) -> list:
         """One answer per request, each strict JSON with its own status; never raises."""
         assert self.endpoint is not None, "initialize() first"  # TorchServe calls it before any request
-        outcomes = self.endpoint.answer(len(data), lambda idx: to_request(data[idx], context.get_all_request_header(idx)),
-                                        context.get_request_id)
+        ids = [context.get_request_id(idx) for idx in range(len(data))]
+        requests = gathered(len(data), lambda idx: to_request(data[idx], context.get_all_request_header(idx)), ids)
+        outcomes = self.endpoint.answer(requests, ids)
         for idx, outcome in enumerate(outcomes):
             context.set_response_content_type(idx, JSON_TYPE)
             if outcome.status != 200:

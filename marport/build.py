@@ -46,7 +46,7 @@ def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | Non
     package.mkdir()
     for module in ("__init__.py", *kind.modules):
         shutil.copy2(handler_file(module), package / module)
-    (package / CONFIG_DIR).mkdir()  # the core's defaults (serving_common.shipped_settings), as shipped
+    (package / CONFIG_DIR).mkdir()  # the model's defaults (settings.shipped_settings), as shipped
     shutil.copy2(kind.config, package / CONFIG_DIR / kind.config.name)
     (staged / kind.entry).write_text(entry_module(kind, ARCHIVE_PACKAGE))
     for item in sorted(checkpoint.iterdir()):

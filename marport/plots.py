@@ -26,8 +26,7 @@ def recording_figure(path: Path, out: Path) -> Path:
     from marport.handlers import respiratory
 
     audio = respiratory.AudioConfig()
-    limits = respiratory.RespiratoryModel(net=None, audio=audio)
-    recording = respiratory.read_recording(Path(path).read_bytes(), limits)
+    recording = respiratory.Respiratory.around(None, audio).decode(Path(path).read_bytes())
     heard = recording.waveform
     fig, (wave_ax, mel_ax) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, layout="constrained")
     times = np.arange(len(heard)) / audio.model_rate

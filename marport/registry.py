@@ -19,8 +19,8 @@ from marport.workspace import Workspace
 
 # Packed into every archive: request handling, isolation, device placement, the endpoint every runtime
 # serves through, and the TorchServe adapter.
-COMMON_MODULES = ("names.py", "serving_common.py", "isolation.py", "placement.py", "review.py", "operator_metrics.py",
-                  "s3_input.py", "endpoint.py", "torchserve_adapter.py")
+COMMON_MODULES = ("names.py", "contract.py", "bodies.py", "settings.py", "isolation.py", "placement.py", "review.py",
+                  "operator_metrics.py", "s3_input.py", "endpoint.py", "torchserve_adapter.py")
 
 
 class Trainer(Protocol):
@@ -75,7 +75,7 @@ MODELS = {
         summary="RoBERTa-style text classifier: text in, label and per-class scores out",
         entry="sentiment_handler.py",
         core="sentiment.py",
-        extra_modules=("int8.py", "text_attributions.py", "word_cache.py"),
+        extra_modules=("text_input.py", "int8.py", "text_attributions.py"),
         trainer_module="marport.train_sentiment",
         training_inputs=("marport/train_sentiment.py", "marport/sentiment_data.py", "marport/pretrained.py",
                          "marport/model_card.py", "marport/reproducible.py",

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from marport.handlers import respiratory, respiratory_net  # noqa: E402
-from marport.handlers.serving_common import RequestError  # noqa: E402
+from marport.handlers.contract import RequestError  # noqa: E402
 from marport.reproducible import seed_everything  # noqa: E402
 
 HEALTHY_STATUSES = {"healthy"}
@@ -110,12 +110,12 @@ def split_by_participant(examples: list[Example], seed: int) -> dict[str, list[E
     }
 
 
-def load_recordings(examples: list[Example], model: respiratory.RespiratoryModel, desc: str):
+def load_recordings(examples: list[Example], model: respiratory.Respiratory, desc: str):
     """Decode through the serving code; unreadable files are reported and skipped."""
     kept, recordings, skipped = [], [], []
     for example in tqdm(examples, desc=f"decoding {desc}", unit="file", leave=False):
         try:
-            recordings.append(respiratory.read_recording(example.path.read_bytes(), model))
+            recordings.append(model.decode(example.path.read_bytes()))
             kept.append(example)
         except (RequestError, OSError) as exc:
             skipped.append(f"{example.path}: {getattr(exc, 'message', exc)}")
@@ -141,7 +141,7 @@ def oversampled_windows(examples, recordings, audio, seed):
     return np.stack(windows)[resampled.ravel()], resampled_labels
 
 
-def fit(model: respiratory.RespiratoryModel, windows: np.ndarray, labels: np.ndarray, options: TrainOptions):
+def fit(model: respiratory.Respiratory, windows: np.ndarray, labels: np.ndarray, options: TrainOptions):
     net = model.net
     optimiser = torch.optim.Adam(net.parameters(), lr=options.learning_rate)
     x, y = torch.from_numpy(windows), torch.from_numpy(labels).long()
@@ -167,7 +167,7 @@ def scores(model, recordings) -> np.ndarray:
     """Recording-level probabilities, through the serving pipeline in small batches."""
     out: list[float] = []
     for i in range(0, len(recordings), 8):
-        out.extend(a["probability"] for a in respiratory.predict(model, recordings[i : i + 8]))
+        out.extend(a["probability"] for a in model.predict(recordings[i : i + 8]))
     return np.array(out)
 
 
@@ -176,7 +176,7 @@ def window_logits(model, recordings) -> list[np.ndarray]:
     out = []
     with torch.inference_mode():
         for recording in recordings:
-            batch, _ = respiratory.preprocess(model, [recording])
+            batch, _ = model.preprocess([recording])
             logits = model.net(batch).float()
             out.append((logits[:, 1] - logits[:, 0]).numpy().astype(np.float64))
     return out
@@ -292,7 +292,7 @@ def reliability(labels: np.ndarray, probs: np.ndarray, ax, name: str, before: np
 def train(examples: list[Example], out: Path, options: TrainOptions | None = None) -> dict:
     options = options or TrainOptions()
     seed_everything(options.seed)
-    model = respiratory.RespiratoryModel(net=respiratory.RespiratoryCNN(), audio=options.audio)
+    model = respiratory.Respiratory.around(respiratory.RespiratoryCNN(), options.audio)
     splits = split_by_participant(examples, options.seed)
     loaded = {name: load_recordings(rows, model, name) for name, rows in splits.items()}
     train_examples, train_recordings = loaded["train"]

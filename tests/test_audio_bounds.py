@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from marport.handlers import respiratory
-from marport.handlers.serving_common import Request, RequestError
+from marport.handlers.contract import Request, RequestError
 from marport.resources import model_config
 
 SHIPPED = yaml.safe_load(model_config("respiratory").read_text())["handler"]
@@ -29,8 +29,7 @@ SHIPPED = yaml.safe_load(model_config("respiratory").read_text())["handler"]
 
 def model_with(**caps) -> respiratory.RespiratoryModel:
     torch.manual_seed(0)
-    return respiratory.RespiratoryModel(net=respiratory.RespiratoryCNN().eval(), audio=respiratory.AudioConfig(),
-                                        **caps)
+    return respiratory.Respiratory.around(respiratory.RespiratoryCNN().eval(), respiratory.AudioConfig(), **caps)
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +51,11 @@ def constant(seconds: float, rate: int, channels: int, fmt: str = "FLAC", subtyp
 
 
 def parse(model, body: bytes, content_type: str = "audio/flac"):
-    return respiratory.parse_request(Request(body=body, content_type=content_type), model)
+    return model.parse(Request(body=body, content_type=content_type))
 
 
 def test_shipped_caps_bound_the_work_and_fit_the_time_budget():
-    from marport.handlers.serving_common import call_budget_s
+    from marport.handlers.settings import call_budget_s
 
     config = yaml.safe_load(model_config("respiratory").read_text())
     # Ten minutes of 48 kHz stereo is the largest accepted recording ...
@@ -205,12 +204,12 @@ def test_npy_is_held_to_the_same_caps(shipped):
     np.save(body, big)
     request = Request(body=body.getvalue(), content_type="application/x-npy", headers={"x-sample-rate": "16000"})
     with pytest.raises(RequestError) as raised:
-        respiratory.parse_request(request, shipped)
+        shipped.parse(request)
     assert raised.value.kind == "too_many_channels"
     model = model_with(max_decoded_samples=1000)
     np.save(body := io.BytesIO(), np.zeros((600, 2), np.float32))
     request = Request(body=body.getvalue(), content_type="application/x-npy", headers={"x-sample-rate": "16000"})
     with pytest.raises(RequestError) as raised:
-        respiratory.parse_request(request, model)
+        model.parse(request)
     assert raised.value.kind == "too_many_samples"
-    assert respiratory.RespiratoryModel.max_decoded_samples == SHIPPED["max_decoded_samples"]  # the default is the YAML's
+    assert respiratory.Respiratory.defaults["max_decoded_samples"] == SHIPPED["max_decoded_samples"]

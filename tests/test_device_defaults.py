@@ -14,8 +14,9 @@ import torch
 import yaml
 
 from marport.build import for_device
-from marport.handlers import placement, sentiment
-from marport.handlers.serving_common import configure_threads, usable_cores
+from marport.handlers import settings as placement
+from marport.handlers.placement import check_batching
+from marport.handlers.settings import configure_threads, usable_cores
 from marport.resources import model_config
 from sagemaker_deploy.aws import instance_device
 
@@ -58,9 +59,8 @@ def test_a_malformed_table_fails_the_load():
 
 
 def test_auto_with_no_value_for_the_device_is_a_clear_load_error():
-    settings = placement.device_settings({"batch_tokens": "auto", "devices": {"gpu": {"batch_tokens": 1}}}, CPU)
     with pytest.raises(ValueError, match="batch_tokens is auto"):
-        sentiment.TextLimits.from_settings(settings)
+        placement.device_settings({"batch_tokens": "auto", "devices": {"gpu": {"batch_tokens": 1}}}, CPU)
 
 
 @pytest.mark.parametrize("name", ["sentiment", "respiratory"])
@@ -74,10 +74,9 @@ def test_the_shipped_configs_leave_nothing_auto_but_the_precision(name, device):
 
 def test_the_shipped_sentiment_defaults_per_device():
     handler = shipped("sentiment")["handler"]
-    cpu = sentiment.TextLimits.from_settings(placement.device_settings(handler, CPU))
-    gpu = sentiment.TextLimits.from_settings(placement.device_settings(handler, GPU))
-    assert (cpu.batch_tokens, cpu.min_padding_efficiency) == (2048, 0.9)  # the measured CPU values, unchanged
-    assert gpu.batch_tokens >= 8 * cpu.batch_tokens and gpu.min_padding_efficiency == 0.0
+    cpu, gpu = placement.device_settings(handler, CPU), placement.device_settings(handler, GPU)
+    assert (cpu["batch_tokens"], cpu["min_padding_efficiency"]) == (2048, 0.9)  # the measured CPU values
+    assert gpu["batch_tokens"] >= 8 * cpu["batch_tokens"] and gpu["min_padding_efficiency"] == 0.0
     assert placement.device_settings(handler, GPU)["threads"] == 1
 
 
@@ -122,15 +121,15 @@ def test_sagemaker_instance_types_say_which_device(instance, device):
 def test_a_worker_on_a_gpu_with_a_cpu_archives_batch_size_says_so(caplog):
     config = shipped("sentiment")
     with caplog.at_level(logging.WARNING, logger="placement"):
-        placement.check_batching(config, GPU)
+        check_batching(config, GPU)
     assert "marport build --device gpu" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="placement"):
-        placement.check_batching(config, CPU)
-        placement.check_batching(yaml.safe_load(for_device(model_config("sentiment").read_text(), "gpu")), GPU)
+        check_batching(config, CPU)
+        check_batching(yaml.safe_load(for_device(model_config("sentiment").read_text(), "gpu")), GPU)
     assert caplog.text == ""
     with caplog.at_level(logging.WARNING, logger="placement"):
-        placement.check_batching(yaml.safe_load(for_device(model_config("sentiment").read_text(), "gpu")), CPU)
+        check_batching(yaml.safe_load(for_device(model_config("sentiment").read_text(), "gpu")), CPU)
     assert "GPU archive" in caplog.text and "running on the CPU" in caplog.text
 
 

@@ -16,8 +16,9 @@ from marport.handlers import (
     respiratory,  # noqa: E402
     sentiment,  # noqa: E402
 )
+from marport.handlers.contract import Request, RequestError  # noqa: E402
+from marport.handlers.endpoint import load_model  # noqa: E402
 from marport.handlers.review import ReviewBand  # noqa: E402
-from marport.handlers.serving_common import Request, RequestError  # noqa: E402
 from marport.handlers.text_attributions import words  # noqa: E402
 from tests.audio_helpers import cough_like, encode
 from tests.conftest import built_archive
@@ -26,15 +27,15 @@ from tests.conftest import built_archive
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = extract_archive(built_archive("sentiment"), tmp_path_factory.mktemp("sentiment_mar"))
-    return sentiment.load(str(root), {"precision": "fp32", "explain_steps": 48, "explain_max_tokens": 64,
-                                      "review_band": [0.4, 0.8]})
+    settings = {"precision": "fp32", "explain_steps": 48, "explain_max_tokens": 64, "review_band": [0.4, 0.8]}
+    return load_model(sentiment.Sentiment, str(root), {"handler": settings})
 
 
 def ask(model, body, content_type="application/json", **headers):
     if not isinstance(body, (bytes, str)):
         body = json.dumps(body)
-    parsed = sentiment.parse_request(Request(body=body, content_type=content_type, headers=headers), model)
-    return sentiment.predict(model, [parsed])[0]
+    parsed = model.parse(Request(body=body, content_type=content_type, headers=headers))
+    return model.predict([parsed])[0]
 
 
 def test_every_way_of_asking_gives_word_attributions(demo):
@@ -62,7 +63,7 @@ def test_attributions_add_up_to_the_score_change(demo):
     special = set(demo.tokenizer.all_special_ids)
     baseline = [i if i in special else reference_token(demo.tokenizer) for i in ids]
     with torch.inference_mode():
-        logits = demo.model(input_ids=torch.tensor([baseline])).logits
+        logits = demo.net(input_ids=torch.tensor([baseline])).logits
     p_base = torch.softmax(logits.float(), -1)[0, demo.labels.index(answer["label"])].item()
     total = sum(w["score"] for w in answer["attributions"])
     assert total == pytest.approx(answer["score"] - p_base, abs=0.01)
@@ -93,7 +94,7 @@ def test_any_hf_classifier_with_a_bpe_tokenizer_is_explained(tmp_path):
     from tests.test_sentiment_unit import save_tiny_checkpoint
 
     save_tiny_checkpoint(tmp_path)
-    model = sentiment.load(str(tmp_path), {"precision": "fp32", "explain_steps": 8})
+    model = load_model(sentiment.Sentiment, str(tmp_path), {"handler": {"precision": "fp32", "explain_steps": 8}})
     answer = ask(model, {"text": "Café  was\tgreat, merci!", "explain": True})
     assert [w["text"] for w in answer["attributions"]] == ["Café", "was", "great,", "merci!"]
     assert all(np.isfinite(w["score"]) for w in answer["attributions"])
@@ -157,14 +158,16 @@ def test_review_band_is_set_in_the_packed_yaml_with_its_comments():
 
 
 def test_sentiment_figures_for_the_operator_metrics(demo):
-    requests = [sentiment.parse_request(Request(body=json.dumps(b), content_type="application/json"), demo)
+    requests = [demo.parse(Request(body=json.dumps(b), content_type="application/json"))
                 for b in ({"text": "Nice"}, {"inputs": ["Bad food", "Slow check-in, rude staff"], "explain": True})]
-    answers = sentiment.predict(demo, requests)
-    figures = sentiment.figures(demo, requests, answers)
+    answers = demo.predict(requests)
+    figures = demo.figures(requests, answers)
     assert figures["Texts"] == 3 and figures["Tokens"] == sum(len(i) for r in requests for i in r.ids)
     assert figures["ExplanationsServed"] == 2
     # The padding the forward passes computed, worked out from the token counts alone.
-    assert figures["PaddingEfficiency"] == pytest.approx(100 * sentiment.padding_efficiency(sentiment.preprocess(demo, requests)))
+    batches = demo.preprocess(requests)
+    computed = sum(b.real_tokens for b in batches) / sum(b.padded_tokens for b in batches)
+    assert figures["PaddingEfficiency"] == pytest.approx(100 * computed)
     flat = [answers[0], *answers[1]]
     assert figures["ReviewFlagged"] == sum(a["review"] for a in flat)
 
@@ -176,15 +179,14 @@ def test_sentiment_figures_for_the_operator_metrics(demo):
 def cnn():
     torch.manual_seed(0)
     net = respiratory.RespiratoryCNN().eval()
-    return respiratory.RespiratoryModel(net=net, audio=respiratory.AudioConfig(), max_duration_s=60,
-                                        explain_resolution_s=2.0, explain_max_s=40,
-                                        review=ReviewBand(0.3, 0.7))
+    return respiratory.Respiratory.around(net, respiratory.AudioConfig(), max_duration_s=60,
+                                          explain_resolution_s=2.0, explain_max_s=40, review_band=[0.3, 0.7])
 
 
 def test_occlusion_map_covers_the_recording_and_matches_silencing_by_hand(cnn):
-    recording = respiratory.parse_request(Request(body=encode(cough_like(27, 16000, 3), 16000),
-                                                  content_type="audio/wav", headers={"explain": "True"}), cnn)
-    answer = respiratory.predict(cnn, [recording])[0]
+    recording = cnn.parse(Request(body=encode(cough_like(27, 16000, 3), 16000),
+                                                  content_type="audio/wav", headers={"explain": "True"}))
+    answer = cnn.predict([recording])[0]
     segments = answer["attributions"]
     assert answer["explanation"] == {"method": "occlusion", "target": "unhealthy", "baseline": "silence",
                                      "resolution_s": 2.0}
@@ -194,7 +196,7 @@ def test_occlusion_map_covers_the_recording_and_matches_silencing_by_hand(cnn):
     for k in (0, len(segments) // 2, len(segments) - 1):  # the same change, computed the slow way
         silenced = recording.waveform.copy()
         silenced[int(round(segments[k]["start_s"] * rate)) : int(round(segments[k]["end_s"] * rate))] = 0
-        by_hand = respiratory.predict(cnn, [respiratory.Recording(silenced, recording.duration_s)])[0]
+        by_hand = cnn.predict([respiratory.Recording(silenced, recording.duration_s)])[0]
         assert segments[k]["score"] == pytest.approx(answer["probability"] - by_hand["probability"], abs=1e-5)
     assert answer["review"] == (0.3 <= answer["probability"] <= 0.7)
 
@@ -202,16 +204,16 @@ def test_occlusion_map_covers_the_recording_and_matches_silencing_by_hand(cnn):
 def test_a_recording_too_long_to_explain_gets_413_but_is_predicted_plainly(cnn):
     body = encode(cough_like(45, 8000, 4), 8000)
     with pytest.raises(RequestError) as raised:
-        respiratory.parse_request(Request(body=body, content_type="audio/wav", headers={"explain": "True"}), cnn)
+        cnn.parse(Request(body=body, content_type="audio/wav", headers={"explain": "True"}))
     assert (raised.value.kind, raised.value.code) == ("too_long_to_explain", 413)
-    plain = respiratory.parse_request(Request(body=body, content_type="audio/wav"), cnn)
-    assert "attributions" not in respiratory.predict(cnn, [plain])[0]
+    plain = cnn.parse(Request(body=body, content_type="audio/wav"))
+    assert "attributions" not in cnn.predict([plain])[0]
 
 
 def test_respiratory_figures_for_the_operator_metrics(cnn):
-    recordings = [respiratory.parse_request(Request(body=encode(cough_like(s, 16000, s), 16000),
-                                                    content_type="audio/wav"), cnn) for s in (3, 5)]
-    answers = respiratory.predict(cnn, recordings)
-    figures = respiratory.figures(cnn, recordings, answers)
+    recordings = [cnn.parse(Request(body=encode(cough_like(s, 16000, s), 16000),
+                                                    content_type="audio/wav")) for s in (3, 5)]
+    answers = cnn.predict(recordings)
+    figures = cnn.figures(recordings, answers)
     assert figures["Recordings"] == 2 and figures["AudioSeconds"] == pytest.approx(8, abs=0.01)
     assert figures["DecodeMs"] > 0 and figures["ResampleMs"] > 0 and figures["ExplanationsServed"] == 0

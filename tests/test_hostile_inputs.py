@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from marport.build import extract_archive
 from marport.handlers import respiratory, sentiment
+from marport.handlers.contract import Request, RequestError
 from marport.handlers.respiratory_handler import RespiratoryHandler
 from marport.handlers.sentiment_handler import SentimentHandler
-from marport.handlers.serving_common import Request, RequestError
 from tests.audio_helpers import cough_like, encode, npy_bytes
 from tests.conftest import answers_close, built_archive
 from tests.hostile import GOOD_TEXT, HandlerRig, respiratory_cases, sentiment_cases, strict_json
@@ -80,18 +80,18 @@ def test_hostile_corpus_mixed_with_good_requests(model, rigs, tmp_path):
 
 
 def assert_only_the_culprit_fails(rig, monkeypatch, stage: str, error: Exception, texts: list[str], marker: str):
-    """With sentiment.<stage> raising `error` for any call that holds a text with `marker`, that text's request
+    """With Sentiment.<stage> raising `error` for any call that holds a text with `marker`, that text's request
     gets a 500 with its id and every other request the answer it gets alone."""
-    real = getattr(sentiment, stage)
+    real = getattr(sentiment.Sentiment, stage)
 
     def failing(model, items):
         if any(marker in t for item in items for t in item.texts):
             raise error
         return real(model, items)
 
-    monkeypatch.setattr(sentiment, stage, failing)
+    monkeypatch.setattr(sentiment.Sentiment, stage, failing)
     results = rig.run([(t.encode(), {"Content-Type": "text/plain"}) for t in texts])
-    monkeypatch.setattr(sentiment, stage, real)
+    monkeypatch.setattr(sentiment.Sentiment, stage, real)
     for idx, (text, (status, answer)) in enumerate(zip(texts, results)):
         if marker in text:
             assert status == 500 and answer["type"] == "internal_error" and answer["request_id"] == f"req-{idx}"
@@ -108,10 +108,10 @@ def test_a_failing_forward_pass_fails_only_its_culprit(rigs, monkeypatch):
                                   "POISON")
 
 
-def test_a_parse_batch_bug_fails_only_its_culprit(rigs, monkeypatch):
-    """If parsing a handler call's requests together raises (our bug, not a RequestError), each request is
-    parsed alone: the one that raises gets a 500 with its id, the rest are answered as when alone."""
-    assert_only_the_culprit_fails(rigs["sentiment"], monkeypatch, "parse_batch", KeyError("simulated bug"),
+def test_a_prepare_bug_fails_only_its_culprit(rigs, monkeypatch):
+    """If preparing a handler call's requests together raises (our bug, not a RequestError), they are prepared
+    again in halves: the one that raises gets a 500 with its id, the rest are answered as when alone."""
+    assert_only_the_culprit_fails(rigs["sentiment"], monkeypatch, "prepare", KeyError("simulated bug"),
                                   ["Lovely staff", "a BUG here", "Awful food", "Great value"], "BUG")
 
 
@@ -129,7 +129,7 @@ def test_bisection_stops_at_the_deadline_and_says_why(rigs, monkeypatch):
         raise RuntimeError("simulated kernel failure")
 
     monkeypatch.setattr(rig.handler.endpoint, "budget_s", 0.5)
-    monkeypatch.setattr(sentiment, "predict", slow_failure)
+    monkeypatch.setattr(sentiment.Sentiment, "predict", slow_failure)
     texts = [f"text number {i}" for i in range(16)]
     started = time.monotonic()
     results = rig.run([(t.encode(), {"Content-Type": "text/plain"}) for t in texts])
@@ -160,16 +160,16 @@ def test_curl_data_without_a_content_type_is_named(rigs, model):
 
 def test_non_finite_answers_become_a_500_for_that_request_alone(rigs, monkeypatch):
     rig = rigs["respiratory"]
-    real = respiratory.postprocess
+    real = respiratory.Respiratory.postprocess
 
-    def with_nan(model, probs, index, recordings):
-        answers = real(model, probs, index, recordings)
+    def with_nan(model, output, recordings):
+        answers = real(model, output, recordings)
         answers[0]["probability"] = float("nan")
         return answers
 
-    monkeypatch.setattr(respiratory, "postprocess", with_nan)
+    monkeypatch.setattr(respiratory.Respiratory, "postprocess", with_nan)
     (status, answer), = rig.run([GOOD["respiratory"]])
-    monkeypatch.setattr(respiratory, "postprocess", real)
+    monkeypatch.setattr(respiratory.Respiratory, "postprocess", real)
     assert status == 500 and answer["type"] == "internal_error"
 
 
@@ -216,7 +216,6 @@ def requests_(draw):
 
 @pytest.mark.parametrize("model", ["sentiment", "respiratory"])
 def test_parse_request_answers_or_refuses_anything(model, rigs):
-    core = sentiment if model == "sentiment" else respiratory
     loaded = rigs[model].handler.model
 
     @FUZZ
@@ -226,7 +225,7 @@ def test_parse_request_answers_or_refuses_anything(model, rigs):
         request = Request(body=body, content_type=headers["Content-Type"],
                           headers={k.lower(): v for k, v in headers.items()})
         try:
-            core.parse_request(request, loaded)
+            loaded.parse(request)
         except RequestError as err:
             assert 400 <= err.code < 500 and err.kind and err.message
 
@@ -264,7 +263,7 @@ def test_wav_headers_with_arbitrary_fields(rigs_for_wav, payload, rate, channels
     body = (b"RIFF" + struct.pack("<I", 36 + len(payload)) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
             + b"data" + struct.pack("<I", data_size) + payload)
     try:
-        respiratory.parse_request(Request(body=body, content_type="audio/wav"), rigs_for_wav)
+        rigs_for_wav.parse(Request(body=body, content_type="audio/wav"))
     except RequestError as err:
         assert 400 <= err.code < 500
 
@@ -286,7 +285,7 @@ def test_npy_with_arbitrary_shapes_is_refused_before_allocating(rigs):
         body = _npy_header_claiming(tuple(shape), dtype, payload)
         request = Request(body=body, content_type="application/x-npy", headers={"x-sample-rate": "8000"})
         try:
-            recording = respiratory.parse_request(request, model)
+            recording = model.parse(request)
         except RequestError as err:
             assert 400 <= err.code < 500
         else:  # only a header whose shape matches its payload is read
@@ -300,7 +299,7 @@ def test_npy_roundtrip_still_works(rigs):
     clip = cough_like(2, 8000, 3)
     for array in (clip, clip.astype(">f4"), np_fortran(clip)):
         request = Request(body=npy_bytes(array), content_type="application/x-npy", headers={"x-sample-rate": "8000"})
-        assert respiratory.parse_request(request, model).duration_s == pytest.approx(2.0)
+        assert model.parse(request).duration_s == pytest.approx(2.0)
 
 
 def np_fortran(clip):
@@ -319,9 +318,9 @@ ANSWERS = st.recursive(
 @settings(max_examples=400, deadline=None)
 @given(answer=ANSWERS)
 def test_to_json_is_the_strict_encoder_with_orjson_or_without(answer):
-    """orjson writes answers where it can (serving_common.to_json); the documents, and the refusals (NaN, Infinity,
+    """orjson writes answers where it can (bodies.to_json); the documents, and the refusals (NaN, Infinity,
     lone surrogates), are the standard library's strict encoder's."""
-    from marport.handlers import serving_common
+    from marport.handlers.bodies import to_json
 
     strict = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
     try:
@@ -329,7 +328,7 @@ def test_to_json_is_the_strict_encoder_with_orjson_or_without(answer):
     except ValueError:
         expected = ValueError
     try:
-        got = json.loads(serving_common.to_json(answer))
+        got = json.loads(to_json(answer))
     except ValueError:
         got = ValueError
     assert got == expected

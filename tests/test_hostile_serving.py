@@ -23,6 +23,7 @@ from marport.bench.mixed import derive_max_tokens, kill_worker_under_load, mixed
 from marport.bench.workloads import LONG_TEXT
 from marport.build import extract_archive
 from marport.handlers import sentiment
+from marport.handlers.endpoint import load_model
 from marport.server import read_properties
 from tests.conftest import REPO_ROOT, answers_close, built_archive, running_torchserve, send_together, worker_pids
 from tests.hostile import GOOD_TEXT, respiratory_cases, sentiment_cases, strict_json
@@ -38,11 +39,11 @@ LIGHT_TEXTS = ["Lovely staff", "The soup was cold", "Open from nine", "Never aga
 
 def tight_caps(model_dir) -> dict:
     """Caps for the demo model derived from its measured speed, as docs/caps.md derives the shipped ones."""
-    model = sentiment.load(str(model_dir))
+    model = load_model(sentiment.Sentiment, str(model_dir))
     texts = [LONG_TEXT] * 16
-    sentiment.predict_texts(model, texts[:2])  # first-call overhead out of the way
+    model.predict_texts(texts[:2])  # first-call overhead out of the way
     started = time.perf_counter()
-    answers = sentiment.predict_texts(model, texts)
+    answers = model.predict_texts(texts)
     tokens_per_s = 16 * model.max_length / (time.perf_counter() - started)
     assert len(answers) == 16 and answers[0]["truncated"]
     max_tokens = derive_max_tokens(tokens_per_s, TIGHT_TIMEOUT_S, TIGHT_BATCH)
@@ -116,7 +117,7 @@ def heavy_body(max_tokens: int, per_text: int) -> tuple[bytes, int]:
 
 def test_heavy_requests_at_the_caps_mixed_with_light_ones(server, store):
     _, caps = store
-    max_length = sentiment.load(str(server.model_store / TIGHT)).max_length
+    max_length = load_model(sentiment.Sentiment, str(server.model_store / TIGHT)).max_length
     body, texts = heavy_body(caps["max_tokens"], max_length)
     over = json.dumps({"inputs": [LONG_TEXT] * (texts + 1)}).encode()
     pids = worker_pids(server, TIGHT)

@@ -88,23 +88,22 @@ def test_place_logs_what_it_chose(caplog):
 
 
 def test_a_setting_the_archive_leaves_out_keeps_the_shipped_value(tmp_path):
-    """The cores' defaults are their shipped model-config.yaml (one source): an archive whose
-    handler section omits precision and caps gets the shipped ones, and the dataclasses agree."""
+    """The models' defaults are their shipped model-config.yaml (one source): an archive whose
+    handler section omits precision and caps gets the shipped ones."""
     import yaml
 
     from marport.handlers import respiratory, sentiment
     from marport.resources import model_config
 
-    for core in (sentiment, respiratory):
-        shipped = yaml.safe_load(model_config(core.__name__.rsplit(".", 1)[1]).read_text())["handler"]
-        assert core.SHIPPED == shipped
-    assert sentiment.TextLimits().max_tokens == sentiment.SHIPPED["max_tokens"]
-    assert sentiment.TextLimits().batch_tokens == sentiment.SHIPPED["devices"]["cpu"]["batch_tokens"]
-    assert respiratory.RespiratoryModel.batch_windows == respiratory.SHIPPED["devices"]["cpu"]["batch_windows"]
-    _, chosen, settings = placement.load_core(respiratory, str(_respiratory_checkpoint(tmp_path)),
-                                              {"handler": {"threads": 1}}, None)
-    assert chosen.precision == respiratory.SHIPPED["precision"]
-    assert settings["max_duration_s"] == respiratory.SHIPPED["max_duration_s"]
+    from marport.handlers.endpoint import load_model
+
+    for name, core in (("sentiment", sentiment.Sentiment), ("respiratory", respiratory.Respiratory)):
+        assert core.defaults == yaml.safe_load(model_config(name).read_text())["handler"]
+    shipped = respiratory.Respiratory.defaults
+    loaded = load_model(respiratory.Respiratory, str(_respiratory_checkpoint(tmp_path)), {"handler": {"threads": 1}})
+    assert loaded.precision == placement.resolve(shipped["precision"], torch.device("cpu")).precision
+    assert loaded.settings["max_duration_s"] == shipped["max_duration_s"]
+    assert loaded.batch_windows == shipped["devices"]["cpu"]["batch_windows"]
 
 
 def _respiratory_checkpoint(path):
@@ -133,7 +132,9 @@ def test_torchserve_adapter_passes_the_workers_gpu_id(monkeypatch, tmp_path):
         asked.append((gpu_id, settings.get("precision"), default))
         return placement.Placement(torch.device("cpu"), "fp32", "test")
 
-    monkeypatch.setattr(placement, "place", spy)
+    from marport.handlers import endpoint
+
+    monkeypatch.setattr(endpoint, "place", spy)
     handler = SentimentHandler()
     handler.initialize(_Context(extract_archive(built_archive("sentiment"), tmp_path), gpu_id=1))
     assert asked == [(1, "fp32", "auto")]
@@ -154,7 +155,7 @@ def test_sagemaker_model_fn_passes_the_toolkit_contexts_gpu_id(monkeypatch, tmp_
 
     root = extract_archive(built_archive("respiratory"), tmp_path)
     monkeypatch.syspath_prepend(str(root))
-    monkeypatch.setattr(importlib.import_module("marport_serving.placement"), "place", spy)  # the archive's own
+    monkeypatch.setattr(importlib.import_module("marport_serving.endpoint"), "place", spy)  # the archive's own
     served = sagemaker_adapter.model_fn(str(root), _Context(root, gpu_id=0))
     assert asked == [0] and served.model.device == torch.device("cpu")
     served = sagemaker_adapter.model_fn(str(root))  # a toolkit that passes no context: the CPU

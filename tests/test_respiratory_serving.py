@@ -10,7 +10,8 @@ import requests
 
 from marport.build import extract_archive
 from marport.handlers import respiratory
-from marport.handlers.serving_common import Request
+from marport.handlers.contract import Request
+from marport.handlers.endpoint import load_model
 from tests.audio_helpers import cough_like, encode, npy_bytes, pickle_canary_npy, tone
 from tests.conftest import built_archive, logged_batches, running_torchserve, send_together, worker_pids
 
@@ -35,12 +36,13 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    model = respiratory.load(str(extract_archive(built_archive("respiratory"), tmp_path_factory.mktemp("ref"))))
+    unpacked = extract_archive(built_archive("respiratory"), tmp_path_factory.mktemp("ref"))
+    model = load_model(respiratory.Respiratory, str(unpacked))
     out = {}
     for name, (body, content_type, headers) in GOOD.items():
         lower = {k.lower(): v for k, v in headers.items()}
-        recording = respiratory.parse_request(Request(body, content_type, headers=lower), model)
-        out[name] = respiratory.predict(model, [recording])[0]
+        recording = model.parse(Request(body, content_type, headers=lower))
+        out[name] = model.predict([recording])[0]
     return out
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from marport import train_respiratory as tr
 from marport.handlers import respiratory
+from marport.handlers.endpoint import load_model
 from marport.synth_audio import generate
 from tests.audio_helpers import encode, tone
 
@@ -85,7 +86,7 @@ def test_training_learns_and_writes_its_report(small_run):
     assert set(test) >= {"sensitivity", "specificity", "precision", "f1", "f2", "confusion_matrix", "threshold"}
     assert json.loads((out / "metrics.json").read_text())["test"] == test
     assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    loaded = respiratory.load(str(out))
+    loaded = load_model(respiratory.Respiratory, str(out))
     assert loaded.audio.threshold == pytest.approx(test["threshold"]) and loaded.audio.window_s == 4.0
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from marport.handlers import respiratory, respiratory_net
-from marport.handlers.serving_common import Request, RequestError
+from marport.handlers.contract import Request, RequestError
+from marport.handlers.endpoint import load_model
 from tests.audio_helpers import FORMATS, encode, npy_bytes, pickle_canary_npy, plain_pickle, tone
 
 
@@ -15,11 +16,11 @@ from tests.audio_helpers import FORMATS, encode, npy_bytes, pickle_canary_npy, p
 def model():
     torch.manual_seed(0)
     net = respiratory.RespiratoryCNN().eval()
-    return respiratory.RespiratoryModel(net=net, audio=respiratory.AudioConfig(), max_duration_s=60, max_channels=4)
+    return respiratory.Respiratory.around(net, respiratory.AudioConfig(), max_duration_s=60, max_channels=4)
 
 
 def parse(model, body, content_type="audio/wav", **headers):
-    return respiratory.parse_request(Request(body=body, content_type=content_type, headers=headers), model)
+    return model.parse(Request(body=body, content_type=content_type, headers=headers))
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
@@ -72,14 +73,14 @@ def test_cnn_output_shape_for_any_length(model, samples):
 def test_answer_shape_for_a_long_recording(model):
     long = parse(model, encode(tone(31.2, 16000), 16000, "flac"), "audio/flac")
     short = parse(model, encode(tone(3, 8000), 8000))
-    answers = respiratory.predict(model, [long, short])
+    answers = model.predict([long, short])
     assert [len(a["windows"]) for a in answers] == [3, 1]
     first = answers[0]
     assert first["duration_s"] == pytest.approx(31.2, abs=1e-3)
     assert first["probability"] == pytest.approx(np.mean([w["probability"] for w in first["windows"]]))
     assert first["label"] == ("unhealthy" if first["probability"] >= first["threshold"] else "healthy")
     # Batched windows give the same answers as one recording at a time.
-    alone = respiratory.predict(model, [short])[0]
+    alone = model.predict([short])[0]
     assert alone["probability"] == pytest.approx(answers[1]["probability"], abs=1e-5)
 
 
@@ -95,7 +96,7 @@ def test_npy_input_with_sample_rate_header(model):
 def test_silence_is_answered_but_flagged(model):
     recording = parse(model, encode(np.zeros(16000, dtype=np.float32), 8000))
     assert recording.flags == ["silent"]
-    assert respiratory.predict(model, [recording])[0]["flags"] == ["silent"]
+    assert model.predict([recording])[0]["flags"] == ["silent"]
 
 
 def truncated_wav():
@@ -142,17 +143,18 @@ def test_bad_recordings_raise_clear_errors(model, tmp_path, name, make, content_
 def test_checkpoint_round_trip_keeps_audio_settings(tmp_path, model):
     audio = respiratory.AudioConfig(window_s=4.0, hop_s=2.0, threshold=0.37)
     respiratory_net.save_checkpoint(str(tmp_path), model.net, audio)
-    loaded = respiratory.load(str(tmp_path), {"max_duration_s": 30, "fold_batchnorm": False})
+    loaded = load_model(respiratory.Respiratory, str(tmp_path), {"handler": {"max_duration_s": 30,
+                                                                           "fold_batchnorm": False}})
     assert (loaded.audio.window_s, loaded.audio.threshold, loaded.audio.window_samples) == (4.0, 0.37, 6400)
-    assert loaded.max_duration_s == 30 and loaded.dtype == torch.float32
+    assert loaded.limits.max_duration_s == 30 and loaded.dtype == torch.float32
     for name, tensor in model.net.state_dict().items():
         assert torch.equal(tensor, loaded.net.state_dict()[name])
 
 
 def test_folded_batchnorm_computes_the_same_logits(tmp_path, model):
     respiratory_net.save_checkpoint(str(tmp_path), model.net, respiratory.AudioConfig())
-    plain = respiratory.load(str(tmp_path), {"fold_batchnorm": False})
-    folded = respiratory.load(str(tmp_path), {"fold_batchnorm": True})
+    plain = load_model(respiratory.Respiratory, str(tmp_path), {"handler": {"fold_batchnorm": False}})
+    folded = load_model(respiratory.Respiratory, str(tmp_path), {"handler": {"fold_batchnorm": True}})
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.net.modules())
     windows = torch.randn(3, 4000)
     with torch.inference_mode():
@@ -167,5 +169,5 @@ def test_a_recording_shorter_than_one_model_sample_is_refused(model):
     np.save(buf, np.array([0.5], dtype=np.float32))
     request = Request(body=buf.getvalue(), content_type="application/x-npy", headers={"x-sample-rate": "96000"})
     with pytest.raises(RequestError) as caught:
-        respiratory.parse_request(request, model)
+        model.parse(request)
     assert caught.value.kind == "empty_audio" and "shorter than one sample" in caught.value.message

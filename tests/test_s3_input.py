@@ -13,8 +13,8 @@ from marport.handlers import (
     respiratory,  # noqa: E402
     s3_input,  # noqa: E402
 )
+from marport.handlers.contract import Request, RequestError  # noqa: E402
 from marport.handlers.s3_input import S3Input, resolve  # noqa: E402
-from marport.handlers.serving_common import Request, RequestError  # noqa: E402
 from tests.audio_helpers import cough_like, encode
 
 BUCKET, OTHER = "calls", "elsewhere"
@@ -61,11 +61,9 @@ def test_scored_exactly_as_posted_bytes(s3):
     import torch
 
     torch.manual_seed(0)
-    model = respiratory.RespiratoryModel(net=respiratory.RespiratoryCNN().eval(), audio=respiratory.AudioConfig())
-    by_reference = respiratory.predict(model, [respiratory.parse_request(
-        ask({"s3_uri": f"s3://{BUCKET}/recordings/a.wav"}), model)])
-    by_bytes = respiratory.predict(model, [respiratory.parse_request(
-        Request(body=WAV, content_type="audio/wav"), model)])
+    model = respiratory.Respiratory.around(respiratory.RespiratoryCNN().eval(), respiratory.AudioConfig())
+    by_reference = model.predict([model.parse(ask({"s3_uri": f"s3://{BUCKET}/recordings/a.wav"}))])
+    by_bytes = model.predict([model.parse(Request(body=WAV, content_type="audio/wav"))])
     assert by_reference == by_bytes
 
 
@@ -159,14 +157,15 @@ def test_explanations_of_fetched_objects_are_off_unless_configured(s3):
                         headers={"explain": "True"}), ALLOWED)
     assert raised.value.kind == "s3_explain_disabled"
     # An object whose own JSON asks for an explanation is refused by the core, which sees where it came from.
-    from types import SimpleNamespace
-
     from marport.handlers import sentiment
+    from marport.handlers.text_input import TextCaps
 
     fetched = ask({"s3_uri": f"s3://{BUCKET}/recordings/explain.json"})
     assert fetched.allow_explain is False
     with pytest.raises(RequestError) as raised:
-        sentiment.parse_request(fetched, SimpleNamespace(limits=sentiment.TextLimits()))  # refused before tokenising
+        refusing = sentiment.Sentiment.__new__(sentiment.Sentiment)  # nothing loaded: refused before tokenising
+        refusing.caps = TextCaps(1 << 20, 5000, 64)
+        refusing.read(fetched)
     assert raised.value.kind == "s3_explain_disabled"
 
 
@@ -235,7 +234,7 @@ def test_no_uri_reaches_outside_the_allow_list(s3, uri):
 
 
 def test_s3_waits_fit_inside_the_handler_calls_budget(s3):
-    from marport.handlers.serving_common import call_budget_s
+    from marport.handlers.settings import call_budget_s
 
     config = s3_input._client().meta.config
     worst = 2 * config.retries["total_max_attempts"] * (config.connect_timeout + config.read_timeout)  # HEAD + GET

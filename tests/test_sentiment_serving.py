@@ -12,6 +12,7 @@ import requests
 
 from marport.build import build, extract_archive
 from marport.handlers import sentiment
+from marport.handlers.endpoint import load_model
 from marport.processes import alive
 from marport.server import TS_MAIN_CLASS
 from tests.conftest import built_archive, logged_batches, running_torchserve, worker_pids
@@ -52,8 +53,8 @@ def server(store, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(store, tmp_path_factory):
     """In-process predictions from the very files inside the archive."""
-    model = sentiment.load(str(extract_archive(store / "sentiment.mar", tmp_path_factory.mktemp("ref"))))
-    return {t: a for t, a in zip(TEXTS, sentiment.predict_texts(model, TEXTS))}
+    model = load_model(sentiment.Sentiment, str(extract_archive(store / "sentiment.mar", tmp_path_factory.mktemp("ref"))))
+    return {t: a for t, a in zip(TEXTS, model.predict_texts(TEXTS))}
 
 
 def post(server, body, content_type="text/plain", model="sentiment", auth=True):

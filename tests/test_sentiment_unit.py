@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 
 import pytest
@@ -13,7 +13,9 @@ from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from marport.build import build, extract_archive
 from marport.handlers import sentiment
-from marport.handlers.serving_common import Request, RequestError
+from marport.handlers.contract import Request, RequestError
+from marport.handlers.endpoint import load_model
+from marport.handlers.isolation import Outcome, together
 from marport.sentiment_data import LABELS, load_splits
 from tests.conftest import built_archive
 
@@ -22,7 +24,7 @@ from tests.conftest import built_archive
 def demo(tmp_path_factory):
     """The demo model exactly as packed in model_store/sentiment.mar."""
     root = extract_archive(built_archive("sentiment"), tmp_path_factory.mktemp("sentiment_mar"))
-    return sentiment.load(str(root), {"max_chars": 200, "max_items": 4})
+    return load_model(sentiment.Sentiment, str(root), {"handler": {"max_chars": 200, "max_items": 4}})
 
 
 def bpe_tokenizer(texts, vocab_size):
@@ -55,10 +57,30 @@ def save_tiny_checkpoint(path, labels=("bad", "good")):
     return path
 
 
+def parsed(model, request):
+    """One request read and prepared, or its RequestError raised."""
+    (found,) = model.prepare([model.read(request)])
+    if isinstance(found, RequestError):
+        raise found
+    return found
+
+
 def parse(model, body, content_type="application/json"):
     if not isinstance(body, (bytes, str)):
         body = json.dumps(body)
-    return sentiment.parse_request(Request(body=body, content_type=content_type), model)
+    return parsed(model, Request(body=body, content_type=content_type))
+
+
+def tuned(model, **attrs):
+    """A copy of the loaded model with some of its settings changed."""
+    copied = copy.copy(model)
+    for key, value in attrs.items():
+        setattr(copied, key, value)
+    return copied
+
+
+def text_requests(model, *groups):
+    return model.prepare([sentiment.TextRequest(list(g), single=len(g) == 1) for g in groups])
 
 
 def test_text_plain_and_json_shapes(demo):
@@ -71,7 +93,7 @@ def test_text_plain_and_json_shapes(demo):
     assert one.texts == ["a single text"] and one.single
     # TorchServe may hand over JSON already decoded.
     assert parse(demo, {"text": "x y"}).texts == ["x y"]
-    assert sentiment.parse_request(Request(body={"inputs": ["q"]}), demo).texts == ["q"]
+    assert parsed(demo, Request(body={"inputs": ["q"]})).texts == ["q"]
 
 
 @pytest.mark.parametrize(
@@ -106,26 +128,26 @@ def test_length_sorted_micro_batches_and_truncation(demo):
     requests = [parse(demo, {"inputs": texts[:3]}), parse(demo, {"text": texts[3][:200]})]
     assert requests[1].truncated == [False]
     # The token budget alone (no padding floor) decides here.
-    model = dataclasses.replace(demo, limits=dataclasses.replace(demo.limits, batch_tokens=64, min_padding_efficiency=0))
-    batches = sentiment.preprocess(model, requests)
+    model = tuned(demo, batch_tokens=64, min_efficiency=0)
+    batches = model.preprocess(requests)
     assert sorted(r for b in batches for r in b.rows) == [0, 1, 2, 3]
     for batch in batches:
         ids = batch.inputs["input_ids"]
         real = batch.inputs["attention_mask"].sum(dim=1).tolist()
         # Padded to the longest text of its own micro-batch, within the token budget.
         assert ids.shape == (len(batch.rows), max(real))
-        assert ids.numel() <= model.limits.batch_tokens or len(batch.rows) == 1
+        assert ids.numel() <= model.batch_tokens or len(batch.rows) == 1
     # The short texts share a micro-batch; the long one is not padded with them.
     assert sorted(next(b.rows for b in batches if 0 in b.rows)) == [0, 1, 2]
     assert next(b.rows for b in batches if 3 in b.rows) == [3]
-    assert sentiment.padding_efficiency(batches) > 0.8
-    long_one = sentiment.predict_texts(demo, ["word " * 1000])[0]
+    assert sum(b.real_tokens for b in batches) / sum(b.padded_tokens for b in batches) > 0.8
+    long_one = demo.predict_texts(["word " * 1000])[0]
     assert long_one["truncated"] is True
-    assert "truncated" not in sentiment.predict_texts(demo, ["short"])[0]
+    assert "truncated" not in demo.predict_texts(["short"])[0]
 
 
 def test_token_cap_is_counted_after_tokenisation(demo):
-    model = dataclasses.replace(demo, limits=dataclasses.replace(demo.limits, max_tokens=30))
+    model = tuned(demo, max_tokens=30)
     ok = parse(model, {"inputs": ["good food"] * 4})
     assert ok.tokens == sum(len(i) for i in ok.ids) <= 30
     with pytest.raises(RequestError) as caught:
@@ -155,11 +177,8 @@ def test_padding_floor_splits_mixed_lengths_but_keeps_similar_ones_together():
 
 
 def test_answers_are_well_formed_and_in_order(demo):
-    reqs = [
-        sentiment.text_request(demo, ["The food was wonderful"], single=True),
-        sentiment.text_request(demo, ["Awful, it broke", "The box is blue"], single=False),
-    ]
-    answers = sentiment.predict(demo, reqs)
+    reqs = text_requests(demo, ["The food was wonderful"], ["Awful, it broke", "The box is blue"])
+    answers = demo.predict(reqs)
     assert isinstance(answers[0], dict) and isinstance(answers[1], list) and len(answers[1]) == 2
     for answer in [answers[0], *answers[1]]:
         assert set(answer["scores"]) == {"negative", "neutral", "positive"}
@@ -170,9 +189,9 @@ def test_answers_are_well_formed_and_in_order(demo):
 
 def test_batch_answers_equal_one_by_one(demo):
     texts = ["Superb service and great coffee", "The parcel arrived on Monday", "Worst hotel ever, dirty rooms"]
-    together = sentiment.predict_texts(demo, texts)
+    together = demo.predict_texts(texts)
     for text, answer in zip(texts, together):
-        alone = sentiment.predict_texts(demo, [text])[0]
+        alone = demo.predict_texts([text])[0]
         assert alone["label"] == answer["label"]
         for label, score in alone["scores"].items():
             assert answer["scores"][label] == pytest.approx(score, abs=1e-5)
@@ -181,7 +200,7 @@ def test_batch_answers_equal_one_by_one(demo):
 def test_served_demo_model_is_right_on_heldout_reviews(demo):
     """The archive as served, on held-out sentences: the figures docs/serving.md and the model card state."""
     rows = load_splits()["test"][::4]  # every 4th held-out sentence: ~1,400, all three classes
-    answers = sentiment.predict_texts(demo, [e.text for e in rows])
+    answers = demo.predict_texts([e.text for e in rows])
     correct = [a["label"] == LABELS[e.label] for a, e in zip(answers, rows)]
     polar = [c for c, e in zip(correct, rows) if LABELS[e.label] != "neutral"]
     neutral = [c for c, e in zip(correct, rows) if LABELS[e.label] == "neutral"]
@@ -193,9 +212,9 @@ def test_served_demo_model_is_right_on_heldout_reviews(demo):
 def test_bring_your_own_checkpoint_is_packed_and_loaded(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "my-checkpoint")
     mar = build("sentiment", checkpoint=ckpt, export_dir=tmp_path / "store", name="mine")
-    model = sentiment.load(str(extract_archive(mar, tmp_path / "unpacked")))
+    model = load_model(sentiment.Sentiment, str(extract_archive(mar, tmp_path / "unpacked")))
     assert model.labels == ["bad", "good"] and model.max_length == 64
-    answer = sentiment.predict_texts(model, ["anything at all"])[0]
+    answer = model.predict_texts(["anything at all"])[0]
     assert set(answer["scores"]) == {"bad", "good"}
 
 
@@ -219,14 +238,14 @@ def test_position_limit_for_bert_style_models():
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.text(min_size=1, max_size=700), min_size=1, max_size=12))
 def test_batched_tokenising_equals_the_tokenizers_own_call(demo, texts):
-    """The backend's encode_batch (set up at load) gives what tokenizer(text, truncation=True,
+    """One batch call of the tokenizers library gives what tokenizer(text, truncation=True,
     max_length=...) gives for each text alone: the same ids, truncation and spans."""
     try:
         [t.encode("utf-8") for t in texts]
     except UnicodeEncodeError:  # unpaired surrogates are refused before tokenising
         return
-    ids, truncated, spans = sentiment.tokenize(demo, texts, offsets=True)
-    fast_ids, fast_truncated, _ = sentiment.tokenize(demo, texts)
+    ids, truncated, spans = demo.tokenize(texts, offsets=True)
+    fast_ids, fast_truncated, _ = demo.tokenize(texts)
     assert fast_ids == ids and fast_truncated == truncated
     for text, got, cut, span in zip(texts, ids, truncated, spans):
         one = demo.tokenizer(text, truncation=True, max_length=demo.max_length, return_offsets_mapping=True)
@@ -250,30 +269,27 @@ def spy_on_encoder(model, monkeypatch) -> list:
 
 
 def test_a_handler_calls_texts_are_tokenised_in_one_call(demo, monkeypatch):
-    demo = dataclasses.replace(demo, words=None)  # every text to the tokenizer (test_word_cache: the cache's share)
+    demo = tuned(demo)
     calls = spy_on_encoder(demo, monkeypatch)
-    items = [sentiment.read_request(Request(body=t, content_type="text/plain"), demo) for t in ("Great stay", "Awful")]
-    items.append(sentiment.read_request(Request(body=json.dumps({"inputs": ["Fine", "Bad food"]}),
-                                                content_type="application/json"), demo))
-    parsed = sentiment.parse_batch(demo, items)
+    items = [demo.read(Request(body=t, content_type="text/plain")) for t in ("Great stay", "Awful")]
+    items.append(demo.read(Request(body=json.dumps({"inputs": ["Fine", "Bad food"]}), content_type="application/json")))
+    found = demo.prepare(items)
     assert [len(c) for c in calls] == [4]
-    assert [p.texts for p in parsed] == [["Great stay"], ["Awful"], ["Fine", "Bad food"]]
-    assert all(len(p.ids) == len(p.texts) == len(p.truncated) for p in parsed)
+    assert [p.texts for p in found] == [["Great stay"], ["Awful"], ["Fine", "Bad food"]]
+    assert all(len(p.ids) == len(p.texts) == len(p.truncated) for p in found)
 
 
 def test_token_caps_refuse_only_their_own_request_in_a_batch(demo):
-    limits = dataclasses.replace(demo.limits, max_tokens=30)
-    model = dataclasses.replace(demo, limits=limits)
-    items = [sentiment.read_request(Request(body=t, content_type="text/plain"), model)
-             for t in ("short one", "word " * 35, "another short one")]
-    parsed = sentiment.parse_batch(model, items)
-    assert isinstance(parsed[1], RequestError) and parsed[1].kind == "too_many_tokens"
-    assert parsed[0].texts == ["short one"] and parsed[2].texts == ["another short one"]
+    model = tuned(demo, max_tokens=30)
+    items = [model.read(Request(body=t, content_type="text/plain")) for t in ("short one", "word " * 35, "another short one")]
+    found = model.prepare(items)
+    assert isinstance(found[1], RequestError) and found[1].kind == "too_many_tokens"
+    assert found[0].texts == ["short one"] and found[2].texts == ["another short one"]
 
 
 def test_a_text_the_tokenizer_refuses_costs_only_its_request(demo, monkeypatch):
-    """Should the tokenizer raise on one text, the call is tokenised request by request."""
-    demo = dataclasses.replace(demo, words=None)
+    """Should the tokenizer raise on one text, the call is tokenised again in halves (isolation.together)."""
+    demo = tuned(demo)
     real = demo.encoder
 
     class Picky:
@@ -289,17 +305,15 @@ def test_a_text_the_tokenizer_refuses_costs_only_its_request(demo, monkeypatch):
             return encode
 
     monkeypatch.setattr(demo, "encoder", Picky())
-    items = [sentiment.read_request(Request(body=t, content_type="text/plain"), demo)
-             for t in ("fine text", "poison text", "good text")]
-    parsed = sentiment.parse_batch(demo, items)
-    assert isinstance(parsed[1], RequestError) and parsed[1].kind == "untokenizable_text"
-    assert [p.texts for p in (parsed[0], parsed[2])] == [["fine text"], ["good text"]]
+    items = [demo.read(Request(body=t, content_type="text/plain")) for t in ("fine text", "poison text", "good text")]
+    found, _ = together(demo.prepare, items, ["a", "b", "c"], None, "reading")
+    assert isinstance(found[1], Outcome) and json.loads(found[1].body)["type"] == "untokenizable_text"
+    assert [p.texts for p in (found[0], found[2])] == [["fine text"], ["good text"]]
 
 
 def test_padding_is_on_the_right_with_the_pad_token(demo):
-    requests = [sentiment.text_request(demo, [t], single=True) for t in ("a b c d e f g", "a")]
-    (batch,) = sentiment.preprocess(dataclasses.replace(demo, limits=dataclasses.replace(
-        demo.limits, min_padding_efficiency=0.0)), requests)
+    requests = text_requests(demo, ["a b c d e f g"], ["a"])
+    (batch,) = tuned(demo, min_efficiency=0.0).preprocess(requests)
     ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
     short = batch.rows.index(1)
     n = len(requests[1].ids[0])
