@@ -33,6 +33,7 @@ METRICS = {
     "ResampleMs": ("gauge", "ms", ()),
     "ModelMs": ("gauge", "ms", ()),
 }
+CUSTOM = ("counter", "Count", ())  # a figure a model reports under a name of its own
 
 
 class OperatorMetrics:
@@ -48,7 +49,7 @@ class OperatorMetrics:
         if name not in self._metrics:
             from ts.metrics.metric_type_enum import MetricTypes
 
-            kind, unit, dims = METRICS[name]
+            kind, unit, dims = METRICS.get(name, CUSTOM)
             kind = MetricTypes(kind)
             try:  # declared in metrics.yaml: the worker's cache already holds it
                 self._metrics[name] = self.cache.get_metric(name, kind)
@@ -58,7 +59,7 @@ class OperatorMetrics:
 
     def emit(self, name: str, value: float, **dims: str) -> None:
         try:
-            extra = [str(dims[d]) for d in METRICS[name][2]]
+            extra = [str(dims[d]) for d in METRICS.get(name, CUSTOM)[2]]
             self._metric(name).add_or_update(float(value), [self.model_name, *extra])
         except Exception:  # noqa: BLE001 - metrics are for operators; they never fail a request
             if not self._warned:
@@ -73,7 +74,7 @@ class OperatorMetrics:
         for kind, count in rejected.items():
             self.emit("RequestsRejected", count, ErrorType=kind)
         for name, value in figures.items():
-            if name in METRICS and value is not None:
+            if value is not None:
                 self.emit(name, value)
 
 

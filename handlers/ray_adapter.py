@@ -42,25 +42,25 @@ class RayMetrics:
 
     def _metric(self, name: str) -> Any:
         if name not in self._metrics:
-            from marport_serving.operator_metrics import METRICS
+            from marport_serving.operator_metrics import CUSTOM, METRICS
             from ray.serve import metrics
 
-            kind, unit, dims = METRICS[name]
+            kind, unit, dims = METRICS.get(name, CUSTOM)
             make = metrics.Counter if kind == "counter" else metrics.Gauge
             self._metrics[name] = make(f"marport_{name}", description=f"{name} ({unit})",
                                        tag_keys=("ModelName", *dims))
         return self._metrics[name]
 
     def record(self, rejected: Mapping[str, int], figures: Mapping[str, float | None]) -> None:
-        from marport_serving.operator_metrics import METRICS
+        from marport_serving.operator_metrics import CUSTOM, METRICS
 
         try:
             for kind, count in rejected.items():
                 self._metric("RequestsRejected").inc(count, tags={"ModelName": self.model_name, "ErrorType": kind})
             for name, value in figures.items():
-                if name in METRICS and value is not None:
+                if value is not None:
                     metric, tags = self._metric(name), {"ModelName": self.model_name}
-                    metric.inc(value, tags=tags) if METRICS[name][0] == "counter" else metric.set(value, tags=tags)
+                    metric.inc(value, tags=tags) if METRICS.get(name, CUSTOM)[0] == "counter" else metric.set(value, tags=tags)
         except Exception:  # noqa: BLE001 - metrics are for operators; they never fail a request
             if not self._warned:
                 log.warning("operator metrics could not be recorded; further failures are not logged", exc_info=True)

@@ -45,7 +45,14 @@ def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | Non
     package = staged / "pack" / ARCHIVE_PACKAGE  # the serving code, one package: no bare top-level names
     package.mkdir()
     for module in ("__init__.py", *kind.modules):
-        shutil.copy2(handler_file(module), package / module)
+        if kind.source is None:
+            shutil.copy2(handler_file(module), package / module)
+        elif module == kind.core:
+            shutil.copy2(kind.source, package / module)
+        elif module != kind.entry:
+            shutil.copy2(handler_file(module), package / module)
+    if kind.source is not None:  # a model of one's own: its TorchServe handler class, beside its module
+        (package / kind.entry).write_text(package_entry(kind))
     (package / CONFIG_DIR).mkdir()  # the model's defaults (settings.shipped_settings), as shipped
     shutil.copy2(kind.config, package / CONFIG_DIR / kind.config.name)
     (staged / kind.entry).write_text(entry_module(kind, ARCHIVE_PACKAGE))
@@ -74,12 +81,35 @@ def entry_module(kind: ModelKind, package: str) -> str:
 
     from marport.handlers.endpoint import entry_class
 
-    name = entry_class(importlib.import_module(f"marport.handlers.{kind.entry[:-3]}")).__name__
+    name = (f"{model_class(kind.source)}Handler" if kind.source else
+            entry_class(importlib.import_module(f"marport.handlers.{kind.entry[:-3]}")).__name__)
     return (f'"""TorchServe\'s entry point of this {kind.name} archive, written by `marport build`: the serving code\n'
             f'is the {package} package beside it."""\n\n'
             f"from {package}.{kind.entry[:-3]} import {name} as _Handler\n\n\n"
             f"class {name}(_Handler):\n"
             f'    """{kind.name}: the handler of the {package} package, defined here for TorchServe."""\n')
+
+
+def model_class(source: Path) -> str:
+    """The one class in a model's module that subclasses contract.Model."""
+    import ast
+
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    found = [node.name for node in tree.body if isinstance(node, ast.ClassDef)
+             and any(getattr(base, "id", getattr(base, "attr", "")) == "Model" for base in node.bases)]
+    if len(found) != 1:
+        raise SystemExit(f"{source} must define exactly one subclass of Model (docs/extending.md); found "
+                         f"{', '.join(found) or 'none'}")
+    return found[0]
+
+
+def package_entry(kind: ModelKind) -> str:
+    """The TorchServe handler class of a model of one's own, inside the archive's package."""
+    assert kind.source is not None
+    name = model_class(kind.source)
+    return (f'"""TorchServe handler of {kind.name}, written by `marport build --core`."""\n\n'
+            f"from .{kind.core[:-3]} import {name}\nfrom .torchserve_adapter import CoreHandler\n\n\n"
+            f"class {name}Handler(CoreHandler):\n    core = {name}\n")
 
 
 def with_handler_setting(config_text: str, key: str, value: str) -> str:
@@ -242,13 +272,15 @@ def extract_archive(mar: Path, dest: Path) -> Path:
     return dest
 
 
-def build(model: str, checkpoint: Path | None = None, export_dir: Path | None = None,
+def build(model: str | None, checkpoint: Path | None = None, export_dir: Path | None = None,
           name: str | None = None, precision: str | None = None, workspace: Workspace | None = None,
           review_band: str | None = None, s3_allow: list[str] | None = None, device: str | None = None,
-          gpus: int | None = None) -> Path:
-    """Build `<export_dir>/<name>.mar`; export_dir defaults to the workspace's model store."""
+          gpus: int | None = None, core: Path | None = None, config: Path | None = None) -> Path:
+    """Build `<export_dir>/<name>.mar`; export_dir defaults to the workspace's model store. `core` (with its
+    `config`, and a `checkpoint`) is a model of one's own instead of a registry kind."""
     workspace = workspace or Workspace.at()
-    kind = MODELS[model]
+    kind = own_kind(core, config, checkpoint) if core else MODELS[str(model)]
+    model = kind.name
     name = name or model
     export_dir = export_dir or workspace.model_store
     started = time.perf_counter()
@@ -276,8 +308,29 @@ def build(model: str, checkpoint: Path | None = None, export_dir: Path | None = 
     return mar
 
 
+def own_kind(core: Path, config: Path | None, checkpoint: Path | None) -> ModelKind:
+    """A model of one's own, checked before anything is staged."""
+    from marport.registry import COMMON_MODULES, custom_kind
+
+    if not core.is_file() or core.suffix != ".py":
+        raise SystemExit(f"--core {core}: not a Python file")
+    if core.name in COMMON_MODULES or core.name in {m for k in MODELS.values() for m in k.modules}:
+        raise SystemExit(f"--core {core}: {core.name} is the name of one of marport's own modules; rename the file")
+    if config is None or not config.is_file():
+        raise SystemExit(f"--core needs --config, its model-config.yaml (docs/extending.md); got {config}")
+    if checkpoint is None:
+        raise SystemExit("--core needs --checkpoint, the folder its load() reads")
+    model_class(core)
+    return custom_kind(core.stem, core.resolve(), config.resolve())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", choices=sorted(MODELS), help="the model kind (its handler and model-config.yaml)")
+    parser.add_argument("model", nargs="?", choices=sorted(MODELS),
+                        help="the model kind (its handler and model-config.yaml); or --core for your own")
+    parser.add_argument("--core", type=Path, metavar="FILE.py",
+                        help="a model of your own: one module defining a subclass of Model (docs/extending.md)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="with --core: its model-config.yaml (TorchServe's keys, and handler: settings)")
     parser.add_argument("--checkpoint", type=Path, metavar="DIR",
                         help="a checkpoint folder saved with save_pretrained (default: the workspace's demo "
                              "checkpoint, build/MODEL/demo-checkpoint, trained first if missing)")
@@ -303,6 +356,9 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, workspace: Workspace) -> None:
+    if bool(args.model) == bool(args.core):
+        raise SystemExit("name a model kind (" + ", ".join(sorted(MODELS)) + ") or --core FILE.py, not both")
     checkpoint = args.checkpoint.resolve() if args.checkpoint else None
     build(args.model, checkpoint, name=args.name, precision=args.precision, workspace=workspace,
-          review_band=args.review_band, s3_allow=args.s3_allow, device=args.device, gpus=args.gpus)
+          review_band=args.review_band, s3_allow=args.s3_allow, device=args.device, gpus=args.gpus,
+          core=args.core.resolve() if args.core else None, config=args.config.resolve() if args.config else None)

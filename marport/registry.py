@@ -48,6 +48,8 @@ class ModelKind:
     summary: str = ""
     # Repo files (globs) the demo checkpoint is trained from: the Makefile retrains when one changes.
     training_inputs: tuple[str, ...] = ()
+    source: Path | None = None  # a model of one's own: its core module's file (custom_kind)
+    config_file: Path | None = None  # and its model-config.yaml
 
     @property
     def modules(self) -> list[str]:
@@ -55,7 +57,7 @@ class ModelKind:
 
     @property
     def config(self) -> Path:
-        return resources.model_config(self.name)
+        return self.config_file or resources.model_config(self.name)
 
     @property
     def trainer(self) -> Trainer:
@@ -104,12 +106,23 @@ MODELS = {
 MANIFEST = "MAR-INF/MANIFEST.json"  # torch-model-archiver's manifest, naming the archive's handler
 
 
+def custom_kind(name: str, source: Path | None = None, config: Path | None = None) -> ModelKind:
+    """A model of one's own: one module written against handlers/contract.py (docs/extending.md)."""
+    return ModelKind(name=name, summary=f"a model of your own ({source.name if source else name})",
+                     entry=f"{name}_handler.py", core=f"{name}.py", trainer_module="",
+                     sample_content_type="application/json", sample=lambda _: None, container_requirements=(),
+                     source=source, config_file=config)
+
+
 def for_entry(entry: str) -> ModelKind:
-    """The kind whose handler is `entry` (as an archive's MANIFEST names it)."""
+    """The kind whose handler is `entry` (as an archive's MANIFEST names it); any other marport entry
+    (`NAME_handler.py`) is a model of one's own."""
     for kind in MODELS.values():
         if kind.entry == Path(entry).name:
             return kind
-    raise KeyError(f"{entry} is not a marport handler ({', '.join(k.entry for k in MODELS.values())})")
+    if not Path(entry).name.endswith("_handler.py"):
+        raise KeyError(f"{entry} is not a marport handler (NAME_handler.py)")
+    return custom_kind(Path(entry).name.removesuffix("_handler.py"))
 
 
 def for_archive(mar: Path) -> ModelKind:

@@ -93,9 +93,8 @@ def test_a_setting_the_archive_leaves_out_keeps_the_shipped_value(tmp_path):
     import yaml
 
     from marport.handlers import respiratory, sentiment
-    from marport.resources import model_config
-
     from marport.handlers.endpoint import load_model
+    from marport.resources import model_config
 
     for name, core in (("sentiment", sentiment.Sentiment), ("respiratory", respiratory.Respiratory)):
         assert core.defaults == yaml.safe_load(model_config(name).read_text())["handler"]
