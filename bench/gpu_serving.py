@@ -6,9 +6,7 @@ Same texts (short reviews), same run, roberta-base size:
   micro-batches already on the GPU: what the arithmetic allows;
 - marport: the archive's handler as `marport build --device gpu` packs it (handler.devices.gpu), driven as
   TorchServe drives it (`handle(256 requests, context)`, text/plain bodies), with one worker process and with
-  the GPU archive's workers per GPU, all on the one GPU;
-- hf_example: TorchServe's Hugging Face example handler (bench/hf_example.py: fp32, each text padded to 150),
-  one worker, as its example config has it.
+  the GPU archive's workers per GPU, all on the one GPU.
 
 Worker processes start from a shared barrier; a rate is all texts over the span from the first start to the
 last finish, the median of `reps`. No TorchServe is needed (the GPU machines have no Java): the handlers get
@@ -41,7 +39,7 @@ from .served import log
 # A row's workers report within this or the row has hung (a row takes under a minute on a GPU); it fits a lent GPU
 # machine's 600 s call with the rows before it written (gpu_serving_bench's `save`).
 RESULT_TIMEOUT_S = 300
-BARE_BUDGET = 16384  # padded tokens per micro-batch of the bare model (its best on an H200, issue 21)
+BARE_BUDGET = 16384  # padded tokens per micro-batch of the bare model (its best on an H200)
 # Settings tried beside the shipped GPU ones, as (workers, handler settings): at B = 256 the GPU's `auto` (no
 # padding floor, 16k tokens) pads a call's texts to its longest in one or two passes; a floor trades padded tokens
 # for launches, a larger budget the other way; and twice the shipped workers per GPU says whether more CPU work
@@ -93,13 +91,10 @@ def _worker(kind: str, checkpoint: str, gpu: int | None, texts: list[str], reps:
             settings: dict | None = None) -> None:
     """One serving worker process: its handler (ours with `settings` over its handler section), its share of the
     texts, `reps` timed passes from the barrier."""
-    from .overhead import BATCH, drive, example, ours, worker_logging
+    from .handle import BATCH, drive, ours, worker_logging
 
-    with worker_logging(), contextlib.redirect_stdout(io.StringIO()):  # the example prints its logits
-        if kind == "marport":
-            handler, _, context = ours(Path(checkpoint), gpu, settings, timed=False)
-        else:
-            handler, _, context = example(Path(checkpoint), gpu, timed=False)
+    with worker_logging(), contextlib.redirect_stdout(io.StringIO()):
+        handler, context = ours(Path(checkpoint), gpu, settings)
         drive(handler, context, texts[: 2 * BATCH], BATCH)  # first-call paths, untimed
         device = torch.device("cpu") if gpu is None else torch.device("cuda", gpu)
         for rep in range(reps):
@@ -173,15 +168,13 @@ def gpu_serving_bench(plan: Any, checkpoint: Path | None = None, gpu: int | None
 
     result["bare_bf16"] = bare_rate(checkpoint, texts, device, torch.bfloat16, reps)
     done(f"  bare model, bf16: {result['bare_bf16']:.0f} texts/s")
-    for key, kind, n in (("marport_1_worker", "marport", 1), (f"marport_{workers}_workers", "marport", workers),
-                         ("hf_example", "hf_example", 1)):
+    for key, kind, n in (("marport_1_worker", "marport", 1), (f"marport_{workers}_workers", "marport", workers)):
         result[key] = served_rate(kind, checkpoint, texts, gpu, n, reps)
         done(f"  {key}: {result[key]:.0f} texts/s")
     # The goals' figures, before the sweep: a run cut short in it still has them.
     best = max(result["marport_1_worker"], result[f"marport_{workers}_workers"])
-    result["over_hf_example"] = best / result["hf_example"]
     result["share_of_bare"] = best / result["bare_bf16"]
-    done(f"  best marport: {result['over_hf_example']:.1f}x the HF example, {result['share_of_bare']:.0%} of the bare model")
+    done(f"  best marport: {result['share_of_bare']:.0%} of the bare model")
     sweep = GPU_SWEEP[:1] if plan.quick else GPU_SWEEP
     result["sweep"], result["sweep_planned"] = [], len(sweep)
     for n, settings in sweep:
@@ -231,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.kit:
         return make_kit(args.kit)
-    from .overhead import tiny_checkpoint
+    from .handle import tiny_checkpoint
     from .plan import QUICK, Plan
     from .workloads import realsize_checkpoint, short_texts
 

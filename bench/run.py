@@ -3,9 +3,9 @@
     marport bench            # the full run (about 25 minutes on 2 cores)
     marport bench --quick    # a smoke run of every step, small counts, one repetition
 
-Writes bench/results/latest.json in the workdir, then bench/report.py turns it into
-BENCHMARKS.md and a plot. The steps live beside this runner: sentiment_bench.py,
-respiratory_bench.py, precision.py, reliability.py; served.py serves an archive for them.
+Writes bench/results/latest.json in the workdir, then bench/tables.py rewrites the tables of BENCHMARKS.md
+from it. The steps live beside this runner: sentiment_bench.py, precision.py, respiratory_bench.py, ray_bench.py,
+gpu_serving.py; served.py serves an archive for them.
 Everything runs on this machine: TorchServe on free loopback ports, the clients in this process.
 """
 
@@ -30,7 +30,7 @@ from .workloads import bench_dir, recordings
 
 
 def results_file() -> Path:
-    from .report import results_dir
+    from .tables import results_dir
 
     return results_dir() / "latest.json"
 
@@ -50,43 +50,31 @@ def machine() -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small counts, one repetition: checks the harness")
     parser.add_argument("--out", type=Path, help="results file (default: bench/results/latest.json in the workdir)")
-    parser.add_argument("--only", choices=["reliability", "precision", "explanations", "decoding", "overhead", "gpu", "ray"],
+    parser.add_argument("--only", choices=["precision", "gpu", "ray"],
                         help="run one step and merge it into the existing results (e.g. after changing the caps)")
     parser.add_argument("--gpu-result", type=Path,
                         help="with --only gpu: record this side-by-side, measured on a GPU machine by bench/gpu_device.sh")
     parser.add_argument("--report-only", action="store_true",
-                        help="measure nothing: rewrite BENCHMARKS.md and the plot from the results file")
+                        help="measure nothing: rewrite BENCHMARKS.md's tables from the results file")
 
 
 def run(args: argparse.Namespace) -> None:
     """`marport bench`: every step, or one (--only), in the current workspace."""
     args.out = args.out or results_file()
     if args.report_only:
-        from .report import write_report
+        from .tables import write_tables
 
-        print(write_report(json.loads(args.out.read_text())))
+        print(write_tables(json.loads(args.out.read_text())))
         return
     if args.gpu_result and args.only != "gpu":
         raise SystemExit("--gpu-result goes with --only gpu")
     plan = QUICK if args.quick else Plan()
     started = time.perf_counter()
-    from .decode_bench import decoding_bench
-    from .explain_bench import explanation_bench
-    from .overhead import overhead_bench
     from .ray_bench import ray_bench
-    from .reliability import reliability_bench
 
     if args.only:
         result = json.loads(args.out.read_text())
-        if args.only == "reliability":
-            result["reliability"] = reliability_bench(plan)
-        elif args.only == "explanations":
-            result["explanations"] = explanation_bench(plan)
-        elif args.only == "decoding":
-            result["decoding"] = decoding_bench(plan)
-        elif args.only == "overhead":
-            result["overhead"] = overhead_bench(plan)
-        elif args.only == "gpu":
+        if args.only == "gpu":
             result["gpu_serving"] = recorded_gpu_step(args.gpu_result) if args.gpu_result else gpu_step(plan, required=True)
         elif args.only == "ray":
             result["ray"] = ray_bench(plan)
@@ -107,11 +95,6 @@ def run(args: argparse.Namespace) -> None:
         "sentiment_base": cold_start(store, "sentiment_base", ("Lovely staff".encode(), "text/plain"), plan.cold_starts),
         "respiratory": cold_start(store, "respiratory", (recordings(1)[0], "audio/wav"), plan.cold_starts),
     }
-    log("reliability")
-    result["reliability"] = reliability_bench(plan)
-    result["explanations"] = explanation_bench(plan)
-    result["decoding"] = decoding_bench(plan)
-    result["overhead"] = overhead_bench(plan)
     result["ray"] = ray_bench(plan)
     result["gpu_serving"] = gpu_step(plan)
     result["seconds"] = time.perf_counter() - started
@@ -150,9 +133,11 @@ def _write(result: dict, args) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     log(f"wrote {args.out} ({result['seconds'] / 60:.1f} min for the whole run)")
-    from .report import write_report
+    from .tables import write_tables
 
-    if result["plan"]["quick"]:  # a smoke run never replaces the published report
-        print(write_report(result, bench_dir() / "BENCHMARKS-quick.md", bench_dir() / "throughput-quick.png"))
+    if result["plan"]["quick"]:  # a smoke run never replaces the published tables
+        quick = bench_dir() / "BENCHMARKS-quick.md"
+        quick.write_text((current().root / "BENCHMARKS.md").read_text())
+        print(write_tables(result, quick))
     else:
-        print(write_report(result))
+        print(write_tables(result))

@@ -33,7 +33,7 @@ def export_int8(checkpoint: str, out: str | None = None) -> str:
 
     out = out or os.path.join(checkpoint, INT8_FILE)
     # Eager attention exports as plain MatMul/Softmax, which ONNX Runtime fuses and quantises
-    # better than the scaled-dot-product export (measured: 120 vs 109 texts/s at roberta-base size).
+    # better than the scaled-dot-product export (docs/devices.md).
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint, attn_implementation="eager").eval()
     model.config.return_dict = False  # a plain tuple traces cleanly
     example = torch.ones(2, 16, dtype=torch.long)
@@ -74,12 +74,8 @@ class OnnxClassifier:
 
 
 def load_int8(checkpoint: str, config, threads: int) -> OnnxClassifier:
-    """The session gets the worker's threads; torch keeps one, since it only pads and takes softmaxes here.
-
-    Two thread pools spinning on the same cores (torch's OpenMP, ONNX Runtime's) slow
-    each other down: in-process at roberta-base size on 2 cores, batches of 8, this took
-    int8 from 111 to 136 texts/s.
-    """
+    """The session gets the worker's threads; torch keeps one, since it only pads and takes softmaxes here:
+    two thread pools spinning on the same cores (torch's OpenMP, ONNX Runtime's) slow each other down."""
     torch.set_num_threads(1)
     path = os.path.join(checkpoint, INT8_FILE)
     if not os.path.exists(path):

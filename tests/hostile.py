@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import yaml
 
-from marport.bench.mixed import strict_json as bench_strict_json
 from tests.audio_helpers import cough_like, encode, npy_bytes, pickle_canary_npy
+from tests.load_mix import strict_json as bench_strict_json
 
 GOOD_TEXT = "The staff were friendly and the room was spotless"
 

@@ -91,7 +91,7 @@ def test_bad_explanation_requests_get_their_own_errors(demo, body, kind, code):
 
 def test_any_hf_classifier_with_a_bpe_tokenizer_is_explained(tmp_path):
     """A RoBERTa-style byte-level BPE checkpoint (as users bring): words come back as written."""
-    from tests.test_sentiment_unit import save_tiny_checkpoint
+    from tests.checkpoints import save_tiny_checkpoint
 
     save_tiny_checkpoint(tmp_path)
     model = load_model(sentiment.Sentiment, str(tmp_path), {"handler": {"precision": "fp32", "explain_steps": 8}})

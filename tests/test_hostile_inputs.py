@@ -21,9 +21,10 @@ from marport.handlers import respiratory, sentiment
 from marport.handlers.contract import Request, RequestError
 from marport.handlers.respiratory_handler import RespiratoryHandler
 from marport.handlers.sentiment_handler import SentimentHandler
-from tests.audio_helpers import cough_like, encode, npy_bytes
+from tests.audio_helpers import cough_like, npy_bytes
 from tests.conftest import answers_close, built_archive
-from tests.hostile import GOOD_TEXT, HandlerRig, respiratory_cases, sentiment_cases, strict_json
+from tests.hostile import HandlerRig, respiratory_cases, sentiment_cases, strict_json
+from tests.inputs import GOOD
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])
@@ -37,10 +38,6 @@ def rigs(tmp_path_factory):
     return out
 
 
-GOOD = {
-    "sentiment": (GOOD_TEXT.encode(), {"Content-Type": "text/plain"}),
-    "respiratory": (encode(cough_like(4, 22050, 5), 22050, "flac"), {"Content-Type": "audio/flac"}),
-}
 
 
 def cases(model, tmp_path):

@@ -19,15 +19,14 @@ import pytest
 import requests
 import yaml
 
-from marport.bench.mixed import derive_max_tokens, kill_worker_under_load, mixed_load
-from marport.bench.workloads import LONG_TEXT
 from marport.build import extract_archive
 from marport.handlers import sentiment
 from marport.handlers.endpoint import load_model
 from marport.server import read_properties
 from tests.conftest import REPO_ROOT, answers_close, built_archive, running_torchserve, send_together, worker_pids
 from tests.hostile import GOOD_TEXT, respiratory_cases, sentiment_cases, strict_json
-from tests.test_hostile_inputs import GOOD
+from tests.inputs import GOOD
+from tests.load_mix import LONG_TEXT, derive_max_tokens, kill_worker_under_load, mixed_load
 
 pytestmark = pytest.mark.integration
 

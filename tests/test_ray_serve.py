@@ -25,9 +25,9 @@ from marport.ray_server import RayServe
 from marport.sagemaker_deploy.package import package
 from marport.sagemaker_deploy.ray_runtime import DlcAdapter
 from tests.audio_helpers import cough_like, encode
-from tests.conftest import built_archive, torchserve_answers
+from tests.conftest import answers_close, built_archive, torchserve_answers
 from tests.hostile import respiratory_cases, sentiment_cases, strict_json
-from tests.test_sagemaker_toolkit import INPUTS, numbers_close
+from tests.inputs import INPUTS
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,7 @@ def test_ray_serve_answers_what_torchserve_answers(model, reference, tmp_path):
         for case, (body, content_type) in INPUTS[model].items():
             got = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=120)
             assert got.status_code == 200, got.text
-            assert numbers_close(strict_json(got.text), reference[model, case]), (case, got.text)
+            assert answers_close(strict_json(got.text), reference[model, case]), (case, got.text)
         assert_hostile_cases_refused_alike(url, model, tmp_path)
         assert_concurrent_requests_are_batched(url, model, log)
         with DlcAdapter(ray.url) as dlc:  # what SageMaker talks to in the DLC: only Content-Type and Accept pass
@@ -113,7 +113,7 @@ def test_ray_serve_answers_what_torchserve_answers(model, reference, tmp_path):
             body, content_type = next(iter(INPUTS[model].values()))
             got = requests.post(f"{dlc.url}/invocations", data=body, timeout=120,
                                 headers={"Content-Type": content_type, "Accept": "application/json"})
-            assert got.status_code == 200 and numbers_close(got.json(), next(
+            assert got.status_code == 200 and answers_close(got.json(), next(
                 reference[model, c] for c in INPUTS[model])), got.text
             refused = requests.post(f"{dlc.url}/invocations", data=b"", headers={"Content-Type": content_type},
                                     timeout=60)

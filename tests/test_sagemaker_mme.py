@@ -37,7 +37,7 @@ def mme(tmp_path_factory):
     import subprocess
     import sys
 
-    from tests.test_sentiment_unit import save_tiny_checkpoint
+    from tests.checkpoints import save_tiny_checkpoint
 
     folder = tmp_path_factory.mktemp("mme")
     tarballs = {f"{m}.tar.gz": package(built_archive(m), folder / "prefix" / f"{m}.tar.gz") for m in BODIES}

@@ -20,39 +20,11 @@ from marport.processes import alive
 from marport.sagemaker_deploy.local import LocalEndpoint
 from marport.sagemaker_deploy.package import package
 from tests.audio_helpers import cough_like, encode, npy_bytes
-from tests.conftest import built_archive, torchserve_answers
+from tests.conftest import answers_close, built_archive, torchserve_answers
 from tests.hostile import Case, respiratory_cases, sentiment_cases, strict_json
+from tests.inputs import BAD, INPUTS
 
 pytestmark = pytest.mark.integration
-
-TEXT = "The staff were friendly and the room was spotless"
-INPUTS = {
-    "sentiment": {
-        "text": (TEXT.encode(), "text/plain"),
-        "json": (json.dumps({"text": "The parcel arrived broken and late"}).encode(), "application/json"),
-        "list": (json.dumps({"inputs": [TEXT, "The meeting is on Monday"]}).encode(), "application/json"),
-    },
-    "respiratory": {
-        "wav": (encode(cough_like(12, 44100, 5), 44100, "wav-16"), "audio/wav"),
-        "flac": (encode(cough_like(25, 16000, 6), 16000, "flac"), "audio/flac"),
-    },
-}
-BAD = {
-    "sentiment": ((b"{not json", "application/json"), 400, "invalid_json"),
-    "respiratory": ((b"not a recording at all " * 10, "audio/wav"), 400, "unreadable_audio"),
-}
-
-
-def numbers_close(a, b, tol=1e-5):
-    """Same structure, same strings, numbers within tol."""
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(numbers_close(a[k], b[k], tol) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(numbers_close(x, y, tol) for x, y in zip(a, b))
-    if isinstance(a, float) or isinstance(b, float):
-        return abs(a - b) <= tol
-    return a == b
-
 
 @pytest.fixture(scope="module")
 def local_answers(tmp_path_factory):
@@ -75,7 +47,7 @@ def test_toolkit_serves_what_local_torchserve_serves(model, route, local_answers
             got = requests.post(f"{endpoint.url}/invocations", data=body,
                                 headers={"Content-Type": content_type, "Accept": "application/json"}, timeout=120)
             assert got.status_code == 200, got.text
-            assert numbers_close(got.json(), local_answers[model, case]), (case, got.json())
+            assert answers_close(got.json(), local_answers[model, case]), (case, got.json())
         (body, content_type), status, kind = BAD[model]
         if route == "manifest":
             assert_bad_request_isolated_in_batches(endpoint, model, body, content_type, status, kind, local_answers)
@@ -127,7 +99,7 @@ def assert_bad_request_isolated_in_batches(endpoint, model, bad_body, bad_type, 
             assert response.status_code == status and response.json()["type"] == kind
         else:
             assert response.status_code == 200, response.text
-            assert numbers_close(response.json(), local_answers[model, case])
+            assert answers_close(response.json(), local_answers[model, case])
 
 
 def test_stop_ends_torchserve_and_its_workers(tmp_path):

@@ -6,10 +6,9 @@ import copy
 import json
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import RobertaConfig, RobertaForSequenceClassification
+from transformers import RobertaConfig
 
 from marport.build import build, extract_archive
 from marport.handlers import sentiment
@@ -17,6 +16,7 @@ from marport.handlers.contract import Request, RequestError
 from marport.handlers.endpoint import load_model
 from marport.handlers.isolation import Outcome, together
 from marport.sentiment_data import LABELS, load_splits
+from tests.checkpoints import save_tiny_checkpoint
 from tests.conftest import built_archive
 
 
@@ -25,36 +25,6 @@ def demo(tmp_path_factory):
     """The demo model exactly as packed in model_store/sentiment.mar."""
     root = extract_archive(built_archive("sentiment"), tmp_path_factory.mktemp("sentiment_mar"))
     return load_model(sentiment.Sentiment, str(root), {"handler": {"max_chars": 200, "max_items": 4}})
-
-
-def bpe_tokenizer(texts, vocab_size):
-    """A RoBERTa-style byte-level BPE tokenizer, as most user checkpoints carry."""
-    from tokenizers import ByteLevelBPETokenizer
-    from tokenizers.processors import RobertaProcessing
-    from transformers import RobertaTokenizerFast
-
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, special_tokens=specials)
-    bpe.post_processor = RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
-    return RobertaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>",
-                                cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
-
-
-def save_tiny_checkpoint(path, labels=("bad", "good")):
-    """A checkpoint a user might bring: any labels, a BPE tokenizer, saved with save_pretrained."""
-    torch.manual_seed(0)
-    tokenizer = bpe_tokenizer([e.text for e in load_splits()["train"][:3000]], vocab_size=400)
-    config = RobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=66, pad_token_id=tokenizer.pad_token_id,
-        num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-    )
-    RobertaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.model_max_length = 64
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def parsed(model, request):

@@ -22,8 +22,8 @@ import pytest
 
 from marport.processes import free_port
 from marport.server import read_properties, write_properties
+from tests.checkpoints import save_tiny_checkpoint
 from tests.conftest import REPO_ROOT
-from tests.test_sentiment_unit import save_tiny_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -144,7 +144,7 @@ def user(wheel, tmp_path_factory):
 
 def test_the_wheel_carries_what_the_tools_need(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"marport/handlers/sentiment_handler.py", "marport/handlers/serving_common.py",
+    assert {"marport/handlers/sentiment_handler.py", "marport/handlers/contract.py",
             "marport/handlers/config/sentiment.yaml", "marport/handlers/config/respiratory.yaml",
             "marport/templates/config.properties", "marport/sagemaker_deploy/package.py",
             "marport/bench/run.py", "marport/data/sentiment/README.md", "marport/templates/torchserve_metrics.yaml",

@@ -1,9 +1,8 @@
 """Heavy traffic at the caps mixed with light traffic, and a worker killed under load.
 
-Both are time-bounded closed loops against a loopback TorchServe. `make bench` runs them
-at roberta-base size; tests/test_hostile_serving.py runs them scaled down (demo model,
-small caps, short responseTimeout), so CI guards the same promise:
-zero 5xx, zero worker restarts, every heavy request answered or refused up front.
+Both are time-bounded closed loops against a loopback TorchServe; tests/test_hostile_serving.py runs them with
+the demo model, small caps and a short responseTimeout: zero 5xx, zero worker restarts, every heavy request
+answered or refused up front.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import psutil
 import requests
+
+LONG_TEXT = ("The room was clean, the staff were kind and breakfast was generous. " * 80)[:5000]
 
 # The largest handler call must finish within this share of responseTimeout: the other
 # half is headroom for a noisy machine and for another model's worker on the same cores.
