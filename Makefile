@@ -40,7 +40,7 @@ stop:
 	@if [ -x $(MARPORT) ]; then $(MARPORT) stop; fi
 
 # Lint and types: ruff over the Python, mypy over handlers/ and marport/ (each model core held to the
-# ModelCore Protocol where its TorchServe entry names it). Settings in pyproject.toml.
+# Model subclass (handlers/contract.py)). Settings in pyproject.toml.
 check: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
@@ -89,7 +89,7 @@ bench-quick: models
 
 # What a lent GPU machine needs carried for the GPU step (bench/gpu_device.sh runs it there in one call).
 gpu-kit: models
-	$(PY) -m marport.bench.gpu_serving --kit build/gpu-kit
+	$(PY) -m marport.bench.handler_calls --kit build/gpu-kit
 
 clean:
 	rm -rf build var model_store/*.mar

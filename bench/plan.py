@@ -28,10 +28,8 @@ class Plan:
     recordings: int = 48  # distinct recordings, sent in turn
     recording_requests: int = 480  # per timed run
     concurrency: tuple = (1, 8, 32, 64)
-    sweep: tuple = tuple((w, t, b, d) for w, t in LAYOUTS for b in (8, 16) for d in (2, 20))
-    cold_starts: int = 3
     quick: bool = False
+    gpu_result: str | None = None  # a GPU step's result measured elsewhere (bench/gpu_device.sh)
 
 
-QUICK = Plan(reps=1, short=48, short_c1=8, long=8, recordings=8, recording_requests=16, concurrency=(1, 8),
-             sweep=tuple((w, t, 8, 2) for w, t in LAYOUTS), cold_starts=1, quick=True)
+QUICK = Plan(reps=1, short=48, short_c1=8, long=8, recordings=8, recording_requests=16, concurrency=(1, 8), quick=True)

@@ -1,12 +1,9 @@
 """Ray Serve beside TorchServe on the same archive: `marport bench --only ray`.
 
-The roberta-base-size archive (shipped settings: the CPU's batchSize, workers, threads and precision)
-is served by TorchServe, then packed for Ray Serve exactly as `marport sagemaker package --runtime ray`
-packs it and served by `serve run` on its config.yaml; the same closed-loop clients send the same
-review-length texts at each concurrency to both, one server at a time. Both servers run the same
-Endpoint (handlers/endpoint.py), so what differs is the runtime: the front end (Java with Netty, or
-Ray's Python proxy and its actor calls) and how requests are gathered into handler calls (TorchServe's
-batch aggregator, or `@serve.batch`).
+The roberta-base-size archive with its shipped settings, served by TorchServe, then packed as `marport sagemaker
+package --runtime ray` packs it and served by `serve run` on its config.yaml; the same closed-loop clients send
+the same texts at each concurrency to both, one server at a time. Both run the same Endpoint: what differs is the
+runtime around it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Results JSON -> the tables of BENCHMARKS.md, written between its `<!-- table: NAME -->` and `<!-- end -->`
-markers; the prose around them is written by hand.
-
-    marport bench --report-only       # rewrite the tables from bench/results/latest.json
-"""
+"""Results JSON -> the tables of BENCHMARKS.md, between its `<!-- table: NAME -->` and `<!-- end -->` markers (the
+prose around them is written by hand). `marport bench --report-only` rewrites them from the last results."""
 
 from __future__ import annotations
 
@@ -14,7 +11,7 @@ from marport.workspace import current
 
 
 def results_dir() -> Path:
-    return current().root / "bench" / "results"
+    return current().root / "bench" / "results"  # in the workdir
 
 
 def table(rows: list[list], header: list[str]) -> str:
@@ -22,19 +19,10 @@ def table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def _load(runs: dict) -> list[list]:
-    return [[c, f"{v['throughput']:.1f}", f"{v['p50_ms']:.0f}", f"{v['p90_ms']:.0f}", f"{v['p99_ms']:.0f}", v["errors"]]
-            for c, v in sorted(runs.items(), key=lambda kv: int(kv[0]))]
-
-
 def sentiment_served(r: dict) -> str:
-    return table(_load(r["sentiment"]["served"]), ["concurrency", "texts/s", "p50 ms", "p90 ms", "p99 ms", "errors"])
-
-
-def sentiment_sweep(r: dict) -> str:
-    return table([[p["workers"], p["threads"], p["batchSize"], p["maxBatchDelay"], f"{p['throughput']:.1f}",
-                   f"{p['p99_ms']:.0f}"] for p in r["sentiment"]["sweep"]],
-                 ["workers", "threads", "batchSize", "maxBatchDelay ms", "texts/s at c32", "p99 ms"])
+    return table([[c, f"{v['throughput']:.1f}", f"{v['p50_ms']:.0f}", f"{v['p90_ms']:.0f}", f"{v['p99_ms']:.0f}",
+                   v["errors"]] for c, v in sorted(r["sentiment"]["served"].items(), key=lambda kv: int(kv[0]))],
+                 ["concurrency", "texts/s", "p50 ms", "p90 ms", "p99 ms", "errors"])
 
 
 def served_checks(r: dict) -> str:
@@ -51,7 +39,7 @@ def precision(r: dict) -> str:
         settings = ", ".join(f"{k}: {s}" for k, s in v["settings"].items()) or "as shipped"
         rows.append([f"`{name}`", settings, f"{layout['workers']} x {layout['threads']}, batch {layout['batchSize']}",
                      f"{v['throughput']:.1f}", f"{v['speedup']:.2f}x", f"{v['p99_ms']:.0f}",
-                     f"{v['padding_efficiency']:.2f}"])
+                     "n/a" if v["padding_efficiency"] is None else f"{v['padding_efficiency']:.2f}"])
     return table(rows, ["run", "handler settings", "workers x threads, batchSize", "texts/s", "over fp32", "p99 ms",
                         "padding efficiency"])
 
@@ -63,20 +51,20 @@ def respiratory_served(r: dict) -> str:
 
 
 def ray(r: dict) -> str:
-    g = r["ray"]
-    rows = [[c, f"{g['torchserve'][str(c)]['throughput']:.1f}", f"{g['ray'][str(c)]['throughput']:.1f}",
-             f"{g['ray'][str(c)]['throughput'] / g['torchserve'][str(c)]['throughput']:.2f}",
-             f"{g['torchserve'][str(c)]['p99_ms']:.0f}", f"{g['ray'][str(c)]['p99_ms']:.0f}"] for c in g["concurrency"]]
-    return table(rows, ["concurrency", "TorchServe texts/s", "Ray Serve texts/s", "ratio", "TorchServe p99 ms",
-                        "Ray Serve p99 ms"])
+    ts, ray = (r["ray"][k] for k in ("torchserve", "ray"))
+    return table([[c, f"{ts[c]['throughput']:.1f}", f"{ray[c]['throughput']:.1f}",
+                   f"{ray[c]['throughput'] / ts[c]['throughput']:.2f}", f"{ts[c]['p99_ms']:.0f}", f"{ray[c]['p99_ms']:.0f}"]
+                  for c in ts], ["concurrency", "TorchServe texts/s", "Ray Serve texts/s", "ratio", "TorchServe p99 ms",
+                                 "Ray Serve p99 ms"])
 
 
 def cold_start(r: dict) -> str:
-    return table([[k, f"{v:.1f}"] for k, v in r["cold_start_s"].items()], ["archive", "seconds to ready"])
+    return table([[k, f"{v['start_to_ready_s']:.1f}"] for k, v in r["precision"]["served_c32"].items()],
+                 ["run", "seconds from start to ready"])
 
 
 TABLES: dict[str, Callable[[dict], str]] = {
-    "sentiment-served": sentiment_served, "sentiment-sweep": sentiment_sweep, "served-checks": served_checks,
+    "sentiment-served": sentiment_served, "served-checks": served_checks,
     "precision": precision, "respiratory-served": respiratory_served, "ray": ray, "cold-start": cold_start,
 }
 MARKED = re.compile(r"(<!-- table: ([\w-]+) -->\n).*?(<!-- end -->)", re.DOTALL)

@@ -13,8 +13,7 @@ from marport.workspace import current
 
 
 def bench_dir() -> Path:
-    """The benchmarks' scratch folder: build/bench in the workspace."""
-    return current().build / "bench"
+    return current().build / "bench"  # the benchmarks' scratch folder
 
 
 # roberta-base: 12 layers, hidden 768, 12 heads, FFN 3072, 50265 tokens, 514 positions.
@@ -22,16 +21,16 @@ ROBERTA_BASE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num
                     intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1)
 
 
-def realsize_checkpoint(out: Path | None = None, tokenizer_dir: Path | None = None) -> Path:
-    """A randomly initialised roberta-base classifier with the demo model's tokenizer (or the one saved in
-    `tokenizer_dir`: a GPU machine gets only the tokenizer, see gpu_serving.py's kit).
+TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=514, type_vocab_size=1)  # a forward pass that costs next to nothing
 
-    Random weights do the same arithmetic as trained ones; no hub is reachable to
-    fetch the real checkpoint. The demo tokenizer (a WordPiece vocabulary trained on
-    English Wikipedia and books) splits real text into as many tokens as a real
-    model's would, and its ids all fall inside roberta-base's vocabulary.
-    """
-    out = out or bench_dir() / "roberta-base-random"
+
+def realsize_checkpoint(out: Path | None = None, tokenizer_dir: Path | None = None, size: dict = ROBERTA_BASE) -> Path:
+    """A randomly initialised RoBERTa classifier (roberta-base size by default) with the demo model's tokenizer, or
+    the one in `tokenizer_dir` (a GPU machine gets only the tokenizer). Random weights do the same arithmetic as
+    trained ones, and no hub is reachable; the demo tokenizer splits real text into as many tokens as a real
+    model's would, its ids all inside roberta-base's vocabulary."""
+    out = out or bench_dir() / ("roberta-base-random" if size is ROBERTA_BASE else "roberta-tiny")
     demo = tokenizer_dir or current().checkpoint("sentiment")
     if (out / "config.json").exists() and _same_file(out / "tokenizer.json", demo / "tokenizer.json"):
         return out
@@ -40,7 +39,7 @@ def realsize_checkpoint(out: Path | None = None, tokenizer_dir: Path | None = No
 
     tokenizer = AutoTokenizer.from_pretrained(demo)
     torch.manual_seed(0)
-    config = RobertaConfig(**ROBERTA_BASE, num_labels=3, id2label=dict(enumerate(LABELS)),
+    config = RobertaConfig(**{"vocab_size": len(tokenizer), **size}, num_labels=3, id2label=dict(enumerate(LABELS)),
                            label2id={n: i for i, n in enumerate(LABELS)}, pad_token_id=tokenizer.pad_token_id,
                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     RobertaForSequenceClassification(config).save_pretrained(out)
@@ -52,23 +51,16 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.exists() and b.exists() and a.read_bytes() == b.read_bytes()
 
 
-# A review at the sentiment cap of 5,000 characters, which RoBERTa's tokenizer cuts at 512 tokens:
-# the costliest text per token, used wherever a request sits at the caps.
-LONG_TEXT = ("The room was clean, the staff were kind and breakfast was generous. " * 80)[:5000]
-
-
 def short_texts(n: int, seed: int = 0) -> list[str]:
     """Product-review length: one or two corpus sentences, 10-40 tokens."""
     rng = random.Random(seed)
-    pool = _pool()
-    return [" ".join(rng.sample(pool, rng.choice([1, 1, 2]))) for _ in range(n)]
+    return [" ".join(rng.sample(_pool(), rng.choice([1, 1, 2]))) for _ in range(n)]
 
 
 def long_texts(n: int, seed: int = 1, sentences: int = 18) -> list[str]:
     """About 256 tokens: a long review stitched from corpus sentences."""
     rng = random.Random(seed)
-    pool = _pool()
-    return [" ".join(rng.sample(pool, sentences)) for _ in range(n)]
+    return [" ".join(rng.sample(_pool(), sentences)) for _ in range(n)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,12 +77,10 @@ def recordings(n: int, seconds: float = 10.0, rate: int = 48000, seed: int = 2) 
 
     from marport.synth_audio import recording
 
-    rng = np.random.default_rng(seed)
-    out = []
+    rng, out = np.random.default_rng(seed), []
     for i in range(n):
-        audio = recording(rng, bool(i % 2), rate, seconds, rng.uniform(150, 400))
-        buf = io.BytesIO()
-        sf.write(buf, audio, rate, format="WAV", subtype="PCM_16")
+        sf.write(buf := io.BytesIO(), recording(rng, bool(i % 2), rate, seconds, rng.uniform(150, 400)), rate,
+                 format="WAV", subtype="PCM_16")
         out.append(buf.getvalue())
     return out
 

@@ -1,32 +1,9 @@
-"""Amazon Connect contact-flow Lambda: score a caller's recording with the respiratory endpoint.
+"""Amazon Connect contact-flow Lambda: score a caller's recording with the respiratory endpoint through an S3
+reference, and answer the flat string map Connect requires (label, probability, threshold, review, error).
 
-A contact flow's "Invoke AWS Lambda function" block sends the contact's event; this function
-scores the recording the block's parameters name with the SageMaker endpoint through an S3
-reference (`{"s3_uri": ...}`: no 6 MB payload limit, no audio through Lambda), and returns the
-flat string-to-string map Connect requires:
-
-    label, probability, threshold, review ("true"/"false"), error ("" when all went well)
-
-It scores only recordings it was configured for: the bucket is RECORDING_BUCKET, never one an
-event names; the key must lie under RECORDING_PREFIX (whole path segments; empty, "." and ".."
-segments refused) and, unless RECORDING_KEY_MATCH_CONTACT is false, its file name must carry
-this contact's id (Connect names recordings <ContactId>_<time>.wav), so no event can have
-another caller's recording scored. Contact attributes are not read: a flow that keeps the key
-in an attribute passes it to the block as a parameter, by its own explicit choice.
-
-Whatever fails (no recording named, one outside the configuration, object missing, endpoint
-down, a model error), the flow still gets a branchable answer: label "error", review "true"
-(a person decides), and the reason in `error`. Only the standard library and boto3 (in every
-Lambda Python runtime). Clients are built once per container.
-
-Time: Connect waits at most 8 s for the whole Lambda. One deadline covers the call: BUDGET_S
-(7 s, or less when the function's own remaining time is shorter) = HEAD (0.5 s connect + 1 s
-read, no retry) + the endpoint (0.5 s connect + INVOKE_TIMEOUT_S read, default 5 s, no retry);
-the endpoint is not asked when what is left cannot hold its worst case.
-
-Environment: SAGEMAKER_ENDPOINT and RECORDING_BUCKET (required), RECORDING_PREFIX (default: the
-whole bucket), RECORDING_KEY_MATCH_CONTACT (default true), INVOKE_TIMEOUT_S (default 5).
-"""
+Only recordings it is configured for (RECORDING_BUCKET, under RECORDING_PREFIX, named after this contact unless
+RECORDING_KEY_MATCH_CONTACT is false); any failure still gives the flow a branchable answer (label "error", review
+"true"); one deadline of BUDGET_S covers the call, under Connect's 8 s. docs/runtimes.md, "The call-centre hook"."""
 
 from __future__ import annotations
 

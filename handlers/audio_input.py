@@ -1,20 +1,9 @@
 """Untrusted recording bytes -> a mono waveform at the model's rate, with the work bounded first.
 
-A compressed body is not bounded by its size: a 25 KB FLAC of constant blocks can declare 8
-channels at 384 kHz for two minutes, which is 368 million samples. So what a recording may
-cost is checked against its header before anything is decoded (rate, channels, duration and
-`max_decoded_samples` = frames x channels), counted again while decoding (a header can
-lie), and decoding never holds the whole recording: it reads `BLOCK_FRAMES` at a time, mixes
-each block to mono in float64 (no overflow, whatever the samples) and feeds it to an
-incremental soxr resampler. Memory is one block plus the output at the model's rate.
-
-Only the container formats docs/serving.md documents are read (ALLOWED_FORMATS); libsndfile
-sniffs many more (MAT5, PAF, SDS, VOC, NIST, ...), which get a 415 naming what they are.
-A `.npy` body is a float or integer array whose header is checked before anything is
-allocated; it is never unpickled.
-
-Packed into the respiratory archive (its marport_serving package); imports numpy, soundfile, soxr and contract.
-"""
+A compressed body is not bounded by its size, so a recording's cost is checked against its header before
+decoding, counted again while decoding, and decoding reads BLOCK_FRAMES at a time into an incremental resampler.
+Only ALLOWED_FORMATS are read; a `.npy` body's header is checked before allocating and it is never unpickled
+(docs/caps.md)."""
 
 from __future__ import annotations
 
@@ -32,8 +21,7 @@ from .contract import RequestError
 
 NPY_TYPES = ("application/x-npy", "application/npy")
 NPY_MAGIC = b"\x93NUMPY"
-# libsndfile's format name -> how the 415 and docs/serving.md call it. WAV carries telephony codecs too
-# (mu-law, A-law, GSM 6.10, ADPCM): all decode to at most frames x channels samples, which is capped.
+# libsndfile's format name -> its name in the 415 and docs/serving.md (WAV's telephony codecs included).
 ALLOWED_FORMATS = {"WAV": "WAV", "WAVEX": "WAV (extensible)", "FLAC": "FLAC", "OGG": "Ogg (Vorbis, Opus)",
                    "MP3": "MP3"}
 # Media types a recording may be sent as; anything else (text/plain, image/png, a form) is a 415.
@@ -111,13 +99,8 @@ def _check_counted(frames: int, rate: int, channels: int, limits: AudioLimits) -
 
 def to_rate(blocks: Iterator[np.ndarray], rate: int, out_rate: int, limits: AudioLimits,
             channels: int, scale: float = 1.0) -> Decoded:
-    """Mix each (frames, channels) block (always 2-D) to mono and resample it incrementally to out_rate.
-
-    The frame count is checked against the caps as blocks arrive, so a header that
-    understates its length is stopped at the cap, not after decoding everything.
-    `scale` multiplies every sample (1 / the peak of a float source louder than 1.0:
-    soxr overflows on samples near float32's limit; loudness is normalised away later).
-    """
+    """Mix each (frames, channels) block to mono and resample it incrementally to out_rate, counting frames against the
+    caps as blocks arrive; `scale` keeps a float source louder than 1.0 within what soxr takes."""
     stream = None if rate == out_rate else soxr.ResampleStream(rate, out_rate, 1, dtype="float64", quality="HQ")
     pieces, frames, decode_s, resample_s = [], 0, 0.0, 0.0
     mark = time.perf_counter()
@@ -159,8 +142,6 @@ def _scale_for(peak: float) -> float:
     return 1.0 / peak if peak > 1.0 else 1.0
 
 
-# --------------------------------------------------------------------------- files libsndfile reads
-
 
 def _unreadable(exc: Exception) -> RequestError:
     # libsndfile's message names the file it opened: for a body, an in-memory object's repr; only the reason helps
@@ -201,8 +182,7 @@ def decode_file(data: bytes, out_rate: int, limits: AudioLimits) -> Decoded:
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise RequestError(f"recording could not be decoded: {exc}", kind="corrupt_audio") from None
 
-    # Float samples may be anything up to float32's limit: one extra pass finds the peak (integer PCM,
-    # FLAC, Vorbis and MP3 decode to about +-1 and need none).
+    # Float samples may reach float32's limit: one extra pass finds the peak (other codecs decode to about +-1).
     scale = _scale_for(peak_of(blocks())) if info.subtype in FLOAT_SUBTYPES else 1.0
     decoded = to_rate(blocks(), info.samplerate, out_rate, limits, info.channels, scale)
     _check_complete(info)
@@ -218,8 +198,6 @@ def _check_complete(info) -> None:
         raise RequestError(f"recording is truncated: its header declares {declared} bytes of audio, the file holds "
                            f"{present}", kind="truncated_audio")
 
-
-# --------------------------------------------------------------------------- .npy arrays
 
 
 def _pickled() -> RequestError:

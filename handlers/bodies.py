@@ -149,14 +149,8 @@ _STRICT_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 
 
 def to_json(answer: Any) -> str:
-    """Strict JSON (no NaN or Infinity): what every answer is sent as.
-
-    orjson, where installed (marport[serve] and the archives' code/requirements.txt bring it), writes an
-    answer in a tenth of the standard library's time, which on a GPU is a real share of a text's cost
-    (docs/devices.md). It writes NaN and Infinity as null and refuses what it has no form for (keys
-    that are not strings, integers past 64 bits): any such answer, and any with a null in it, is
-    written by the standard library's strict encoder instead, which decides as it always did.
-    """
+    """Strict JSON (no NaN or Infinity), what every answer is sent as: orjson where installed (a tenth of the
+    standard library's time), and the standard library's strict encoder for any answer orjson would write otherwise."""
     if orjson is not None:
         try:
             out = orjson.dumps(answer)

@@ -1,13 +1,6 @@
-"""int8 sentiment inference through ONNX Runtime, behind the same call as the torch model.
-
-Packed into every sentiment archive (its marport_serving package). `marport build` exports the checkpoint to
-ONNX and quantises its weights to int8 once (`export_int8`), into the archive's
-checkpoint folder; a worker whose archive lacks the file does the same at load.
-ONNX Runtime's dynamic quantisation is its maintained int8 path (per-channel int8
-weights, activations quantised per batch on the fly) and runs on any x86 CPU,
-VNNI or not. The request and answer contract does not change: `OnnxClassifier`
-answers `model(input_ids=..., attention_mask=...).logits` like the torch model.
-"""
+"""int8 sentiment inference through ONNX Runtime's dynamic quantisation (int8 weights, activations quantised per batch),
+behind the torch model's call: `OnnxClassifier(...)(input_ids=..., attention_mask=...).logits`. `marport build`
+exports the graph once into the archive; a worker whose archive lacks it does so at load."""
 
 from __future__ import annotations
 

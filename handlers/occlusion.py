@@ -1,13 +1,6 @@
-"""Occlusion over time for a windowed model: which stretches of a recording moved its score.
-
-A stretch is silenced (set to zero) and the windows it overlaps are scored again; the others keep
-their scores. So the work is about (recording / stretch) x (window / hop + 1) windows, scored
-`batch` at a time (built a chunk at a time, so memory stays bounded). The caller turns each
-stretch's window probabilities into its attribution (respiratory.explain: the change of the
-aggregated probability).
-
-Packed into the respiratory archive (its marport_serving package); numpy only.
-"""
+"""Occlusion over time for a windowed model: each stretch of a recording silenced in turn, and only the windows it
+overlaps scored again, `batch` at a time (bounded memory); the caller turns each stretch's window probabilities
+into its attribution."""
 
 from __future__ import annotations
 

@@ -1,15 +1,6 @@
-"""The handlers' own metrics, through TorchServe's metrics API.
-
-Each handler call reports what it did: requests rejected (by error type), the work it was
-given (texts and tokens, or recordings and seconds of audio), how well it batched (padding
-efficiency), where time went (decode, resample, model), explanations served and answers
-marked for human review. With `metrics_mode=prometheus` they appear on the metrics port under
-their own names (`Texts{ModelName="sentiment",...}`) once they are declared in the server's
-metrics declaration (`marport serve` generates it from METRICS below), as TorchServe 0.12 requires; in log mode they
-are `[METRICS]` lines in the worker's log. Emitting never fails a request: a runtime without the API (SageMaker's
-toolkit route) or a metric it refuses is skipped.
-
-"""
+"""The handlers' own metrics through TorchServe's metrics API: rejections by error type, the work given, padding,
+where time went, explanations, answers marked for review (METRICS), and any figure a model reports by a name of
+its own. Emitting never fails a request; a runtime without the API is skipped (docs/operations.md)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Where a model runs and in which number format: decided once, at load, and logged.
-
-Packed into every archive (its marport_serving package). The runtime says which GPU a worker owns (TorchServe's
-`gpu_id`, set from `deviceType`/`deviceIds` in model-config.yaml; SageMaker's toolkit
-passes the same context); `handler.precision` says how to compute. Nothing here is
-newer than PyTorch 2.6, the SageMaker container's version.
-"""
+"""Where a model runs and in which number format, decided once at load and logged: the runtime's `gpu_id` for this
+worker and `handler.precision` (nothing newer than PyTorch 2.6, the SageMaker container's)."""
 
 from __future__ import annotations
 

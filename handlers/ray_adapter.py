@@ -1,17 +1,8 @@
-"""Ray Serve adapter: the same endpoint as a Ray Serve deployment (SageMaker's Ray Serve DLC, or any Ray cluster).
+"""Ray Serve adapter: the archive's endpoint as a Ray Serve deployment (SageMaker's Ray Serve DLC, any Ray cluster).
 
-A replica loads the archive's model core once (endpoint.Endpoint, the object every runtime serves
-through) from the folder this module sits in, next to the archive's other modules and checkpoint;
-`@serve.batch` gathers concurrent requests into one Endpoint.answer call, at most model-config.yaml's
-`batchSize` of them, waiting at most its `maxBatchDelay` for batch-mates, as TorchServe batches. Each
-request gets its own status and strict-JSON body, exactly as on TorchServe; the operator metrics go to
-Ray's metrics API (exported in Prometheus format by each node's metrics agent). A replica given a GPU
-(`ray_actor_options: {num_gpus: ...}` in config.yaml) loads the model on it.
-
-Served by `serve run config.yaml` from the folder (what SageMaker's Ray Serve DLC does in /opt/ml/model,
-config.yaml naming `ray_adapter:build`), and by `marport serve --runtime ray` (the installed copy,
-`marport.handlers.ray_adapter:build`, with `model_dir` naming each extracted archive).
-"""
+A replica loads the model once from the archive's folder; `@serve.batch` gathers concurrent requests into one
+Endpoint.answer call (model-config.yaml's batchSize and maxBatchDelay); the operator metrics go to Ray's metrics
+API. Served by `serve run config.yaml` in the folder (`ray_adapter:build`) and by `marport serve --runtime ray`."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The respiratory-sound CNN and its checkpoint: the network, how audio becomes its input, the files.
-
-Training (marport.train_respiratory) writes checkpoints with `save_checkpoint`; the serving core
-(respiratory.py) reads them with `read_checkpoint` (safetensors: nothing is unpickled).
-Packed into the respiratory archive (its marport_serving package).
-"""
+"""The respiratory-sound CNN, how audio becomes its input windows, and its checkpoint files (safetensors and
+config.json: nothing is unpickled)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""The human-review band: answers whose deciding score is too close to call are marked for a person.
-
-`handler.review_band: [low, high]` in model-config.yaml (off when absent or null). An answer
-whose deciding score (sentiment: the top class's score; respiratory: the probability of
-"unhealthy") lies inside the band, ends included, gets `"review": true`; every other answer of
-that model gets `"review": false`, so a client can route on the field alone. Packed into
-each `.mar`; imports nothing from the project.
-"""
+"""The human-review band (`handler.review_band: [low, high]`, off when absent): an answer whose deciding score lies
+in the band, ends included, gets `"review": true`, every other answer `"review": false`."""
 
 from __future__ import annotations
 

@@ -1,26 +1,9 @@
-"""S3 object references as request bodies: `{"s3_uri": "s3://bucket/key"}`.
+"""S3 object references as request bodies, `{"s3_uri": "s3://bucket/key"}`: fetched with the serving role's
+credentials and scored as if the bytes had been posted (SageMaker's real-time payloads stop at 6 MB).
 
-A SageMaker real-time invocation carries at most 6 MB, and a contact centre already has the
-caller's recording in S3 (Amazon Connect writes it there), so a request may name the object
-instead of carrying it. The handler fetches it with the serving role's credentials and
-scores it exactly as if its bytes had been posted.
-
-Safe by default: off unless `handler.s3_allowed_buckets` lists the bucket ("bucket" or
-"bucket/key-prefix"). A prefix is whole path segments: "calls/recordings" admits
-"recordings/a.wav", never "recordings-private/..." or "recordingsX/..."; keys with empty,
-"." or ".." segments are refused outright. The object's size is checked (HEAD) against the
-model's body cap before anything is downloaded, the GET is tied to what HEAD saw (IfMatch on
-the ETag) and read with a bound, and the stream is always closed. Only `s3://` is ever
-fetched. Explanations of a fetched object are off unless `handler.s3_explain` is true: they
-would echo its words back to the caller. Other JSON keys travel as options: `sample_rate`,
-`explain`, `content_type` (else the object's own Content-Type, else one guessed from the key).
-
-Every wait has a budget (docs/caps.md, "Time budgets"): S3_BUDGET_S is the worst case of HEAD and GET
-with their connect and read timeouts and one retry; a reference is fetched only while the
-handler call's deadline leaves that much, and the body is read in chunks that stop at it.
-
-Packed into each `.mar` (its marport_serving package); boto3 is imported only when a reference arrives.
-"""
+Off unless `handler.s3_allowed_buckets` lists the bucket (prefixes are whole path segments); the size is checked
+by HEAD before the GET, which is tied to the ETag HEAD saw, read with a bound and within the call's deadline;
+explanations of fetched objects are off unless `handler.s3_explain` (docs/runtimes.md, "Recordings from S3")."""
 
 from __future__ import annotations
 

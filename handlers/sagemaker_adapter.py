@@ -1,15 +1,6 @@
-"""SageMaker inference-toolkit adapter: `code/inference.py` in model.tar.gz.
-
-SageMaker's PyTorch container serves an archive through our own TorchServe handler
-when the tarball holds MAR-INF/MANIFEST.json (the default `sagemaker_deploy
-package` output). Without a manifest, the toolkit imports this module instead and
-calls `model_fn` once and `transform_fn` per request. Both routes run the same
-model core from the same files at the tarball root; this module only adapts the
-toolkit's calling convention onto endpoint.Endpoint, the object every runtime uses.
-
-The toolkit route is weaker, by the toolkit's design: it handles a batch one
-request at a time (so it runs with batch size 1).
-"""
+"""SageMaker inference-toolkit adapter, `code/inference.py` in model.tar.gz: the toolkit's route when the tarball has
+no MAR-INF/MANIFEST.json (with one, the container runs our TorchServe handler). `model_fn` loads the Endpoint once,
+`transform_fn` answers one request at a time, as the toolkit calls it."""
 
 from __future__ import annotations
 
@@ -21,12 +12,8 @@ log = logging.getLogger(__name__)
 
 
 def _keep_bodies_raw() -> None:
-    """Stop the toolkit decoding JSON/CSV bodies as UTF-8 before transform_fn.
-
-    Its decode raises outside our code on a non-UTF-8 body and answers with a
-    plain-text traceback; our own decoder honours charsets and BOMs and answers a
-    bad body with a 400 JSON error. The toolkit reads this list at call time.
-    """
+    """Stop the toolkit decoding JSON/CSV bodies as UTF-8 before transform_fn (it answers a non-UTF-8 body with a
+    traceback); our decoder honours charsets and answers a bad body with a 400 JSON error."""
     try:
         from sagemaker_inference import content_types
     except ImportError:  # not under the toolkit

@@ -1,17 +1,7 @@
-"""Which words drove a text classifier's answer: integrated gradients on the input embeddings.
-
-Captum's LayerIntegratedGradients runs on the layer `get_input_embeddings()` returns, so
-any Hugging Face sequence classifier works (RoBERTa, BERT, DeBERTa, ...), not only the
-one whose embedding attribute is hard-wired. The target is the probability of the
-predicted label; the baseline keeps the special tokens and replaces every other token
-with the mask token, so the attributions of a text add up (within `convergence_delta`) to
-how far its words moved that probability away from a text of unknown words. (Padding as
-the baseline token breaks that sum for RoBERTa, whose position ids skip padding: the
-baseline would be read at other positions than the path leading to it.) Token scores are then
-summed into the words the user wrote (whitespace-separated, special tokens dropped).
-
-Packed flat into the sentiment archive; imports nothing from the project.
-"""
+"""Which words drove a text classifier's answer: integrated gradients on the input embeddings (captum), for any
+Hugging Face sequence classifier. The baseline keeps the special tokens and masks the rest, so a text's
+attributions add up (within `convergence_delta`) to how far its words moved the predicted label's probability;
+token scores are summed into the whitespace-separated words the user wrote."""
 
 from __future__ import annotations
 
@@ -68,12 +58,8 @@ def integrated_gradients(net: Any, ids: Sequence[int], target: int, special_ids:
 
 def words(text: str, offsets: Sequence[tuple[int, int]], scores: Sequence[float],
           truncated: bool = False) -> list[dict[str, Any]]:
-    """Token scores summed into the whitespace-separated words of `text`, in order.
-
-    `offsets` are the tokenizer's character spans; special tokens have empty spans and are
-    dropped. A word the tokenizer made no token of (control characters, say) scores 0; words
-    after the last one read are left out when the text was `truncated`.
-    """
+    """Token scores summed into the whitespace-separated words of `text`, in order (special tokens have empty spans and
+    are dropped; a word with no token scores 0; words past the truncation are left out)."""
     spans = [(m.start(), m.end()) for m in WORD.finditer(text)]
     starts = [s for s, _ in spans]
     totals: dict[int, float] = {}

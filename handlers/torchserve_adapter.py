@@ -30,8 +30,7 @@ def to_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> Request:
     # TorchServe's part headers are dicts: checked first, as the Mapping check is several times slower.
     part_type = (part.get("content-type") or "") if isinstance(part, dict) or isinstance(part, Mapping) else ""
     outer = plain.get("content-type") or ""
-    # A multipart upload's own type is its part's; otherwise the request header,
-    # which keeps media-type parameters (TorchServe strips them from the part's).
+    # A multipart upload's type is its part's; otherwise the request's (TorchServe strips the part's parameters).
     content_type = part_type if outer[:10].lower() == "multipart/" else (outer or part_type)
     params = {} if len(row) == 1 and name else {key: text_of(value) for key, value in row.items() if key != name}
     return Request(body, content_type, params, plain)
@@ -48,9 +47,7 @@ def body_field(row: Mapping[str, Any], headers: Mapping[str, Any]) -> str | None
     if name is not None:
         return name
 
-    # A multipart upload under some other field name: take its one file part. Raw
-    # bodies are bytes whatever the part, so plain form fields (no type, or text/*)
-    # are told apart by their part's content type.
+    # A multipart upload under another field name: its one file part (form fields have no type, or text/*).
     def part_type_of(key):
         part = headers.get(key) or _by_lower_name(headers, str(key))
         return (part.get("content-type") or "") if isinstance(part, Mapping) else ""

@@ -1,11 +1,6 @@
-"""`marport build`: a model's `.mar` from its checkpoint, handler modules and model-config.yaml.
-
-    marport build sentiment                          # the demo weights (trained first if missing)
-    marport build sentiment --checkpoint DIR --name mine   # any checkpoint saved with save_pretrained
-
-Everything the handler imports is packed flat into the archive, so the served model
-never imports marport from site-packages.
-"""
+"""`marport build`: a model's `.mar` from its checkpoint, the serving modules and model-config.yaml, refused unless
+it loads as a worker loads it. A demo kind (`marport build sentiment`), any checkpoint of one (`--checkpoint`), or
+a model of one's own (`--core FILE.py`, docs/extending.md)."""
 
 from __future__ import annotations
 
@@ -29,14 +24,9 @@ from marport.workspace import Workspace
 def stage(kind: ModelKind, checkpoint: Path, workdir: Path, precision: str | None = None,
           review_band: str | None = None, s3_allow: list[str] | None = None, device: str = "cpu",
           gpus: int = 1) -> Path:
-    """Lay out the archive's data: pack/checkpoint/, pack/marport_serving/ (the handler modules, one
-    package), the root entry module (the --handler) and model-config.yaml.
-
-    torch-model-archiver copies the *contents* of a folder given as an extra file
-    into the archive root, so the checkpoint and the package go one level down, in pack/.
-    `precision` replaces handler.precision in the packed model-config.yaml; an int8
-    sentiment archive gets its ONNX graph made here, once, instead of at every worker start.
-    """
+    """Lay out the archive's data: pack/checkpoint/, pack/marport_serving/ (the serving modules), the root entry module
+    and model-config.yaml (torch-model-archiver copies the contents of pack/ to the archive's root); an int8 archive
+    gets its ONNX graph made here, once."""
     staged = workdir / "stage"
     if staged.exists():
         shutil.rmtree(staged)
@@ -203,25 +193,13 @@ def archive(kind: ModelKind, staged: Path, export_dir: Path, name: str) -> Path:
     extra = [str(staged / "pack")]  # checkpoint/ and the marport_serving package
     export_dir.mkdir(parents=True, exist_ok=True)
     archiver = Path(sys.executable).with_name("torch-model-archiver")  # beside this Python, even if not on PATH
-    cmd = [
-        str(archiver if archiver.exists() else "torch-model-archiver"),
-        "--model-name", name,
-        "--version", __version__,
-        "--handler", str(staged / kind.entry),
-        "--extra-files", ",".join(extra),
-        "--config-file", str(staged / "model-config.yaml"),
-        "--export-path", str(export_dir),
-        "--force",
-    ]
+    cmd = [str(archiver if archiver.exists() else "torch-model-archiver"), "--model-name", name,
+           "--version", __version__, "--handler", str(staged / kind.entry), "--extra-files", ",".join(extra),
+           "--config-file", str(staged / "model-config.yaml"), "--export-path", str(export_dir), "--force"]
     mar = export_dir / f"{name}.mar"
     mar.unlink(missing_ok=True)
-    _run_with_progress(cmd, mar, _staged_bytes(kind, staged))
+    _run_with_progress(cmd, mar, sum(p.stat().st_size for p in (staged / "pack").rglob("*") if p.is_file()))
     return mar
-
-
-def _staged_bytes(kind: ModelKind, staged: Path) -> int:
-    files = [p for p in (staged / "pack").rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in files)
 
 
 def _run_with_progress(cmd: list[str], mar: Path, total: int) -> None:

@@ -1,9 +1,5 @@
-"""The `marport` command: train, build, serve and deploy models from any folder.
-
-Each subcommand's work lives in its own module; this file only wires the arguments.
-Heavy modules (torch, transformers, the AWS SDK) are imported when a command runs,
-so `marport --help` and `marport status` answer at once.
-"""
+"""The `marport` command: train, build, serve and deploy models from any folder. Each subcommand's work lives in its
+own module, imported when the command runs, so `marport --help` answers at once."""
 
 from __future__ import annotations
 

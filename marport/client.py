@@ -1,9 +1,5 @@
-"""A client for the local TorchServe (or Ray Serve): `marport predict` and `marport token`.
-
-It reads the server's addresses from the config the running server was started with
-(var/config.properties) and its keys from var/key_file.json, so a user never copies
-a token by hand.
-"""
+"""A client for the local TorchServe or Ray Serve, `marport predict` and `marport token`: addresses and keys from the
+running server's own files in var/, so a user never copies a token."""
 
 from __future__ import annotations
 
@@ -78,11 +74,8 @@ def request_body(text: str | None, file: Path | None, content_type: str | None) 
 
 
 def fresh_inference_key(workspace: Workspace) -> str:
-    """Ask the server for a new inference key (the old one stops working; keys expire after 60 min).
-
-    TorchServe's token API is on the management address and takes the "API" key from
-    key_file.json; it rewrites that file, from which the new key is read back.
-    """
+    """Ask the server for a new inference key (the old one stops working): TorchServe's token API, with the "API" key
+    from key_file.json, which it rewrites."""
     server = running_server(workspace)
     reply = requests.post(f"{server.management_url}/token", params={"type": "inference"},
                           headers=server.headers("API"), timeout=30)

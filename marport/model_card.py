@@ -1,9 +1,5 @@
-"""The demo sentiment model's card, written from its own training metrics.
-
-The trainer writes it into the checkpoint folder (so it travels inside sentiment.mar);
-the repository's MODEL_CARD.md is the card of the reference build (seed 13), and a test
-checks that it still agrees with what `make` trains.
-"""
+"""The demo sentiment model's card, written from its own training metrics into the checkpoint (so it travels in the
+archive); MODEL_CARD.md is the reference build's card."""
 
 from __future__ import annotations
 
@@ -38,10 +34,11 @@ def _split_table(data: dict) -> str:
 
 
 def sentiment_card(metrics: dict, data: dict, parameters: int) -> str:
-    """MODEL_CARD.md: mostly one f-string, the card's own text (long on purpose: read it as the page)."""
-    s = metrics["settings"]
-    test, val, everyday = metrics["test"], metrics["validation"], metrics["everyday"]
-    recall = ", ".join(f"{k} {v:.3f}" for k, v in test["recall"].items())
+    """MODEL_CARD.md: the card's own text, where the weights and data came from, then how it was trained and does."""
+    return _provenance(metrics, data, parameters) + _training_and_metrics(metrics)
+
+
+def _provenance(metrics: dict, data: dict, parameters: int) -> str:
     return f"""# Model card: marport demo sentiment model
 
 A three-class English sentiment classifier (`negative` / `neutral` / `positive`) for short texts:
@@ -81,7 +78,14 @@ Examples per split:
 
 {_split_table(data)}
 
-## Training recipe
+"""
+
+
+def _training_and_metrics(metrics: dict) -> str:
+    s = metrics["settings"]
+    test, val, everyday = metrics["test"], metrics["validation"], metrics["everyday"]
+    recall = ", ".join(f"{k} {v:.3f}" for k, v in test["recall"].items())
+    return f"""## Training recipe
 Reproduce with `marport train sentiment --seed {s["seed"]} --out DIR` (`make` runs it).
 AdamW, learning rate {s["learning_rate"]} with {s["warmup_fraction"]:.0%} linear warm-up then linear decay, weight decay
 {s["weight_decay"]}, batch {s["batch_size"]} (length-sorted within shuffled pools), {s["epochs"]} pass(es) over

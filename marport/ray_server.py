@@ -1,14 +1,8 @@
 """Ray Serve on this machine: `marport serve --runtime ray`, and the runner the tests and benchmarks use.
 
-`RayServe` runs `serve run CONFIG` (a local Ray head and Ray Serve) in its own session on a free loopback
-port, waits until every application answers, and stops the whole session. It is locked as the TorchServe
-side is: every Ray listener on loopback, Ray's token authentication on (the GCS, the raylets, the dashboard
-and its Jobs API all want the token, kept in a 0600 file beside the log), and only the model routes open.
-`LocalRay` is the workspace's server: each archive in the model store extracted under var/ray/models/,
-one Ray Serve application per model at `/predictions/NAME` (the same path as on TorchServe, so `marport
-predict` works against either), served by the installed `marport.handlers.ray_adapter`; its state (pid,
-port) in var/ray/state.json, its token in var/ray/ray_auth_token.
-"""
+`RayServe` runs `serve run CONFIG` in its own session on a free loopback port, locked as TorchServe is (every Ray
+listener on loopback, Ray's token authentication on, only the model routes open), and stops the whole session.
+`LocalRay` serves each archive of the model store at `/predictions/NAME`, its state and token in var/ray/."""
 
 from __future__ import annotations
 
@@ -120,14 +114,8 @@ class RayServe:
 
 
 def locked_ray_env(token_path: Path) -> dict[str, str]:
-    """The environment of a local Ray that keeps to this machine and wants a credential.
-
-    Ray on Linux takes the address of the host's first interface as its node IP and binds there (and to
-    every interface); RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 selects the single-machine mode Ray uses on
-    laptops, whose node IP is 127.0.0.1 (and LOOPBACK_ENV has the replicas' own gRPC server follow, see
-    handlers/ray_adapter.py). RAY_AUTH_MODE=token (Ray 2.52+) puts the GCS, raylets, workers,
-    the dashboard and its Jobs API behind the token in `token_path`, made here once (0600).
-    """
+    """The environment of a local Ray that keeps to this machine and wants a credential: single-machine mode (node IP
+    127.0.0.1; LOOPBACK_ENV moves the replicas' gRPC server too) and RAY_AUTH_MODE=token with the 0600 token file."""
     if not token_path.exists():
         token_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,10 +1,5 @@
-"""Everything marport knows about each model kind, in one place.
-
-A model kind is its handler entry module and core (packed flat into the archive with
-the shared modules), its model-config.yaml, its trainer, a sample request, and what
-SageMaker's PyTorch container must pip-install to serve it. `marport build`, `train`,
-`serve`, `predict`, `sagemaker package` and the benchmarks all read it from here.
-"""
+"""Each model kind in one place: its handler entry and core, its modules, model-config.yaml, trainer, sample request
+and what SageMaker's PyTorch container must pip-install for it. The tools and the Makefile read it from here."""
 
 from __future__ import annotations
 
@@ -17,8 +12,7 @@ from typing import Callable, Protocol
 from marport import resources
 from marport.workspace import Workspace
 
-# Packed into every archive: request handling, isolation, device placement, the endpoint every runtime
-# serves through, and the TorchServe adapter.
+# Packed into every archive: the contract, the endpoint and what it drives, the TorchServe adapter.
 COMMON_MODULES = ("names.py", "contract.py", "bodies.py", "settings.py", "isolation.py", "placement.py", "review.py",
                   "operator_metrics.py", "s3_input.py", "endpoint.py", "torchserve_adapter.py")
 
@@ -41,7 +35,6 @@ class ModelKind:
     entry: str  # the TorchServe --handler file
     core: str  # the model core module (preprocess / forward / postprocess)
     trainer_module: str
-    sample_content_type: str
     sample: Callable[[Workspace], str | Path | None]  # text, or a file to send; None if not built yet
     container_requirements: tuple[str, ...]  # what SageMaker's PyTorch 2.6 image lacks
     extra_modules: tuple[str, ...] = ()  # other flat modules the core imports
@@ -68,9 +61,7 @@ def _synthetic_recording(workspace: Workspace) -> Path | None:
     return next(iter(sorted((workspace.build / "respiratory" / "synthetic").glob("*.wav"))), None)
 
 
-# Exact pins: what `make test-container` runs the handlers with beside SageMaker's torch 2.6
-# (requirements/container.txt). A range would let the next transformers release, which may drop
-# torch 2.6, into every fresh container start.
+# Exact pins, as `make test-container` tests them beside SageMaker's torch 2.6: a range would let in a release without it.
 MODELS = {
     "sentiment": ModelKind(
         name="sentiment",
@@ -82,7 +73,6 @@ MODELS = {
         training_inputs=("marport/train_sentiment.py", "marport/sentiment_data.py", "marport/pretrained.py",
                          "marport/model_card.py", "marport/reproducible.py",
                          "marport/data/sentiment/marport/*.tsv"),
-        sample_content_type="text/plain",
         sample=lambda _: "The staff were friendly and breakfast was generous",
         container_requirements=("transformers==5.24.0", "tokenizers==0.23.3", "safetensors==0.8.0",
                                 "onnxruntime==1.32.0", "onnx==1.23.2", "captum==0.9.0", "orjson==3.13.0"),
@@ -96,7 +86,6 @@ MODELS = {
         trainer_module="marport.train_respiratory",
         training_inputs=("marport/train_respiratory.py", "marport/synth_audio.py", "marport/reproducible.py",
                          "handlers/respiratory_net.py"),
-        sample_content_type="audio/wav",
         sample=_synthetic_recording,
         container_requirements=("soundfile==0.14.0", "soxr==1.1.0", "safetensors==0.8.0", "orjson==3.13.0"),
     ),
@@ -110,7 +99,7 @@ def custom_kind(name: str, source: Path | None = None, config: Path | None = Non
     """A model of one's own: one module written against handlers/contract.py (docs/extending.md)."""
     return ModelKind(name=name, summary=f"a model of your own ({source.name if source else name})",
                      entry=f"{name}_handler.py", core=f"{name}.py", trainer_module="",
-                     sample_content_type="application/json", sample=lambda _: None, container_requirements=(),
+                     sample=lambda _: None, container_requirements=(),
                      source=source, config_file=config)
 
 

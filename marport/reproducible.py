@@ -9,11 +9,7 @@ import torch
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch, and ask torch for its deterministic kernels where it has them.
-
-    On the same machine a run then repeats bit for bit (checked for both demo models). Another machine
-    may differ in the last bits: a different core count adds parallel sums in another order.
-    """
+    """Seed Python, numpy and torch and ask for deterministic kernels: on one machine a run repeats bit for bit."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -1,9 +1,4 @@
-"""Files marport ships inside its package, found through importlib.resources.
-
-Never relative to a source checkout: in a wheel install these live in site-packages,
-in an editable install they are the repo's own folders (pyproject.toml maps `handlers/` to
-`marport.handlers`).
-"""
+"""Files marport ships inside its package, found through importlib.resources, never relative to a checkout."""
 
 from __future__ import annotations
 

@@ -1,14 +1,6 @@
-"""The sentiment training data: three CC BY 4.0 corpora plus the project's own sentences.
-
-Everything lives in `marport/data/sentiment/` (attribution in its README). The movie
-corpora are lower-cased and tokenised (`it 's`, `don 't`-style spacing); `detokenize`
-puts the spacing back the way people type, so the model trains on text that looks
-like what users send.
-
-Splits are by a hash of the normalised text, not by the training seed: the held-out
-sentences stay the same whatever seed trains the model, and a sentence that occurs
-twice (the product phrases repeat a lot) never sits on both sides.
-"""
+"""The sentiment training data: three CC BY 4.0 corpora plus the project's own sentences (marport/data/sentiment/,
+attribution in its README), de-tokenised to read as people type. Splits are by a hash of the normalised text, so
+the held-out sentences stay the same whatever seed trains, and a repeated sentence never sits on both sides."""
 
 from __future__ import annotations
 

@@ -189,8 +189,7 @@ class LocalTorchServe:
 
     @property
     def env(self) -> dict[str, str]:
-        # TorchServe keeps its pid file in the temp dir and its key file and logs
-        # in the working directory; pointing all at run_dir keeps runs apart.
+        # TorchServe keeps its pid file in the temp dir, its key file and logs in the cwd: all in run_dir.
         env = dict(os.environ)
         env.update(
             TMPDIR=str(self.run_dir / "tmp"),
@@ -215,9 +214,7 @@ class LocalTorchServe:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def start(self, models: list[str] | None = None) -> None:
-        # TorchServe writes key_file.json under the process umask before it restricts the file: the run
-        # folder is this user's alone (0700) and the daemon starts with umask 077, so no moment exists
-        # when another user could read the keys.
+        # key_file.json is written under the umask before TorchServe restricts it: 0700 folder, umask 077.
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.chmod(0o700)
         (self.run_dir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -237,9 +234,7 @@ class LocalTorchServe:
             "--ts-config", str(self.run_dir / "config.properties"),
             "--model-store", props["model_store"],
         ]
-        # The Java daemon inherits these streams: pointed at the caller's, it would hold
-        # a pipe (`make serve | tee`) open until TorchServe stops. Its stdout repeats
-        # the rotated logs in logs/, so only stderr is kept.
+        # Not the caller's streams (Java would hold `make serve | tee` open); stdout repeats logs/, so only stderr.
         (self.run_dir / "logs").mkdir(exist_ok=True)
         self._log_start = self.model_log.stat().st_size if self.model_log.exists() else 0
         errors = self.run_dir / "logs" / "stderr.log"
@@ -310,12 +305,8 @@ class LocalTorchServe:
             return None
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop TorchServe and its workers; return once none of them runs.
-
-        What `torchserve --stop` does (SIGTERM to the pid file's process, then remove the file), done here
-        without starting a Python for it: under load that start alone took seconds. Java and its workers get
-        `grace_s` to finish, then SIGKILL.
-        """
+        """Stop TorchServe and its workers, as `torchserve --stop` does but without starting a Python for it: SIGTERM,
+        `grace_s`, then SIGKILL; return once none of them runs."""
         terminate(process_family(self.pid), grace_s)
         self.pid_file.unlink(missing_ok=True)
 

@@ -1,15 +1,6 @@
-"""Synthetic labelled cough/breath recordings for the demo model and the tests.
-
-No real recordings can be downloaded where this project builds, so this writes a
-stand-in data set in the same shape as a real one: a folder of audio files and
-`labels.csv` (path,label,participant_id).
-
-The classes differ the way a CNN can hear: "unhealthy" recordings carry a tonal
-wheeze (250-600 Hz, with vibrato) through breaths and coughs, crackles, and
-longer coughs; "healthy" ones have short noisy coughs only. Both get background
-noise, varied loudness, lengths, sample rates and channel counts. Demo data only.
-`marport train respiratory` writes it to build/respiratory/synthetic (demo_dataset).
-"""
+"""Synthetic labelled cough/breath recordings for the demo model and the tests (no real ones can be downloaded
+here), in a real data set's shape: audio files and labels.csv (path,label,participant_id). "Unhealthy" ones carry
+a wheeze, crackles and longer coughs; both vary in noise, loudness, length, rate and channels. Demo data only."""
 
 from __future__ import annotations
 

@@ -1,18 +1,7 @@
-"""Train the respiratory-sound CNN on labelled recordings and report honest metrics.
-
-    # any folder of recordings with a CSV path,label[,participant_id]
-    marport train respiratory --csv data/labels.csv --audio-dir data --out build/resp
-    # a Coswara checkout (per-participant folders; covid_status healthy -> 0, anything else -> 1)
-    marport train respiratory --coswara path/to/Coswara-Data --recording cough-heavy --out build/resp
-    # the synthetic demo set this project generates (the default)
-    marport train respiratory
-
-Participants never straddle splits; the minority class is oversampled in the
-training split only; the decision threshold is chosen on the validation split for
-a target sensitivity and stored with the weights; metrics come from the untouched
-test split. Recordings go through the serving code (handlers/respiratory.py), so
-what the model learns from is exactly what it is served.
-"""
+"""Train the respiratory-sound CNN on labelled recordings and report honest metrics: participants never straddle
+splits, the minority class is oversampled in training only, the threshold is chosen on validation for a target
+sensitivity, metrics come from the untouched test split, and recordings go through the serving code's decoding.
+`marport train respiratory --help` shows the data sources (a CSV, a Coswara checkout, the synthetic demo set)."""
 
 from __future__ import annotations
 
@@ -249,46 +238,6 @@ def evaluate(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
     }
 
 
-def plot(labels: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, uncalibrated: np.ndarray | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
-
-    fig, (roc_ax, cm_ax, rel_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
-    if len(set(labels)) == 2:
-        RocCurveDisplay.from_predictions(labels, probs, ax=roc_ax, name="test split")
-    roc_ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
-    roc_ax.set_title(f"ROC (AUC {metrics['roc_auc'] or float('nan'):.3f})")
-    ConfusionMatrixDisplay.from_predictions(
-        labels, (probs >= metrics["threshold"]).astype(int), labels=[0, 1],
-        display_labels=list(respiratory.LABELS), ax=cm_ax, colorbar=False,
-    )
-    cm_ax.set_title(f"threshold {metrics['threshold']:.3f}")
-    reliability(labels, probs, rel_ax, "calibrated", uncalibrated)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def reliability(labels: np.ndarray, probs: np.ndarray, ax, name: str, before: np.ndarray | None = None) -> None:
-    """Reliability diagram: mean predicted probability against the observed rate, per bin."""
-    from sklearn.calibration import calibration_curve
-    from sklearn.metrics import brier_score_loss
-
-    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated")
-    bins = max(2, min(10, len(labels) // 5))
-    for values, label, style in ((before, "before scaling", "o:"), (probs, name, "s-")):
-        if values is None or len(set(labels)) < 2:
-            continue
-        observed, predicted = calibration_curve(labels, values, n_bins=bins, strategy="quantile")
-        ax.plot(predicted, observed, style, label=f"{label} (Brier {brier_score_loss(labels, values):.3f})")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed unhealthy rate",
-           title="reliability (test split)")
-    ax.legend(loc="upper left", fontsize=8)
-
-
 def train(examples: list[Example], out: Path, options: TrainOptions | None = None) -> dict:
     options = options or TrainOptions()
     seed_everything(options.seed)
@@ -326,7 +275,9 @@ def train(examples: list[Example], out: Path, options: TrainOptions | None = Non
     }
     respiratory_net.save_checkpoint(str(out), model.net, model.audio)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plot(labels_of("test"), test_probs, metrics["test"], out / "evaluation.png", uncalibrated=raw_test)
+    from marport.plots import evaluation_figure
+
+    evaluation_figure(labels_of("test"), test_probs, metrics["test"], out / "evaluation.png", uncalibrated=raw_test)
     return metrics
 
 

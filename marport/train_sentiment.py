@@ -1,14 +1,7 @@
-"""Train the demo sentiment checkpoint: a pretrained RoBERTa-architecture encoder fine-tuned on
-three CC BY 4.0 review corpora, three classes (negative / neutral / positive).
-
-    marport train sentiment [--seed 13] [--out DIR]    # default --out: build/sentiment/demo-checkpoint
-
-Writes a `save_pretrained` checkpoint (weights, tokenizer, config), `metrics.json`,
-`confusion.png` and `MODEL_CARD.md` into --out; `marport build sentiment` packs them all
-into sentiment.mar. Where the weights come from: marport/pretrained.py. The data:
-marport/sentiment_data.py. Fits the `make serve` budget on 2 CPU cores by reading
-each example once, in length-sorted batches, under bf16 autocast where the CPU has it.
-"""
+"""Train the demo sentiment checkpoint: a pretrained RoBERTa-architecture encoder (marport/pretrained.py) fine-tuned
+on three CC BY 4.0 review corpora (marport/sentiment_data.py), negative / neutral / positive. Writes a
+`save_pretrained` checkpoint, metrics.json, confusion.png and MODEL_CARD.md into --out; fits `make serve`'s budget
+on 2 cores (each example once, length-sorted batches, bf16 autocast where the CPU has it)."""
 
 from __future__ import annotations
 
@@ -89,22 +82,9 @@ def evaluate(model, tokenizer, examples: list[Example]) -> dict:
     }
 
 
-def train(out_dir: Path, settings: TrainSettings = TrainSettings(), data: dict | None = None) -> dict:
-    """Fine-tune, evaluate and save; `data` (train/validation/test example lists) defaults to the shipped corpora."""
-    seed_everything(settings.seed)
-    started = time.perf_counter()
-    model, tokenizer = pretrained_roberta(list(LABELS))
-    data = data or load_splits()
-    rng = random.Random(settings.seed)
-    rows = list(data["train"])
-    rng.shuffle(rows)
-    rows = rows[: round(len(rows) * settings.epochs)] if settings.epochs < 1 else rows
-    ids = tokenizer([e.text for e in rows], truncation=True, max_length=settings.max_length)["input_ids"]
-    labels = [e.label for e in rows]
-    epochs = max(1, int(np.ceil(settings.epochs)))
-    plan = [_batches([len(i) for i in ids], settings, rng) for _ in range(epochs)]
+def _fit(model, tokenizer, ids: list, labels: list, plan: list, settings: TrainSettings) -> bool:
+    """AdamW with linear warm-up and decay over the planned batches; answers whether bf16 autocast was used."""
     steps = sum(len(p) for p in plan)
-
     if settings.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -129,6 +109,24 @@ def train(out_dir: Path, settings: TrainSettings = TrainSettings(), data: dict |
                 schedule.step()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
                 bar.update()
+    return use_bf16
+
+
+def train(out_dir: Path, settings: TrainSettings = TrainSettings(), data: dict | None = None) -> dict:
+    """Fine-tune, evaluate and save; `data` (train/validation/test example lists) defaults to the shipped corpora."""
+    seed_everything(settings.seed)
+    started = time.perf_counter()
+    model, tokenizer = pretrained_roberta(list(LABELS))
+    data = data or load_splits()
+    rng = random.Random(settings.seed)
+    rows = list(data["train"])
+    rng.shuffle(rows)
+    rows = rows[: round(len(rows) * settings.epochs)] if settings.epochs < 1 else rows
+    ids = tokenizer([e.text for e in rows], truncation=True, max_length=settings.max_length)["input_ids"]
+    labels = [e.label for e in rows]
+    epochs = max(1, int(np.ceil(settings.epochs)))
+    plan = [_batches([len(i) for i in ids], settings, rng) for _ in range(epochs)]
+    use_bf16 = _fit(model, tokenizer, ids, labels, plan, settings)
     train_seconds = time.perf_counter() - started
 
     model.eval()

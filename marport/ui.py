@@ -1,20 +1,9 @@
 """`marport ui`: one local page to try the served models in a browser.
 
-A small standard-library HTTP server on loopback: it serves the page and its script (marport/ui/,
-nothing from a CDN) and relays each request to whatever serves the models, with the same content
-types and answers as the API: the workspace's TorchServe (its inference key stays here, the browser
-never sees it), the workspace's Ray Serve, or a SageMaker endpoint (`--endpoint NAME --kind KIND`).
-
-    GET  /                  the page
-    GET  /static/NAME       its script and style
-    GET  /api/models        [{"name": ..., "kind": "sentiment" | "respiratory"}]
-    POST /api/predict/NAME  the body and Content-Type as sent; the model's status and JSON back
-
-It answers only itself: a request must name this server in `Host` (so DNS rebinding gets nothing), a POST
-must come from this server's own origin (so another page in the browser cannot use the models), and every
-request must carry the secret the page was launched with (`?token=` in the printed link, then a cookie),
-as Jupyter's token does. Anything else is a 403 and nothing is forwarded.
-"""
+A standard-library server on loopback serving the page (marport/ui/) and relaying each request to what serves
+the models (the workspace's TorchServe or Ray Serve, or a SageMaker endpoint); the inference key stays here. It
+answers only its own `Host`, POSTs only from its own origin, and only with the secret of its launch link (then a
+cookie); anything else is a 403 and nothing is forwarded (docs/serving.md, "The browser page")."""
 
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""The user's working folder: where archives, build outputs and the server's state go.
-
-    <workdir>/model_store/   built .mar archives (or --model-store)
-    <workdir>/build/         checkpoints, staging, SageMaker tarballs, benchmark scratch
-    <workdir>/var/           the running TorchServe's config, logs, pid and key file
-    <workdir>/config.properties   optional: the server settings; the shipped template otherwise
-
-The workdir is the current folder unless `--workdir` says otherwise, so `marport`
-works from any folder; in this repo it is the repo root, as `make` runs it.
-"""
+"""The user's working folder (the current one, or --workdir): model_store/ (built archives, or --model-store), build/
+(checkpoints, staging, tarballs, benchmark scratch), var/ (the running server's config, logs, pid, keys) and an
+optional config.properties."""
 
 from __future__ import annotations
 
@@ -59,11 +52,7 @@ _current: Workspace | None = None
 
 
 def current() -> Workspace:
-    """The workspace the `marport` command was started for (the current folder otherwise).
-
-    For code several calls deep (benchmarks, notebooks) that would otherwise thread it
-    through every function.
-    """
+    """The workspace the `marport` command was started for (the current folder otherwise), for code several calls deep."""
     return _current or Workspace.at()
 
 

@@ -1,13 +1,5 @@
-"""SageMaker asynchronous inference: input from S3, output to S3, an endpoint that can scale to zero.
-
-Real-time endpoints take at most 6 MB per request and must answer within 60 s; an async
-endpoint queues requests whose input already sits in S3 (up to 1 GB), answers within up to
-an hour, writes the answer to S3 (and optionally notifies SNS topics), and with
-`scale_to_zero` keeps no instance running while the queue is empty.
-
-    marport sagemaker deploy respiratory --endpoint resp-async --async --output s3://bucket/async --scale-to-zero
-    marport sagemaker invoke resp-async --async --file cough.wav --wait
-"""
+"""SageMaker asynchronous inference: input from S3 (up to 1 GB), output to S3 (and SNS), answers within up to an
+hour, and with `scale_to_zero` no instance running while the queue is empty (docs/runtimes.md)."""
 
 from __future__ import annotations
 

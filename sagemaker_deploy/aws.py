@@ -1,10 +1,5 @@
-"""Deploy, invoke and delete a SageMaker endpoint for a marport archive.
-
-Uses the SageMaker Python SDK (v2: `sagemaker.pytorch.PyTorchModel`) for the model
-and endpoint, boto3 for invocation, autoscaling and clean-up. Region, role and
-bucket come from flags or the usual AWS environment (AWS_PROFILE, AWS_REGION,
-SAGEMAKER_ROLE, SAGEMAKER_BUCKET).
-"""
+"""Deploy, invoke and delete a SageMaker endpoint for a marport archive: the SageMaker SDK (v2) for model and
+endpoint, boto3 for invocation, autoscaling and clean-up; region, role and bucket from flags or the environment."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""`marport sagemaker ...`: package, run locally through the real toolkit, deploy, invoke, delete.
-
-    marport sagemaker package sentiment            # model_store/sentiment.mar -> build/sagemaker/sentiment/model.tar.gz
-    marport sagemaker serve-local sentiment --port 8090
-    marport sagemaker deploy sentiment --endpoint sentiment-demo --role ARN
-    marport sagemaker invoke sentiment-demo --text "Great staff, clean room"
-    marport sagemaker delete sentiment-demo --delete-model-data
-
-ARCHIVE is a .mar path or the name of one in the model store.
-"""
+"""`marport sagemaker ...`: package, run locally through the real toolkit, deploy, invoke, delete (docs/runtimes.md).
+ARCHIVE is a .mar path or the name of one in the model store."""
 
 from __future__ import annotations
 

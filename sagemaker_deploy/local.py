@@ -1,12 +1,5 @@
-"""Run a model.tar.gz through SageMaker's real serving stack, on loopback, without Docker.
-
-The PyTorch container unpacks model.tar.gz into /opt/ml/model and starts
-`sagemaker_pytorch_serving_container.serving.main()`. This does the same with the
-same toolkit (sagemaker-pytorch-inference), in a scratch folder instead of /opt/ml,
-with every port on 127.0.0.1:
-
-    marport sagemaker serve-local build/sagemaker/sentiment/model.tar.gz --port 8090
-"""
+"""Run a model.tar.gz through SageMaker's real serving stack (sagemaker-pytorch-inference) on loopback, without
+Docker: unpacked into a scratch folder instead of /opt/ml/model, every port on 127.0.0.1."""
 
 from __future__ import annotations
 

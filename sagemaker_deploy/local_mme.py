@@ -1,20 +1,10 @@
-"""A SageMaker multi-model endpoint's container on loopback: the real toolkit in MME mode, without Docker.
+"""A SageMaker multi-model endpoint's container on loopback: the real toolkit in MME mode, without Docker. Each
+tarball is unpacked where the platform would put it, under an opaque name, and the platform's calls (load, list,
+invoke, unload) are answered on one loopback port.
 
-On a multi-model endpoint SageMaker starts the container with `SAGEMAKER_MULTI_MODEL=true`; the toolkit then
-starts TorchServe with no model and the model API on. The platform copies the tarball a call names
-(`TargetModel`) from S3, unpacks it to /opt/ml/models/<opaque name>/model, and calls the container:
-`POST /models {"model_name", "url"}`, `GET /models[/<name>]`, `DELETE /models/<name>` and
-`POST /models/<name>/invoke`. This does the same on this machine: each tarball unpacked where the platform
-would put it, under an opaque name, the toolkit started for real, and the platform's calls answered on one
-loopback port.
-
-Two things are ours. Toolkit 2.0.25 joins its MME properties file, which lacks a final newline, with its own
-settings, so TorchServe reads `enable_model_api=truedefault_response_timeout=60` and answers every load with a
-405: `TS_ENABLE_MODEL_API=true` (TorchServe reads TS_* variables there) puts the model API back, as a
-deployment must too (docs/runtimes.md). And TorchServe's model API, which the toolkit leaves without a token,
-listens only on a Unix socket in the run's private folder; the loopback port is a small relay that passes the
-platform's calls on and refuses a model registered from anywhere but the models folder.
-"""
+Ours: `TS_ENABLE_MODEL_API=true` (toolkit 2.0.25's MME properties lack a final newline, which turns the model API
+off), and TorchServe's model API on a private Unix socket behind a relay that refuses a model from outside the
+models folder (docs/runtimes.md, "Both models on one multi-model endpoint")."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""Several archives behind one SageMaker multi-model endpoint (MME), with the same image and settings as one.
-
-Each archive's tarball (the single-model one, unchanged) goes under one S3 prefix as NAME.tar.gz, the
-`TargetModel` a call names; the SDK's `MultiDataModel` wraps the same `PyTorchModel` a single-model endpoint
-uses. Per-model batching and workers travel in each tarball's model-config.yaml (the container ignores the
-`SAGEMAKER_TS_*` variables on an MME). The environment adds `TS_ENABLE_MODEL_API=true`: toolkit 2.0.25 otherwise
-starts TorchServe with its model API off and every load fails (docs/runtimes.md).
-"""
+"""Several archives behind one SageMaker multi-model endpoint: each single-model tarball, unchanged, under one S3
+prefix as NAME.tar.gz (the TargetModel), the SDK's MultiDataModel over the same PyTorchModel, and
+`TS_ENABLE_MODEL_API=true` for toolkit 2.0.25 (docs/runtimes.md)."""
 
 from __future__ import annotations
 

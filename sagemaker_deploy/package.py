@@ -1,12 +1,6 @@
-"""A `.mar` -> SageMaker `model.tar.gz`, with nothing rebuilt or re-exported.
-
-The tarball's root is the extracted archive itself (MAR-INF/MANIFEST.json, the
-handler modules, model-config.yaml, checkpoint/), so SageMaker's PyTorch container
-runs our TorchServe handler exactly as local TorchServe does. `code/inference.py`
-and `code/requirements.txt` serve the toolkit's own route through the same core.
-`runtime="ray"` writes the Ray Serve DLC's tarball instead: the same files, with
-`ray_adapter.py` and Ray Serve's `config.yaml` at the root (ray_runtime.py).
-"""
+"""A `.mar` -> SageMaker `model.tar.gz`, nothing rebuilt: the extracted archive at the root (so the container runs
+our TorchServe handler as local TorchServe does), with `code/inference.py` and `code/requirements.txt` for the
+toolkit's own route; `runtime="ray"` adds `ray_adapter.py` and Ray Serve's config.yaml instead."""
 
 from __future__ import annotations
 
@@ -41,14 +35,8 @@ RAY_ADAPTER = "ray_adapter.py"  # handlers/ module the Ray Serve DLC's config.ya
 
 def package(mar: Path, out: Path, manifest: bool = True, review_band: str | None = None,
             s3_allow: list[str] | None = None, device: str = "cpu", gpus: int = 1, runtime: str = "torchserve") -> Path:
-    """Write model.tar.gz for `mar`; manifest=False leaves only the toolkit route.
-
-    `review_band` ("0.4,0.6" or "off") and `s3_allow` (buckets, with optional key prefixes)
-    replace handler.review_band and handler.s3_allowed_buckets in the packed model-config.yaml:
-    the settings that are the deployment's, not the model's, to choose. `device="gpu"` packs
-    handler.devices.gpu's batching and workers per GPU (x `gpus`) for a GPU instance type
-    (marport.build.for_device); `cpu` leaves them as archived.
-    """
+    """Write model.tar.gz for `mar`; manifest=False leaves only the toolkit route. `review_band`, `s3_allow` and
+    `device`/`gpus` are the deployment's settings, written into the packed model-config.yaml (marport.build)."""
     import yaml
 
     from marport.build import deployment_settings

@@ -1,16 +1,6 @@
-"""Ray Serve as the runtime: the tarball for SageMaker's Ray Serve DLC, its config.yaml, and Ray on loopback.
-
-SageMaker's PyTorch TorchServe image left support on 2026-06-30; its successor is the Ray Serve DLC.
-Its contract: the tarball is extracted to /opt/ml/model, whose `config.yaml` (Ray Serve's
-`applications:` file) names the deployment code there, `code/requirements.txt` is installed at start,
-Ray Serve listens on 8000, and a small adapter on 8080 proxies `POST /invocations` to Ray Serve's
-route `/` with only Content-Type and Accept, and `GET /ping` to `/-/healthz`.
-
-The same archive's files go in unchanged (the flat handler modules, checkpoint/, model-config.yaml),
-with handlers/ray_adapter.py beside them: the same Endpoint as on TorchServe, batched by `@serve.batch`.
-marport.ray_server.RayServe runs `serve run` on such a folder on loopback (the tests), and `DlcAdapter`
-stands in for the DLC's proxy.
-"""
+"""Ray Serve as the runtime: the tarball for SageMaker's Ray Serve DLC (the TorchServe image's successor), its
+config.yaml, and a stand-in for the DLC's adapter, which proxies `POST /invocations` to Ray Serve's route `/` with
+only Content-Type and Accept, and `GET /ping` to `/-/healthz` (docs/runtimes.md, "Ray Serve")."""
 
 from __future__ import annotations
 

@@ -19,12 +19,8 @@ TS_ENV = {
 
 
 def serving_env(model_config: dict, overrides: dict | None = None, manifest: bool = True) -> dict[str, str]:
-    """The container environment that reproduces the archive's own batching settings.
-
-    `overrides` uses model-config keys (batchSize=16 ...); values win over the archive's.
-    Without a manifest the toolkit's handler serves code/inference.py one request at a
-    time and fails a whole batch on one bad request, so batches are kept to one.
-    """
+    """The container environment that reproduces the archive's batching (`overrides`, model-config keys, win); the
+    toolkit's own route answers one request at a time, so its batches are kept to one."""
     merged = {**{k: model_config[k] for k in TS_ENV if k in model_config}, **(overrides or {})}
     if not manifest:
         merged["batchSize"] = 1

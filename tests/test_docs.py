@@ -38,11 +38,3 @@ def test_links_reach_their_files_and_headings(page):
         elif anchor and found.suffix == ".md" and anchor not in _headings(found):
             broken.append(target)
     assert not broken, f"{page.name}: {broken}"
-
-
-def test_the_readme_is_a_front_door():
-    """What it is, prerequisites, the two commands and one example, then contents: two screens at most."""
-    text = (REPO_ROOT / "README.md").read_text()
-    assert len(text.splitlines()) <= 100
-    order = [text.index(h) for h in ("## Prerequisites", "## Two commands", "## Contents")]
-    assert order == sorted(order) and "make serve" in text and "make test" in text and "curl" in text

@@ -1,7 +1,7 @@
 """Device and precision selection (handlers/placement.py), and that both runtimes hand it the worker's GPU.
 
 The selection logic runs here without a GPU by standing in for torch.cuda's answers;
-the real CUDA path was run on a lent H100 (bench/gpu.py, BENCHMARKS.md).
+the real CUDA path was run on a lent H100 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
