@@ -142,7 +142,6 @@ def _scale_for(peak: float) -> float:
     return 1.0 / peak if peak > 1.0 else 1.0
 
 
-
 def _unreadable(exc: Exception) -> RequestError:
     # libsndfile's message names the file it opened: for a body, an in-memory object's repr; only the reason helps
     reason = re.sub(r"^Error opening <[^>]*>: ", "", str(exc)).strip() or type(exc).__name__
@@ -197,7 +196,6 @@ def _check_complete(info) -> None:
     if declared not in STREAMING_SIZES and declared > present:
         raise RequestError(f"recording is truncated: its header declares {declared} bytes of audio, the file holds "
                            f"{present}", kind="truncated_audio")
-
 
 
 def _pickled() -> RequestError:

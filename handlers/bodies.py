@@ -30,7 +30,6 @@ BOMS = (
 BOM_STARTS = tuple(sorted({bom[:1] for bom, _ in BOMS}))
 
 
-
 def check_accept(accept: str | None) -> None:
     """Answers are JSON; a client that accepts nothing like it gets a 406."""
     if not accept or accept == "*/*":  # what nearly every client sends

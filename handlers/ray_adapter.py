@@ -21,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+REPLICA_HEADER = "x-marport-replica"  # which replica answered: operators and the scale-out tests read it
 
 
 class RayMetrics:
@@ -31,27 +32,26 @@ class RayMetrics:
         self._metrics: dict[str, Any] = {}
         self._warned = False
 
-    def _metric(self, name: str) -> Any:
+    def _metric(self, name: str) -> tuple[Any, str]:
+        """The metric and its kind: the archive's declaration (operator_metrics.METRICS), else a counter."""
         if name not in self._metrics:
-            from marport_serving.operator_metrics import CUSTOM, METRICS
+            from marport_serving.operator_metrics import METRICS  # the archive's own list, whichever its version
             from ray.serve import metrics
 
-            kind, unit, dims = METRICS.get(name, CUSTOM)
+            kind, unit, dims = METRICS.get(name, ("counter", "Count", ()))
             make = metrics.Counter if kind == "counter" else metrics.Gauge
             self._metrics[name] = make(f"marport_{name}", description=f"{name} ({unit})",
-                                       tag_keys=("ModelName", *dims))
+                                       tag_keys=("ModelName", *dims)), kind
         return self._metrics[name]
 
     def record(self, rejected: Mapping[str, int], figures: Mapping[str, float | None]) -> None:
-        from marport_serving.operator_metrics import CUSTOM, METRICS
-
         try:
-            for kind, count in rejected.items():
-                self._metric("RequestsRejected").inc(count, tags={"ModelName": self.model_name, "ErrorType": kind})
+            for error, count in rejected.items():
+                self._metric("RequestsRejected")[0].inc(count, tags={"ModelName": self.model_name, "ErrorType": error})
             for name, value in figures.items():
                 if value is not None:
-                    metric, tags = self._metric(name), {"ModelName": self.model_name}
-                    metric.inc(value, tags=tags) if METRICS.get(name, CUSTOM)[0] == "counter" else metric.set(value, tags=tags)
+                    (metric, kind), tags = self._metric(name), {"ModelName": self.model_name}
+                    metric.inc(value, tags=tags) if kind == "counter" else metric.set(value, tags=tags)
         except Exception:  # noqa: BLE001 - metrics are for operators; they never fail a request
             if not self._warned:
                 log.warning("operator metrics could not be recorded; further failures are not logged", exc_info=True)
@@ -110,8 +110,13 @@ class MarportModel:
         if model_dir not in sys.path:
             sys.path.insert(0, model_dir)  # the archive's own marport_serving package, whichever copy of this runs
         from marport_serving.endpoint import Endpoint, core_of
+        from marport_serving.settings import THREADS_ENV, read_config
 
+        cpus = str((read_config(model_dir).get("handler") or {}).get("ray", {}).get("num_cpus"))
+        if cpus.replace(".", "", 1).isdigit() and not os.environ.get(THREADS_ENV):
+            os.environ[THREADS_ENV] = str(max(1, int(float(cpus))))  # torch's threads: the CPUs Ray reserved
         model_name = model_name or os.path.basename(model_dir)
+        self.replica = serve.get_replica_context().replica_id.unique_id
         core = core_of(model_dir)
         _log_like_serve(core.__module__.split(".")[0])  # the archive's package: every module's logger below it
         self.endpoint = Endpoint(core, model_dir, None, _gpu_id(), RayMetrics(model_name))
@@ -123,7 +128,8 @@ class MarportModel:
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)  # set from model-config.yaml in __init__
     async def answer(self, requests: list) -> list:
         """One Endpoint call for a batch of requests, on the replica's user-code loop: requests arriving
-        meanwhile queue for the next batch."""
+        meanwhile queue for the next batch (in a thread, Ray closes a batch at its timeout even while the
+        last one runs: batches of two)."""
         return self.endpoint.answer(requests, [r.headers.get(REQUEST_ID_HEADER) for r in requests])
 
     async def __call__(self, http: HttpRequest) -> Response:
@@ -135,7 +141,8 @@ class MarportModel:
         request = Request(body=await http.body(), content_type=headers.get("content-type", ""),
                           params=dict(http.query_params), headers=headers)
         outcome = await self.answer(request)
-        return Response(outcome.body, status_code=outcome.status, media_type="application/json")
+        return Response(outcome.body, status_code=outcome.status, media_type="application/json",
+                        headers={REPLICA_HEADER: self.replica})
 
 
 def build(args: Mapping[str, Any]) -> Any:

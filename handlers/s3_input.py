@@ -183,10 +183,8 @@ def _read_bounded(body, max_bytes: int, deadline: float | None, uri: str) -> byt
 
 
 def resolve(request: Request, s3: S3Input | None, deadline: float | None = None) -> Request:
-    """The request itself, or, for an S3 reference, the same request with the object's bytes as its body.
-
-    `deadline` (time.monotonic()) is the handler call's: no fetch starts that could outlast it.
-    """
+    """The request, or for an S3 reference the same request with the object's bytes as its body; no fetch starts
+    that could outlast `deadline` (time.monotonic(), the handler call's)."""
     doc = reference(request)
     if doc is None:
         return request

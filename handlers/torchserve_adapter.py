@@ -11,8 +11,7 @@ from .operator_metrics import from_context
 
 log = logging.getLogger(__name__)
 
-# Field names a body may arrive under: raw bodies are "body" (or "data" with some
-# clients); multipart uploads use the form field's name.
+# Field names a body may arrive under: raw bodies are "body" ("data" with some clients); multipart, the field's.
 BODY_FIELDS = ("body", "data", "file", "audio", "text", "inputs")
 
 

@@ -111,8 +111,6 @@ class RayServe:
         self.stop()
 
 
-
-
 def locked_ray_env(token_path: Path) -> dict[str, str]:
     """The environment of a local Ray that keeps to this machine and wants a credential: single-machine mode (node IP
     127.0.0.1; LOOPBACK_ENV moves the replicas' gRPC server too) and RAY_AUTH_MODE=token with the 0600 token file."""
@@ -199,15 +197,17 @@ class LocalRay:
         self.stop()
         models = self.dir / "models"
         shutil.rmtree(models, ignore_errors=True)
-        apps = []
+        apps, timeout = [], 0.0
         for mar in archives:
             folder = extract_archive(mar, models / mar.stem)
-            config = yaml.safe_load((folder / "model-config.yaml").read_text())
-            app = serve_config(config, mar.stem, INSTALLED_ADAPTER, {"model_dir": str(folder), "model_name": mar.stem},
-                               route_prefix=f"/predictions/{mar.stem}")["applications"][0]
-            apps.append(app)
+            config = serve_config(yaml.safe_load((folder / "model-config.yaml").read_text()), mar.stem,
+                                  INSTALLED_ADAPTER, {"model_dir": str(folder), "model_name": mar.stem},
+                                  route_prefix=f"/predictions/{mar.stem}")
+            apps.append(config["applications"][0])
+            timeout = max(timeout, config["http_options"]["request_timeout_s"])
         share_cpus(apps, os.cpu_count() or 1)
-        server = RayServe(self.dir, self.dir / "serve.log", {"proxy_location": "EveryNode", "applications": apps})
+        server = RayServe(self.dir, self.dir / "serve.log", {"proxy_location": "EveryNode", "applications": apps,
+                                                             "http_options": {"request_timeout_s": timeout}})
         server.start()
         state = {"pid": server.pid, "url": server.url, "models": [m.stem for m in archives],
                  "token_path": str(server.token_path)}

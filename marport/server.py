@@ -46,8 +46,7 @@ class LoadFailed(RuntimeError):
     """A model's worker died while loading it (TorchServe would retry it forever)."""
 
 
-# A worker's stdout in model_log.log: "... [INFO ] W-9000-sentiment_0.1.0-stdout MODEL_LOG - <line>" with
-# TorchServe's own logging configuration, "... [INFO ] MODEL_LOG - <line>" with SageMaker's toolkit's.
+# A worker's stdout in model_log.log: "W-9000-NAME_0.1.0-stdout MODEL_LOG - <line>" (TorchServe), "MODEL_LOG - <line>" (toolkit).
 WORKER_LINE = re.compile(r"(?:\bW-\d+-(?P<model>.+)_[^_\s]+-stdout )?MODEL_LOG - (?P<text>.*)$")
 WORKER_DIED = "Backend worker process died."
 

@@ -151,8 +151,7 @@ def train(out_dir: Path, settings: TrainSettings = TrainSettings(), data: dict |
     return metrics
 
 
-# Files this trainer writes, or wrote in earlier versions (a byte-level BPE, training_metrics.json):
-# removed before saving, so a rebuilt checkpoint never carries a stale file into the archive.
+# Files this trainer writes or once wrote: removed before saving, so no stale file reaches the archive.
 OWN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
              "vocab.json", "vocab.txt", "merges.txt", "metrics.json", "training_metrics.json", "confusion.png",
              "MODEL_CARD.md")

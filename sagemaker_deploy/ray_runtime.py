@@ -23,24 +23,27 @@ FORWARDED = ("content-type", "accept")  # all the DLC's adapter passes on
 
 def serve_config(model_config: dict, name: str, import_path: str = ADAPTER_IMPORT, args: dict | None = None,
                  host: str = "0.0.0.0", port: int = RAY_SERVE_PORT, route_prefix: str = "/") -> dict:
-    """Ray Serve's config file for one model, from its model-config.yaml: replicas from minWorkers/maxWorkers
-    (autoscaled between them when they differ), batching from batchSize (the replica reads batchSize and
-    maxBatchDelay itself), a GPU share per replica for a GPU archive (workers per GPU share one)."""
+    """Ray Serve's config file for one model, from its model-config.yaml (the table in docs/runtimes.md)."""
     batch = int(model_config.get("batchSize") or 1)
     low, high = int(model_config.get("minWorkers") or 1), int(model_config.get("maxWorkers") or 1)
-    threads = (model_config.get("handler") or {}).get("threads")
-    actor: dict[str, Any] = {"num_cpus": int(threads) if str(threads).isdigit() else 1}
+    handler = model_config.get("handler") or {}
+    ray = {k: v for k, v in (handler.get("ray") or {}).items() if str(v).lower() != "auto"}
+    threads = str(handler.get("threads"))
+    actor: dict[str, Any] = {"num_cpus": float(ray.get("num_cpus") or (threads if threads.isdigit() else 1))}
     if str(model_config.get("deviceType", "")).lower() == "gpu":
-        per_gpu = ((model_config.get("handler") or {}).get("devices") or {}).get("gpu", {}).get("workers_per_gpu", 1)
+        per_gpu = (handler.get("devices") or {}).get("gpu", {}).get("workers_per_gpu", 1)
         actor["num_gpus"] = round(1 / max(1, int(per_gpu)), 4)
-    deployment: dict[str, Any] = {"name": DEPLOYMENT, "max_ongoing_requests": 2 * batch, "ray_actor_options": actor}
-    if high > low:
-        deployment["autoscaling_config"] = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": batch}
-    else:
-        deployment["num_replicas"] = low
+    deployment: dict[str, Any] = {"name": DEPLOYMENT, "ray_actor_options": actor,
+                                  "max_ongoing_requests": int(ray.get("max_ongoing_requests") or 2 * batch)}
+    if ray.get("max_replicas_per_node"):
+        deployment["max_replicas_per_node"] = int(ray["max_replicas_per_node"])
+    scaling = {"min_replicas": low, "max_replicas": high,
+               "target_ongoing_requests": float(ray.get("target_ongoing_requests") or batch)}
+    deployment.update({"autoscaling_config": scaling} if high > low else {"num_replicas": low})
     app = {"name": name, "route_prefix": route_prefix, "import_path": import_path, "args": args or {},
            "deployments": [deployment]}
-    return {"proxy_location": "EveryNode", "http_options": {"host": host, "port": port}, "applications": [app]}
+    return {"proxy_location": "EveryNode", "applications": [app], "http_options": {
+        "host": host, "port": port, "request_timeout_s": float(model_config.get("responseTimeout") or 120)}}
 
 
 def image_uri(region: str, device: str) -> str:

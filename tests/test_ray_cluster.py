@@ -1,0 +1,138 @@
+"""Ray Serve past one machine, on a real multi-node Ray cluster on this one (a head and two worker nodes, each its
+own raylet): both models with a replica on every node, answers equal to TorchServe's, a worker node killed under
+steady load and brought back, a replica process killed alone, every node behind Ray's token, the handler's
+metrics labelled by replica."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.conftest import answers_close, built_archive, torchserve_answers
+from tests.inputs import INPUTS
+from tests.ray_cluster import REPLICA_HEADER, LocalCluster, SteadyLoad
+
+pytestmark = pytest.mark.integration
+
+MODELS = ("sentiment", "respiratory")
+NODES = 3  # the head and two workers
+ONE_PER_NODE = {"num_replicas": NODES, "max_replicas_per_node": 1, "ray_actor_options": {"num_cpus": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return torchserve_answers(tmp_path_factory, INPUTS)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), workers=NODES - 1) as running:
+        for model in MODELS:
+            running.deploy(built_archive(model), model, **ONE_PER_NODE)
+        for model in MODELS:
+            running.wait_for_replicas(model, NODES)
+        yield running
+
+
+def post(cluster: LocalCluster, model: str, body: bytes, content_type: str) -> requests.Response:
+    return requests.post(f"{cluster.url}/predictions/{model}", data=body, timeout=60,
+                         headers={"Content-Type": content_type})
+
+
+def test_both_models_have_a_replica_on_every_node_and_every_replica_answers(cluster, reference):
+    for model in MODELS:
+        replicas = cluster.replicas(model)
+        assert len(replicas) == NODES and len({r["node"] for r in replicas.values()}) == NODES, replicas
+        jobs = [job for job in INPUTS[model].items() for _ in range(12)]
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(lambda job: (job[0], post(cluster, model, *job[1])), jobs))
+        assert all(r.status_code == 200 for _, r in replies), [r.text for _, r in replies if r.status_code != 200]
+        for case, reply in replies:
+            assert answers_close(reply.json(), reference[model, case]), (model, case, reply.text)
+        assert {r.headers[REPLICA_HEADER] for _, r in replies} == set(replicas), "a replica answered nothing"
+
+
+def test_a_worker_node_killed_under_load_costs_only_its_requests(cluster):
+    """Steady load; a worker node dies (its raylet and every process on it); the requests it held fail with a 5xx,
+    nothing hangs, the other replicas keep answering; the node comes back and so does its replica."""
+    body, content_type = INPUTS["sentiment"]["text"]
+    before = cluster.replicas("sentiment")
+    with SteadyLoad(f"{cluster.url}/predictions/sentiment", body, content_type, clients=6) as load:
+        time.sleep(5)
+        killed_at = time.monotonic()
+        victim = cluster.call("remove_worker")
+        time.sleep(20)
+    lost = {r for r, where in before.items() if where["node"] == victim}
+    replies = load.replies
+    failed = [r for r in replies if r.status != 200]
+    after = [r for r in replies if r.sent > killed_at + 10]
+    report = {"requests": len(replies), "failed": len(failed), "statuses": sorted({r.status for r in failed}),
+              "slowest_s": max(r.seconds for r in replies),
+              "errors_until_s": max((r.sent + r.seconds - killed_at for r in failed), default=0.0)}
+    print("node killed:", json.dumps(report))
+    assert all(500 <= r.status < 600 for r in failed), [(r.status, r.body) for r in failed]
+    assert report["slowest_s"] < 30, "a request outlived the proxy's request timeout"
+    assert len(failed) <= 6 + 2, report  # at most what the 6 clients had in flight on it, and a retry's worth
+    assert after and all(r.status == 200 for r in after), "the surviving replicas stopped answering"
+    assert not lost & {r.replica for r in after}
+    cluster.call("add_worker")
+    back = cluster.wait_for_replicas("sentiment", NODES)
+    assert len({r["node"] for r in back.values()}) == NODES
+
+
+def test_a_replica_process_killed_alone_is_replaced(cluster):
+    body, content_type = INPUTS["sentiment"]["text"]
+    pid = next(iter(cluster.replicas("sentiment").values()))["pid"]
+    with SteadyLoad(f"{cluster.url}/predictions/sentiment", body, content_type, clients=4) as load:
+        time.sleep(3)
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(10)
+    failed = [r for r in load.replies if r.status != 200]
+    print("replica killed:", json.dumps({"requests": len(load.replies), "failed": len(failed),
+                                         "statuses": sorted({r.status for r in failed})}))
+    assert all(500 <= r.status < 600 for r in failed) and len(failed) <= 4 + 2
+    assert all(r.status == 200 for r in load.replies if r.sent > killed_at + 5)
+    cluster.wait_for_replicas("sentiment", NODES)
+
+
+def test_every_node_is_locked(cluster):
+    """Every listener of the cluster's processes is on loopback, and every node runs with Ray's token."""
+    import psutil
+
+    raylets = 0
+    for proc in cluster.processes():
+        try:
+            listeners = [c for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+            environ, cmdline = proc.environ(), " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        assert all(c.laddr.ip in ("127.0.0.1", "::1") for c in listeners), (cmdline[:200], listeners)
+        if "/raylet" in cmdline.split(" ", 1)[0]:
+            raylets += 1
+            assert environ.get("RAY_AUTH_MODE") == "token" and environ.get("RAY_AUTH_TOKEN_PATH")
+    assert raylets == NODES
+    assert oct(os.stat(cluster.token_path).st_mode & 0o777) == "0o600"
+
+
+def test_the_handlers_metrics_come_from_every_replica(cluster):
+    """Each node's metrics agent exports the handler's metrics in Prometheus format, the replica as a label."""
+    deadline, seen = time.monotonic() + 90, set()
+    while time.monotonic() < deadline and len(seen) < NODES:
+        post(cluster, "sentiment", *INPUTS["sentiment"]["text"])
+        for node in cluster.call("nodes"):
+            if not node["alive"]:
+                continue
+            with urllib.request.urlopen(f"http://127.0.0.1:{node['metrics_port']}/metrics", timeout=10) as got:
+                text = got.read().decode()
+            seen |= {line.split('replica="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+                     if line.startswith("ray_marport_Texts") and 'replica="' in line}
+        time.sleep(3)
+    assert len(seen) >= NODES, seen
