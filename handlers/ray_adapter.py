@@ -12,6 +12,7 @@ import sys
 import uuid
 from typing import Any, Mapping
 
+import torch
 from ray import serve
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
@@ -96,7 +97,6 @@ def _log_like_serve(package: str) -> None:
 def _gpu_id() -> int | None:
     """GPU 0 of those Ray gave this replica (it sets CUDA_VISIBLE_DEVICES to them), else none."""
     import ray
-    import torch
 
     return 0 if ray.get_gpu_ids() and torch.cuda.is_available() else None
 
@@ -121,6 +121,7 @@ class MarportModel:
         _log_like_serve(core.__module__.split(".")[0])  # the archive's package: every module's logger below it
         self.endpoint = Endpoint(core, model_dir, None, _gpu_id(), RayMetrics(model_name))
         config = self.endpoint.config
+        self.threads = torch.get_num_threads()  # what the endpoint set, on this thread (OpenMP counts per thread)
         # @serve.batch adds these setters to the method at run time (Ray's type hints do not say so).
         self.answer.set_max_batch_size(int(config.get("batchSize") or 1))  # type: ignore[attr-defined]
         self.answer.set_batch_wait_timeout_s(float(config.get("maxBatchDelay") or 0) / 1000)  # type: ignore[attr-defined]
@@ -130,6 +131,8 @@ class MarportModel:
         """One Endpoint call for a batch of requests, on the replica's user-code loop: requests arriving
         meanwhile queue for the next batch (in a thread, Ray closes a batch at its timeout even while the
         last one runs: batches of two)."""
+        if torch.get_num_threads() != self.threads:  # Ray may run user code on another thread than __init__'s
+            torch.set_num_threads(self.threads)
         return self.endpoint.answer(requests, [r.headers.get(REQUEST_ID_HEADER) for r in requests])
 
     async def __call__(self, http: HttpRequest) -> Response:

@@ -61,7 +61,8 @@ class RayServe:
         # (SageMaker's PyTorch serving toolkit installs one that starts TorchServe).
         serve = [sys.executable, "-c", "from ray.serve.scripts import cli; cli()"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **locked_ray_env(self.token_path)}
+        # RAY_ADDRESS=local: a Ray of its own, never one an address file in /tmp/ray names (another run's, maybe dead).
+        env = {**os.environ, **locked_ray_env(self.token_path), "RAY_ADDRESS": "local"}
         with open(self.log_path, "ab") as log:
             # Its own session: Ray's head processes (GCS, raylet, dashboard) start in it, and all go together.
             self.proc = subprocess.Popen([*serve, "run", str(self.config_path)], cwd=self.folder, env=env,

@@ -102,7 +102,9 @@ class LocalCluster:
         self.tmp, self.token_path = tmp, tmp / "ray_auth_token"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **locked_ray_env(self.token_path)}
+        # One proxy on one machine: its preference for replicas on its own node would send everything to the head's
+        # (on a real cluster each node's proxy prefers its own, and the load balancer spreads over the proxies).
+        env = {**os.environ, **locked_ray_env(self.token_path), "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
         self.log = open(tmp / "driver.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.ray_cluster", str(workers), str(cpus), str(self.port)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env,

@@ -74,6 +74,7 @@ def test_a_worker_node_killed_under_load_costs_only_its_requests(cluster):
     failed = [r for r in replies if r.status != 200]
     after = [r for r in replies if r.sent > killed_at + 10]
     report = {"requests": len(replies), "failed": len(failed), "statuses": sorted({r.status for r in failed}),
+              "bodies": sorted({r.body[:160] for r in failed}),
               "slowest_s": max(r.seconds for r in replies),
               "errors_until_s": max((r.sent + r.seconds - killed_at for r in failed), default=0.0)}
     print("node killed:", json.dumps(report))
@@ -114,7 +115,7 @@ def test_every_node_is_locked(cluster):
             environ, cmdline = proc.environ(), " ".join(proc.cmdline())
         except psutil.Error:
             continue
-        assert all(c.laddr.ip in ("127.0.0.1", "::1") for c in listeners), (cmdline[:200], listeners)
+        assert all(c.laddr.ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for c in listeners), (cmdline[:200], listeners)
         if "/raylet" in cmdline.split(" ", 1)[0]:
             raylets += 1
             assert environ.get("RAY_AUTH_MODE") == "token" and environ.get("RAY_AUTH_TOKEN_PATH")
@@ -123,16 +124,18 @@ def test_every_node_is_locked(cluster):
 
 
 def test_the_handlers_metrics_come_from_every_replica(cluster):
-    """Each node's metrics agent exports the handler's metrics in Prometheus format, the replica as a label."""
+    """Each node's metrics agent exports the handler's metrics in Prometheus format (`ray_marport_texts_total`, ...),
+    the replica as a label."""
     deadline, seen = time.monotonic() + 90, set()
     while time.monotonic() < deadline and len(seen) < NODES:
-        post(cluster, "sentiment", *INPUTS["sentiment"]["text"])
+        with ThreadPoolExecutor(8) as pool:  # enough at once that every replica takes some
+            list(pool.map(lambda _: post(cluster, "sentiment", *INPUTS["sentiment"]["text"]), range(24)))
         for node in cluster.call("nodes"):
             if not node["alive"]:
                 continue
             with urllib.request.urlopen(f"http://127.0.0.1:{node['metrics_port']}/metrics", timeout=10) as got:
                 text = got.read().decode()
             seen |= {line.split('replica="', 1)[1].split('"', 1)[0] for line in text.splitlines()
-                     if line.startswith("ray_marport_Texts") and 'replica="' in line}
+                     if line.startswith("ray_marport_texts_total{") and 'replica="' in line}
         time.sleep(3)
     assert len(seen) >= NODES, seen
