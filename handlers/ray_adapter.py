@@ -63,9 +63,8 @@ LOOPBACK_ENV = "MARPORT_RAY_LOOPBACK"  # set by marport's local runtime (marport
 
 
 def _replica_grpc_on_loopback() -> None:
-    """Ray Serve 2.55 replicas open an inter-deployment gRPC server on every interface ("[::]:0") that no
-    setting moves. Where the local runtime keeps Ray on this machine it is bound to 127.0.0.1 instead; Ray's
-    proxy reaches this deployment through actor calls, not that server, unless RAY_SERVE_USE_GRPC_BY_DEFAULT."""
+    """Ray Serve 2.55 replicas open an inter-deployment gRPC server on every interface ("[::]:0") that no setting
+    moves: where the local runtime keeps Ray on this machine, it is bound to 127.0.0.1 instead."""
     if os.environ.get(LOOPBACK_ENV) != "1":
         return
     from grpc.aio import _server
@@ -86,8 +85,7 @@ _replica_grpc_on_loopback()  # at import: replicas import this module before Ray
 
 
 def _log_like_serve(package: str) -> None:
-    """The package's INFO lines (placement, the per-call batch line) where Ray Serve writes its own: the
-    replica's log file and the driver's console."""
+    """The package's INFO lines (placement, the per-call batch line) where Ray Serve writes its own."""
     ours = logging.getLogger(package)
     ours.setLevel(logging.INFO)
     ours.handlers = list(logging.getLogger("ray.serve").handlers)
@@ -128,9 +126,8 @@ class MarportModel:
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)  # set from model-config.yaml in __init__
     async def answer(self, requests: list) -> list:
-        """One Endpoint call for a batch of requests, on the replica's user-code loop: requests arriving
-        meanwhile queue for the next batch (in a thread, Ray closes a batch at its timeout even while the
-        last one runs: batches of two)."""
+        """One Endpoint call for a batch, on the replica's loop: requests arriving meanwhile queue for the next
+        (in a thread, Ray closes a batch at its timeout even while the last one runs: batches of two)."""
         if torch.get_num_threads() != self.threads:  # Ray may run user code on another thread than __init__'s
             torch.set_num_threads(self.threads)
         return self.endpoint.answer(requests, [r.headers.get(REQUEST_ID_HEADER) for r in requests])

@@ -57,8 +57,7 @@ class RayServe:
         return self.log_path.parent / "ray_auth_token"
 
     def start(self) -> "RayServe":
-        # Ray's own CLI through this Python: a `serve` script on PATH may be another package's
-        # (SageMaker's PyTorch serving toolkit installs one that starts TorchServe).
+        # Ray's own CLI through this Python: SageMaker's toolkit installs a `serve` of its own that starts TorchServe.
         serve = [sys.executable, "-c", "from ray.serve.scripts import cli; cli()"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # RAY_ADDRESS=local: a Ray of its own, never one an address file in /tmp/ray names (another run's, maybe dead).
