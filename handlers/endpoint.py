@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 from .bodies import JSON_TYPE, check_accept
 from .contract import Model, Request
-from .isolation import Outcome, each, serialised, together
+from .isolation import Outcome, failed, late, out_of_time, serialised, together
 from .placement import check_batching, place
 from .s3_input import S3Input, resolve
 from .settings import call_budget_s, configure_threads, device_settings, handler_settings, read_config, setting_flag
@@ -27,7 +27,7 @@ from .settings import call_budget_s, configure_threads, device_settings, handler
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Model)
 
-__all__ = ["Endpoint", "JSON_TYPE", "MetricsSink", "Outcome", "core_of", "gathered", "lower_headers"]
+__all__ = ["Endpoint", "JSON_TYPE", "MetricsSink", "Outcome", "core_of", "lower_headers"]
 
 
 class MetricsSink(Protocol):
@@ -81,15 +81,21 @@ class Endpoint:
         if setting_flag(self.model.settings, "gc_freeze", True):
             freeze_loaded_objects()
 
-    def _read(self, request: Request, deadline: float) -> Any:
-        check_accept(request.headers.get("accept"))
-        return self.model.read(resolve(request, self.s3, deadline))  # {"s3_uri": ...} becomes the object's bytes
+    def _read(self, request: Request | Outcome, request_id: str | None, deadline: float) -> Any:
+        """One request read on its own: the model's input, or the Outcome that answers it."""
+        if isinstance(request, Outcome) or late(deadline):
+            return request if isinstance(request, Outcome) else out_of_time(request_id, "reading")
+        try:
+            check_accept(request.headers.get("accept"))
+            return self.model.read(resolve(request, self.s3, deadline))  # {"s3_uri": ...}: the object's bytes
+        except Exception as exc:  # noqa: BLE001 - confined to this request
+            return failed(exc, request_id, "reading")
 
     def answer(self, requests: Sequence[Request | Outcome], ids: Sequence[str | None]) -> list[Outcome]:
         """One Outcome per request, in order, each strict JSON with its own status; never raises."""
         deadline = time.monotonic() + self.budget_s
         started = time.perf_counter()
-        read = each(lambda r: self._read(r, deadline), requests, ids, deadline, "reading")
+        read = [self._read(request, request_id, deadline) for request, request_id in zip(requests, ids)]
         prepared = self._run(self.model.prepare, read, ids, deadline, "reading")[0]
         parse_ms = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
@@ -129,11 +135,6 @@ class Endpoint:
             figures = {}
         figures["ModelMs"] = predict_ms
         self.metrics.record(rejected, figures)
-
-
-def gathered(count: int, convert: Callable[[int], Request], ids: Sequence[str | None]) -> list[Request | Outcome]:
-    """The runtime's requests 0..count-1 as Requests; one that cannot be turned into one is answered alone."""
-    return each(convert, range(count), ids, None, "reading")
 
 
 def freeze_loaded_objects() -> None:

@@ -65,23 +65,6 @@ def failed(err: BaseException, request_id: str | None, stage: str) -> Outcome:
     return rejection(err, request_id) if isinstance(err, RequestError) else internal_error(request_id, stage)
 
 
-def each(step: Callable[[Any], Any], items: Sequence[Any], ids: Sequence[str | None], deadline: float | None,
-         stage: str) -> list:
-    """step(item) for each item on its own: its result, or the Outcome that answers it."""
-    out: list = []
-    for item, request_id in zip(items, ids):
-        if isinstance(item, Outcome):
-            out.append(item)
-        elif late(deadline):
-            out.append(out_of_time(request_id, stage))
-        else:
-            try:
-                out.append(step(item))
-            except Exception as exc:  # noqa: BLE001 - confined to this request
-                out.append(failed(exc, request_id, stage))
-    return out
-
-
 def together(step: Callable[[list], list], items: Sequence[Any], ids: Sequence[str | None],
              deadline: float | None, stage: str) -> tuple[list, int]:
     """step(items) -> one result per item (a RequestError refuses that item alone). Should it fail as a whole,

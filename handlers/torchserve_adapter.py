@@ -6,7 +6,8 @@ import logging
 from typing import Any, ClassVar, Mapping
 
 from .contract import Model, Request
-from .endpoint import JSON_TYPE, Endpoint, gathered, lower_headers
+from .endpoint import JSON_TYPE, Endpoint, lower_headers
+from .isolation import failed
 from .operator_metrics import from_context
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,12 @@ class CoreHandler:
         """One answer per request, each strict JSON with its own status; never raises."""
         assert self.endpoint is not None, "initialize() first"  # TorchServe calls it before any request
         ids = [context.get_request_id(idx) for idx in range(len(data))]
-        requests = gathered(len(data), lambda idx: to_request(data[idx], context.get_all_request_header(idx)), ids)
+        requests: list = []
+        for idx, row in enumerate(data):
+            try:
+                requests.append(to_request(row, context.get_all_request_header(idx)))
+            except Exception as exc:  # noqa: BLE001 - a row that cannot be read answers alone
+                requests.append(failed(exc, ids[idx], "reading"))
         outcomes = self.endpoint.answer(requests, ids)
         for idx, outcome in enumerate(outcomes):
             context.set_response_content_type(idx, JSON_TYPE)
