@@ -86,6 +86,14 @@ def torchserve_answers(tmp_path_factory, inputs: dict) -> dict:
     return answers
 
 
+@pytest.fixture(scope="session")
+def reference_answers(tmp_path_factory) -> dict:
+    """TorchServe's answers to tests/inputs.INPUTS, fetched once a session: what every other runtime must answer."""
+    from tests.inputs import INPUTS
+
+    return torchserve_answers(tmp_path_factory, INPUTS)
+
+
 def answers_close(a, b, tol=1e-5) -> bool:
     """Two JSON answers alike: the same keys, labels and flags, numbers within `tol`."""
     if isinstance(a, dict):

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.conftest import answers_close, built_archive, torchserve_answers
+from tests.conftest import answers_close, built_archive
 from tests.inputs import INPUTS
 from tests.ray_cluster import REPLICA_HEADER, LocalCluster, SteadyLoad
 
@@ -27,8 +27,8 @@ ONE_PER_NODE = {"num_replicas": NODES, "max_replicas_per_node": 1, "ray_actor_op
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return torchserve_answers(tmp_path_factory, INPUTS)
+def reference(reference_answers):
+    return reference_answers
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from marport.ray_server import RayServe
 from marport.sagemaker_deploy.package import package
 from marport.sagemaker_deploy.ray_runtime import DlcAdapter
 from tests.audio_helpers import cough_like, encode
-from tests.conftest import answers_close, built_archive, torchserve_answers
+from tests.conftest import answers_close, built_archive
 from tests.hostile import respiratory_cases, sentiment_cases, strict_json
 from tests.inputs import INPUTS
 
@@ -78,9 +78,9 @@ def assert_locked(pid: int, token_path, canary) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(reference_answers):
     """Local TorchServe's answers for every body: what Ray Serve must answer too."""
-    return torchserve_answers(tmp_path_factory, INPUTS)
+    return reference_answers
 
 
 def extracted(model, tmp_path):

@@ -20,16 +20,16 @@ from marport.processes import alive
 from marport.sagemaker_deploy.local import LocalEndpoint
 from marport.sagemaker_deploy.package import package
 from tests.audio_helpers import cough_like, encode, npy_bytes
-from tests.conftest import answers_close, built_archive, torchserve_answers
+from tests.conftest import answers_close, built_archive
 from tests.hostile import Case, respiratory_cases, sentiment_cases, strict_json
 from tests.inputs import BAD, INPUTS
 
 pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
-def local_answers(tmp_path_factory):
+def local_answers(reference_answers):
     """Answers from local TorchServe (token auth on), the reference for parity."""
-    return torchserve_answers(tmp_path_factory, INPUTS)
+    return reference_answers
 
 
 @pytest.fixture(params=["manifest", "toolkit"])
