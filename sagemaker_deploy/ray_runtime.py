@@ -19,6 +19,7 @@ CONFIG_FILE = "config.yaml"
 # SageMaker's Ray Serve DLC images (ECR repository `ray`, tags serve-ml-sagemaker-cpu / -cuda). Override with --image.
 RAY_IMAGE = "763104351884.dkr.ecr.{region}.amazonaws.com/ray:serve-ml-sagemaker-{flavour}"
 FORWARDED = ("content-type", "accept")  # all the DLC's adapter passes on
+SCALING_TIMES = ("upscale_delay_s", "downscale_delay_s", "look_back_period_s")  # Ray's defaults: 30, 600, 30 s
 
 
 def serve_config(model_config: dict, name: str, import_path: str = ADAPTER_IMPORT, args: dict | None = None,
@@ -37,7 +38,7 @@ def serve_config(model_config: dict, name: str, import_path: str = ADAPTER_IMPOR
                                   "max_ongoing_requests": int(ray.get("max_ongoing_requests") or 2 * batch)}
     if ray.get("max_replicas_per_node"):
         deployment["max_replicas_per_node"] = int(ray["max_replicas_per_node"])
-    scaling = {"min_replicas": low, "max_replicas": high,
+    scaling = {"min_replicas": low, "max_replicas": high, **{k: float(ray[k]) for k in SCALING_TIMES if k in ray},
                "target_ongoing_requests": float(ray.get("target_ongoing_requests") or batch)}
     deployment.update({"autoscaling_config": scaling} if high > low else {"num_replicas": low})
     app = {"name": name, "route_prefix": route_prefix, "import_path": import_path, "args": args or {},

@@ -22,6 +22,7 @@ from marport.ray_server import locked_ray_env
 from marport.sagemaker_deploy.ray_runtime import serve_config
 
 REPLICA_HEADER = "x-marport-replica"
+REPLY = "marport-driver: "  # marks the driver's replies on its stdout, whatever else Ray may print there
 
 
 class Driver:
@@ -36,16 +37,22 @@ class Driver:
         self.cpus = cpus
         self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus})
         self.workers = [self.cluster.add_node(num_cpus=cpus) for _ in range(workers)]
-        ray.init(address=self.cluster.address, logging_level="WARNING")
+        ray.init(address=self.cluster.address, logging_level="WARNING", log_to_driver=False)  # stdout: replies only
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
 
-    def deploy(self, mar: str, name: str, folder: str, overrides: dict) -> dict:
+    def deploy(self, mar: str, name: str, folder: str, overrides: dict, changes: dict) -> dict:
+        """The archive's deployment as its model-config.yaml (with `changes` written into it) asks, `overrides` on
+        top."""
         from ray import serve
 
         from marport.handlers.ray_adapter import MarportModel
 
         extract_archive(Path(mar), Path(folder))
-        config = serve_config(yaml.safe_load((Path(folder) / "model-config.yaml").read_text()), name)
+        path = Path(folder) / "model-config.yaml"
+        model_config = yaml.safe_load(path.read_text())
+        handler = {**model_config.get("handler", {}), **changes.pop("handler", {})}
+        path.write_text(yaml.safe_dump({**model_config, **changes, "handler": handler}))
+        config = serve_config(yaml.safe_load(path.read_text()), name)
         deployment = {**config["applications"][0]["deployments"][0], **overrides}
         deployment.pop("name")
         app = MarportModel.options(**deployment).bind(folder, name)  # type: ignore[attr-defined]
@@ -78,16 +85,16 @@ class Driver:
     def serve_forever(self) -> None:
         import sys
 
-        print(json.dumps({"ready": True}), flush=True)
+        print(REPLY + json.dumps({"ready": True}), flush=True)
         for line in sys.stdin:
             command = json.loads(line)
             if command["op"] == "stop":
                 break
             try:
                 result = getattr(self, command["op"])(*command.get("args", []))
-                print(json.dumps({"ok": result}), flush=True)
+                print(REPLY + json.dumps({"ok": result}), flush=True)
             except Exception as exc:  # noqa: BLE001 - the test sees the failure
-                print(json.dumps({"error": repr(exc)}), flush=True)
+                print(REPLY + json.dumps({"error": repr(exc)}), flush=True)
         from ray import serve
 
         serve.shutdown()
@@ -114,8 +121,8 @@ class LocalCluster:
     def _reply(self):
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            if line.startswith("{"):
-                reply = json.loads(line)
+            if line.startswith(REPLY):
+                reply = json.loads(line[len(REPLY):])
                 if "error" in reply:
                     raise RuntimeError(reply["error"])
                 return reply.get("ok", reply)
@@ -130,8 +137,8 @@ class LocalCluster:
     def __enter__(self) -> "LocalCluster":
         return self
 
-    def deploy(self, mar: Path, name: str, **overrides) -> dict:
-        return self.call("deploy", str(mar), name, str(self.tmp / "models" / name), overrides)
+    def deploy(self, mar: Path, name: str, changes: dict | None = None, **overrides) -> dict:
+        return self.call("deploy", str(mar), name, str(self.tmp / "models" / name), overrides, changes or {})
 
     def replicas(self, name: str) -> dict:
         return self.call("replicas", name)

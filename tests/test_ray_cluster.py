@@ -1,7 +1,7 @@
 """Ray Serve past one machine, on a real multi-node Ray cluster on this one (a head and two worker nodes, each its
 own raylet): both models with a replica on every node, answers equal to TorchServe's, a worker node killed under
 steady load and brought back, a replica process killed alone, every node behind Ray's token, the handler's
-metrics labelled by replica."""
+metrics labelled by replica, replicas added under load and removed after it as model-config.yaml asks."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 MODELS = ("sentiment", "respiratory")
 NODES = 3  # the head and two workers
-ONE_PER_NODE = {"num_replicas": NODES, "max_replicas_per_node": 1, "ray_actor_options": {"num_cpus": 0.5}}
+ONE_PER_NODE = {"num_replicas": NODES, "max_replicas_per_node": 1, "ray_actor_options": {"num_cpus": 0.4}}
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +143,31 @@ def test_the_handlers_metrics_come_from_every_replica(cluster):
                      if line.startswith("ray_marport_texts_total{") and 'replica="' in line}
         time.sleep(3)
     assert len(seen) >= NODES, seen
+
+
+def test_autoscaling_from_model_config_follows_the_load(cluster):
+    """minWorkers/maxWorkers and handler.ray's target and delays (a model's own model-config.yaml): steady load
+    beyond one replica's target adds replicas up to maxWorkers, one per node; quiet takes them back to minWorkers."""
+    changes = {"minWorkers": 1, "maxWorkers": NODES, "handler": {"ray": {
+        "num_cpus": 0.1, "max_replicas_per_node": 1, "target_ongoing_requests": 2,
+        "upscale_delay_s": 2, "downscale_delay_s": 5, "look_back_period_s": 5}}}
+    deployed = cluster.deploy(built_archive("sentiment"), "scaling", changes)
+    assert deployed["autoscaling_config"]["max_replicas"] == NODES, deployed
+    cluster.wait_for_replicas("scaling", 1)
+    body, content_type = INPUTS["sentiment"]["text"]
+    started = time.monotonic()
+    with SteadyLoad(f"{cluster.url}/predictions/scaling", body, content_type, clients=8) as load:
+        cluster.wait_for_replicas("scaling", NODES, timeout_s=120)
+        scaled_up_s = time.monotonic() - started
+        deadline = time.monotonic() + 30  # until the proxy routes to the new replicas too
+        while len({r.replica for r in load.replies}) < NODES and time.monotonic() < deadline:
+            time.sleep(0.5)
+        all_answer_s = time.monotonic() - started
+    quiet = time.monotonic()
+    cluster.wait_for_replicas("scaling", 1, timeout_s=120)
+    report = {"up_to_3_s": round(scaled_up_s, 1), "all_answering_s": round(all_answer_s, 1),
+              "back_to_1_s": round(time.monotonic() - quiet, 1),
+              "requests": len(load.replies), "failed": sum(r.status != 200 for r in load.replies),
+              "replicas_answering": len({r.replica for r in load.replies})}
+    print("autoscaling:", json.dumps(report))
+    assert report["failed"] == 0 and report["replicas_answering"] == NODES, report

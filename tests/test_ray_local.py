@@ -37,11 +37,13 @@ def test_what_fits_is_left_as_asked():
 def test_ray_settings_come_from_model_config():
     config = {"batchSize": 16, "minWorkers": 2, "maxWorkers": 6, "responseTimeout": 60,
               "handler": {"threads": "auto", "ray": {"num_cpus": 4, "max_replicas_per_node": 1,
-                                                     "target_ongoing_requests": 24, "max_ongoing_requests": "auto"}}}
+                                                     "target_ongoing_requests": 24, "max_ongoing_requests": "auto",
+                                                     "upscale_delay_s": 5, "downscale_delay_s": "auto"}}}
     whole = serve_config(config, "m")
     (deployment,) = whole["applications"][0]["deployments"]
     assert deployment["ray_actor_options"] == {"num_cpus": 4.0} and deployment["max_replicas_per_node"] == 1
-    assert deployment["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 6, "target_ongoing_requests": 24.0}
+    assert deployment["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 6, "target_ongoing_requests": 24.0,
+                                                    "upscale_delay_s": 5.0}
     assert deployment["max_ongoing_requests"] == 32  # auto: two batches
     assert whole["http_options"]["request_timeout_s"] == 60.0  # nothing outlives the model's budget
     plain = serve_config({"batchSize": 8, "handler": {"threads": 2}}, "m")["applications"][0]["deployments"][0]
