@@ -22,7 +22,7 @@ from marport.ray_server import locked_ray_env
 from marport.sagemaker_deploy.ray_runtime import serve_config
 
 REPLICA_HEADER = "x-marport-replica"
-REPLY = "marport-driver: "  # marks the driver's replies on its stdout, whatever else Ray may print there
+REPLY = "marport-driver: "  # marks the driver's replies
 
 
 class Driver:
@@ -72,6 +72,33 @@ class Driver:
         return [{"id": n["NodeID"], "alive": n["Alive"], "metrics_port": n.get("MetricsExportPort"),
                  "worker": any(w.node_id == n["NodeID"] for w in self.workers)} for n in ray.nodes()]
 
+    def stranger_joins(self, token_path: str, wait_s: float) -> bool:
+        """Whether a node whose raylet has `token_path` (or, with "", no token) registers within `wait_s`; every
+        process it started is killed after."""
+        import psutil
+        import ray
+
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        saved = dict(os.environ)
+        os.environ.update({"RAY_AUTH_TOKEN_PATH": token_path} if token_path else {"RAY_AUTH_MODE": "disabled"})
+        try:
+            node = self.cluster.add_node(num_cpus=self.cpus, wait=False)
+        except Exception:  # noqa: BLE001 - Ray gives up on a raylet the GCS will not register
+            node = None
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        deadline, joined = time.monotonic() + wait_s, False
+        while node and time.monotonic() < deadline and not joined:
+            joined = any(n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes())
+            time.sleep(0.5)
+        if node:
+            self.cluster.remove_node(node, allow_graceful=True)  # the GCS marks it dead at once
+        for proc in psutil.Process().children(recursive=True):
+            if proc.pid not in before:
+                proc.kill()
+        return joined
+
     def remove_worker(self) -> str:
         node = self.workers.pop(0)
         self.cluster.remove_node(node, allow_graceful=False)
@@ -82,19 +109,17 @@ class Driver:
         self.workers.append(node)
         return node.node_id
 
-    def serve_forever(self) -> None:
-        import sys
-
-        print(REPLY + json.dumps({"ready": True}), flush=True)
+    def serve_forever(self, replies) -> None:
+        print(REPLY + json.dumps({"ready": True}), file=replies)
         for line in sys.stdin:
             command = json.loads(line)
             if command["op"] == "stop":
                 break
             try:
                 result = getattr(self, command["op"])(*command.get("args", []))
-                print(REPLY + json.dumps({"ok": result}), flush=True)
+                print(REPLY + json.dumps({"ok": result}), file=replies)
             except Exception as exc:  # noqa: BLE001 - the test sees the failure
-                print(REPLY + json.dumps({"error": repr(exc)}), flush=True)
+                print(REPLY + json.dumps({"error": repr(exc)}), file=replies)
         from ray import serve
 
         serve.shutdown()
@@ -233,4 +258,6 @@ class SteadyLoad:
 
 
 if __name__ == "__main__":  # python -m tests.ray_cluster WORKERS CPUS PORT: the driver LocalCluster starts
-    Driver(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])).serve_forever()
+    replies = os.fdopen(os.dup(1), "w", buffering=1)  # stdout is the replies' own; Ray's processes write to stderr
+    os.dup2(2, 1)
+    Driver(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])).serve_forever(replies)

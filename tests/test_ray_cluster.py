@@ -127,6 +127,17 @@ def test_every_node_is_locked(cluster):
     assert oct(os.stat(cluster.token_path).st_mode & 0o777) == "0o600"
 
 
+def test_a_node_without_the_token_cannot_join(cluster, tmp_path):
+    """A raylet with another token is never registered by the head's GCS; one with the cluster's token is (the
+    control: the same way of adding a node works)."""
+    from marport.ray_server import locked_ray_env
+
+    stranger = locked_ray_env(tmp_path / "another_token")["RAY_AUTH_TOKEN_PATH"]
+    assert not cluster.call("stranger_joins", stranger, 10)
+    assert cluster.call("stranger_joins", str(cluster.token_path), 60)
+    cluster.wait_for_replicas("sentiment", NODES)
+
+
 def test_the_handlers_metrics_come_from_every_replica(cluster):
     """Each node's metrics agent exports the handler's metrics in Prometheus format (`ray_marport_texts_total`, ...),
     the replica as a label."""
