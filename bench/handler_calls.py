@@ -169,10 +169,6 @@ def served_rate(checkpoint: Path, texts: list[str], gpu: int | None, workers: in
 def gpu_serving_bench(plan: Any, checkpoint: Path | None = None, gpu: int | None = 0,
                       texts: list[str] | None = None, save: Callable[[dict], None] | None = None) -> dict:
     """The side-by-side (`gpu=None`: the same on the CPU); `save` gets the result after each row."""
-    import yaml
-
-    from marport.resources import model_config
-
     from .workloads import realsize_checkpoint, short_texts
 
     checkpoint = checkpoint or realsize_checkpoint()

@@ -39,22 +39,13 @@ RESPIRATORY_VARIANTS = (("fp32", {"precision": "fp32", "fold_batchnorm": False})
 PADDING = re.compile(r"PaddingEfficiency\.Percent:([\d.]+)")  # the handler's figure, per call, in log mode
 
 
-def _with(model_dir: Path, settings: dict) -> Path:
-    """The archive's model-config.yaml with `settings` over its handler section."""
-    path = model_dir / "model-config.yaml"
-    config = yaml.safe_load(path.read_text())
-    config["handler"].update(settings)
-    path.write_text(yaml.safe_dump(config))
-    return model_dir
-
-
 def label_agreement(batch: int) -> dict:
     """Share of held-out test sentences whose label matches fp32's, per precision, in served-size batches."""
     texts = [e.text for e in load_splits()["test"]]
     answers = {}
     for precision in ("fp32", *AGREEMENT):
         model_dir = extract_archive(current().model_store / "sentiment.mar", bench_dir() / f"demo-{precision}")
-        answers[precision] = sentiment_answers(load("sentiment", str(_with(model_dir, {"precision": precision}))),
+        answers[precision] = sentiment_answers(load("sentiment", str(configure(model_dir, precision=precision))),
                                                texts, batch)
     out = {"texts": len(texts), "batch": batch}
     for precision in AGREEMENT:
@@ -70,7 +61,7 @@ def respiratory_variants(reps: int = 7) -> dict:
     bodies, out, reference = recordings(8), {}, None
     for name, settings in RESPIRATORY_VARIANTS:
         model_dir = extract_archive(current().model_store / "respiratory.mar", bench_dir() / "respiratory-variant")
-        model = load("respiratory", str(_with(model_dir, settings)))
+        model = load("respiratory", str(configure(model_dir, **settings)))
         windows, _ = model.preprocess([model.decode(b) for b in bodies])
         probs = model.window_probs(windows)
         times = []
@@ -95,7 +86,8 @@ def flops_per_text(config, tokens: int) -> float:
 
 
 def _served(plan, model_dir: Path, store: Path, name: str, body: list, layout: dict, handler: dict) -> dict:
-    configure(model_dir, layout["workers"], layout["threads"], layout["batchSize"], layout["maxBatchDelay"], **handler)
+    configure(model_dir, {"minWorkers": layout["workers"], "maxWorkers": layout["workers"], "batchSize": layout["batchSize"],
+                          "maxBatchDelay": layout["maxBatchDelay"]}, threads=layout["threads"], **handler)
     server = server_for(store)
     started = time.perf_counter()
     with server.serving([name]):

@@ -3,76 +3,85 @@
 The roberta-base-size archive with its shipped settings, served by TorchServe, then packed as `marport sagemaker
 package --runtime ray` packs it and served by `serve run` on its config.yaml; the same closed-loop clients send
 the same texts at each concurrency to both, one server at a time. Both run the same Endpoint: what differs is the
-runtime around it.
+runtime around it. A second pass puts each model process (one thread) alone on core 0, everything else off it.
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
+import os
 import tarfile
 from pathlib import Path
 
+import psutil
+
 from marport.build import build
+from marport.handlers.settings import THREADS_ENV
 from marport.ray_server import RayServe
+from marport.sagemaker_deploy.package import package
 
 from .loadgen import closed_loop
 from .plan import CORES, Plan, cpu_name
 from .served import log, server_for, summarise, unpacked, warm_up
 from .workloads import bench_dir, realsize_checkpoint, short_texts
 
-BATCH_LINE = re.compile(r"batch of (\d+) requests")
+
+@contextlib.contextmanager
+def _runtime_off_core_0():
+    """This process and what it starts (the servers, the clients) on cores 1..; the model's process, once pinned,
+    on core 0 with one thread: each runtime's own work (front end, proxy, Ray's processes) off the model's core."""
+    cores, saved = os.sched_getaffinity(0), dict(os.environ)
+    os.sched_setaffinity(0, cores - {0})
+    os.environ[THREADS_ENV] = "1"
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
+        os.environ.clear()
+        os.environ.update(saved)
 
 
-def _runs(url: str, bodies: list, concurrency: int, reps: int, headers: dict | None = None) -> dict:
-    closed_loop(url, bodies[: 4 * concurrency], concurrency, headers)  # first-call paths, untimed
-    return summarise([closed_loop(url, bodies, concurrency, headers) for _ in range(reps)])
+def _measure(runtime: str, url: str, headers: dict | None, texts: list, levels: tuple, reps: int, pin: str) -> dict:
+    """Texts/s at each concurrency, every thread of the process with `pin` in its command line moved to core 0."""
+    for proc in psutil.process_iter(["cmdline"]) if pin else ():
+        if pin in " ".join(proc.info["cmdline"] or []):
+            for thread in proc.threads():
+                os.sched_setaffinity(thread.id, {0})
+    result = {}
+    for c in levels:
+        closed_loop(url, texts[: 4 * c], c, headers)  # first-call paths, untimed
+        result[str(c)] = summarise([closed_loop(url, texts, c, headers) for _ in range(reps)])
+        log(f"  {runtime} c{c}{' (model on core 0)' if pin else ''}: {result[str(c)]['throughput']:.1f} texts/s")
+    return result
 
 
-def _mean_batch(log_text: str) -> float:
-    sizes = [int(n) for n in BATCH_LINE.findall(log_text)]
-    return sum(sizes) / len(sizes) if sizes else float("nan")
+def _torchserve(mar: Path, texts: list, levels: tuple, reps: int, pin: bool = False) -> dict:
+    store = bench_dir() / "store"
+    unpacked(mar, store, mar.stem)  # the archive as built: the shipped model-config.yaml
+    server = server_for(store)
+    with server.serving([mar.stem]):
+        url = f"{server.inference_url}/predictions/{mar.stem}"
+        warm_up(url, server, texts[0])
+        return _measure("TorchServe", url, server.headers(), texts, levels, reps, "model_service_worker" * pin)
+
+
+def _ray(folder: Path, texts: list, levels: tuple, reps: int, pin: bool = False) -> dict:
+    with RayServe(folder, folder.parent / "serve.log") as ray:  # the replica's per-call lines are in serve.log
+        closed_loop(f"{ray.url}/", texts[:64], 8)  # Ray's proxy and the replica's first calls
+        return _measure("Ray Serve", f"{ray.url}/", None, texts, levels, reps, "ServeReplica" * pin)
 
 
 def ray_bench(plan: Plan) -> dict:
-    name = "sentiment_base"
     log("Ray Serve beside TorchServe: building the roberta-base-size archive")
-    mar = build("sentiment", checkpoint=realsize_checkpoint(), export_dir=bench_dir() / "mar", name=name)
+    mar = build("sentiment", checkpoint=realsize_checkpoint(), export_dir=bench_dir() / "mar", name="sentiment_base")
     texts = [(t.encode(), "text/plain") for t in short_texts(plan.short)]
     levels = (1, 8, 32) if not plan.quick else (1, 8)
-    reps = plan.reps
-    result: dict = {"texts": len(texts), "concurrency": list(levels), "torchserve": {}, "ray": {}, "cpu": cpu_name(),
-                    "cores": CORES}
-
-    store = bench_dir() / "store"
-    unpacked(mar, store, name)  # the archive as built: the shipped model-config.yaml
-    server = server_for(store)
-    logs_dir = server.run_dir / "logs"
-    seen = {p: p.stat().st_size for p in logs_dir.glob("model_log*.log")} if logs_dir.exists() else {}
-    with server.serving([name]):
-        url = f"{server.inference_url}/predictions/{name}"
-        warm_up(url, server, texts[0])
-        for c in levels:
-            result["torchserve"][str(c)] = _runs(url, texts, c, reps, server.headers())
-            log(f"  TorchServe c{c}: {result['torchserve'][str(c)]['throughput']:.1f} texts/s")
-        logs = sorted(logs_dir.glob("model_log*.log"))  # this run's lines only
-        result["torchserve_mean_batch"] = _mean_batch("".join(p.read_bytes()[seen.get(p, 0):].decode("utf-8", "replace")
-                                                              for p in logs))
-
-    from marport.sagemaker_deploy.package import package
-
-    folder = bench_dir() / "ray" / name
-    tarball = package(mar, folder.parent / f"{name}.tar.gz", runtime="ray")
-    with tarfile.open(tarball) as tar:
+    folder = bench_dir() / "ray" / mar.stem
+    with tarfile.open(package(mar, folder.parent / f"{mar.stem}.tar.gz", runtime="ray")) as tar:
         tar.extractall(folder, filter="data")
-    log_path = folder.parent / "serve.log"
-    log_path.unlink(missing_ok=True)
-    with RayServe(folder, log_path) as ray:
-        url = f"{ray.url}/"
-        closed_loop(url, texts[:64], 8)  # Ray's proxy and the replica's first calls
-        for c in levels:
-            result["ray"][str(c)] = _runs(url, texts, c, reps)
-            log(f"  Ray Serve c{c}: {result['ray'][str(c)]['throughput']:.1f} texts/s")
-    result["ray_mean_batch"] = _mean_batch(Path(log_path).read_text(errors="replace"))
-    result["ratio"] = {c: result["ray"][c]["throughput"] / result["torchserve"][c]["throughput"]
-                       for c in result["ray"]}
-    return result
+    result = {"torchserve": _torchserve(mar, texts, levels, plan.reps), "ray": _ray(folder, texts, levels, plan.reps)}
+    if CORES > 1:  # the ratios are the tables' (bench/tables.py)
+        with _runtime_off_core_0():
+            result["pinned"] = {"torchserve": _torchserve(mar, texts, (32,), plan.reps, pin=True),
+                                "ray": _ray(folder, texts, (32,), plan.reps, pin=True)}
+    return result | {"texts": len(texts), "concurrency": list(levels), "cpu": cpu_name(), "cores": CORES}

@@ -46,7 +46,8 @@ def respiratory_bench(plan: Plan) -> dict:
     sent = [(b, "audio/wav") for b in bodies]
     results = []
     for workers, threads in LAYOUTS:
-        configure(model_dir, workers, threads, BATCH, DELAY_MS)
+        configure(model_dir, {"minWorkers": workers, "maxWorkers": workers, "batchSize": BATCH, "maxBatchDelay": DELAY_MS},
+                  threads=threads)
         with server_for(store).serving([name]) as server:
             url = f"{server.inference_url}/predictions/{name}"
             warm_up(url, server, sent[0])

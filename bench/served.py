@@ -36,12 +36,14 @@ def unpacked(mar: Path, store: Path, name: str) -> Path:
     return target
 
 
-def configure(model_dir: Path, workers: int, threads: int, batch: int, delay: int, **handler) -> None:
+def configure(model_dir: Path, frontend: dict | None = None, **handler) -> Path:
+    """The archive's model-config.yaml with `frontend` (minWorkers, batchSize, ...) and `handler` settings over it."""
     path = model_dir / "model-config.yaml"
     config = yaml.safe_load(path.read_text())
-    config.update(minWorkers=workers, maxWorkers=workers, batchSize=batch, maxBatchDelay=delay)
-    config.setdefault("handler", {}).update(threads=threads, **handler)
+    config.update(frontend or {})
+    config.setdefault("handler", {}).update(handler)
     path.write_text(yaml.safe_dump(config))
+    return model_dir
 
 
 def server_for(store: Path) -> LocalTorchServe:

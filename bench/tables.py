@@ -51,11 +51,12 @@ def respiratory_served(r: dict) -> str:
 
 
 def ray(r: dict) -> str:
-    ts, ray = (r["ray"][k] for k in ("torchserve", "ray"))
-    return table([[c, f"{ts[c]['throughput']:.1f}", f"{ray[c]['throughput']:.1f}",
+    sides = [("all cores", r["ray"])] + ([("model on core 0", r["ray"]["pinned"])] if "pinned" in r["ray"] else [])
+    return table([[where, c, f"{ts[c]['throughput']:.1f}", f"{ray[c]['throughput']:.1f}",
                    f"{ray[c]['throughput'] / ts[c]['throughput']:.2f}", f"{ts[c]['p99_ms']:.0f}", f"{ray[c]['p99_ms']:.0f}"]
-                  for c in ts], ["concurrency", "TorchServe texts/s", "Ray Serve texts/s", "ratio", "TorchServe p99 ms",
-                                 "Ray Serve p99 ms"])
+                  for where, side in sides for ts, ray in [(side["torchserve"], side["ray"])] for c in ts if c.isdigit()],
+                 ["cores", "concurrency", "TorchServe texts/s", "Ray Serve texts/s", "ratio", "TorchServe p99 ms",
+                  "Ray Serve p99 ms"])
 
 
 def cold_start(r: dict) -> str:
