@@ -148,8 +148,11 @@ def test_the_handlers_metrics_come_from_every_replica(cluster):
         for node in cluster.call("nodes"):
             if not node["alive"]:
                 continue
-            with urllib.request.urlopen(f"http://127.0.0.1:{node['metrics_port']}/metrics", timeout=10) as got:
-                text = got.read().decode()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{node['metrics_port']}/metrics", timeout=10) as got:
+                    text = got.read().decode()
+            except OSError:  # a node just removed may be listed alive for a moment
+                continue
             seen |= {line.split('replica="', 1)[1].split('"', 1)[0] for line in text.splitlines()
                      if line.startswith("ray_marport_texts_total{") and 'replica="' in line}
         time.sleep(3)
