@@ -4,6 +4,7 @@ with archives deployed from the same Serve config `marport sagemaker package --r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from marport.sagemaker_deploy.ray_runtime import serve_config
 
 REPLICA_HEADER = "x-marport-replica"
 REPLY = "marport-driver: "  # marks the driver's replies
+STRANGER_ENV = "MARPORT_TEST_STRANGER"  # marks the processes of a node started to be refused
 
 
 class Driver:
@@ -74,13 +76,13 @@ class Driver:
 
     def stranger_joins(self, token_path: str, wait_s: float) -> bool:
         """Whether a node whose raylet has `token_path` (or, with "", no token) registers within `wait_s`; every
-        process it started is killed after."""
+        process it started (marked in its environment, which the head's processes never have) is killed after."""
         import psutil
         import ray
 
-        before = {p.pid for p in psutil.Process().children(recursive=True)}
         saved = dict(os.environ)
         os.environ.update({"RAY_AUTH_TOKEN_PATH": token_path} if token_path else {"RAY_AUTH_MODE": "disabled"})
+        os.environ[STRANGER_ENV] = "1"
         try:
             node = self.cluster.add_node(num_cpus=self.cpus, wait=False)
         except Exception:  # noqa: BLE001 - Ray gives up on a raylet the GCS will not register
@@ -95,8 +97,9 @@ class Driver:
         if node:
             self.cluster.remove_node(node, allow_graceful=True)  # the GCS marks it dead at once
         for proc in psutil.Process().children(recursive=True):
-            if proc.pid not in before:
-                proc.kill()
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get(STRANGER_ENV):
+                    proc.kill()
         return joined
 
     def remove_worker(self) -> str:

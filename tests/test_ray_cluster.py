@@ -5,6 +5,7 @@ metrics labelled by replica, replicas added under load and removed after it as m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 import requests
 
@@ -110,8 +112,6 @@ def test_a_replica_process_killed_alone_is_replaced(cluster):
 
 def test_every_node_is_locked(cluster):
     """Every listener of the cluster's processes is on loopback, and every node runs with Ray's token."""
-    import psutil
-
     raylets = 0
     for proc in cluster.processes():
         try:
@@ -136,6 +136,11 @@ def test_a_node_without_the_token_cannot_join(cluster, tmp_path):
     assert not cluster.call("stranger_joins", stranger, 10)
     assert cluster.call("stranger_joins", str(cluster.token_path), 60)
     cluster.wait_for_replicas("sentiment", NODES)
+    raylets = []
+    for proc in cluster.processes():
+        with contextlib.suppress(psutil.Error):  # the killed ones linger as zombies until their parent reaps them
+            raylets += [proc] if "/raylet" in (proc.cmdline() or [""])[0] else []
+    assert len(raylets) == NODES, "a refused or removed node's raylet is still running"
 
 
 def test_the_handlers_metrics_come_from_every_replica(cluster):
