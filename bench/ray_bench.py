@@ -62,13 +62,13 @@ def _torchserve(mar: Path, texts: list, levels: tuple, reps: int, pin: bool = Fa
     with server.serving([mar.stem]):
         url = f"{server.inference_url}/predictions/{mar.stem}"
         warm_up(url, server, texts[0])
-        return _measure("TorchServe", url, server.headers(), texts, levels, reps, "model_service_worker" * pin)
+        return _measure("TorchServe", url, server.headers(), texts, levels, reps, "model_service_worker" if pin else "")
 
 
 def _ray(folder: Path, texts: list, levels: tuple, reps: int, pin: bool = False) -> dict:
     with RayServe(folder, folder.parent / "serve.log") as ray:  # the replica's per-call lines are in serve.log
         closed_loop(f"{ray.url}/", texts[:64], 8)  # Ray's proxy and the replica's first calls
-        return _measure("Ray Serve", f"{ray.url}/", None, texts, levels, reps, "ServeReplica" * pin)
+        return _measure("Ray Serve", f"{ray.url}/", None, texts, levels, reps, "ServeReplica" if pin else "")
 
 
 def ray_bench(plan: Plan) -> dict:

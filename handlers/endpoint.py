@@ -83,8 +83,10 @@ class Endpoint:
 
     def _read(self, request: Request | Outcome, request_id: str | None, deadline: float) -> Any:
         """One request read on its own: the model's input, or the Outcome that answers it."""
-        if isinstance(request, Outcome) or late(deadline):
-            return request if isinstance(request, Outcome) else out_of_time(request_id, "reading")
+        if isinstance(request, Outcome):
+            return request
+        if late(deadline):
+            return out_of_time(request_id, "reading")
         try:
             check_accept(request.headers.get("accept"))
             return self.model.read(resolve(request, self.s3, deadline))  # {"s3_uri": ...}: the object's bytes

@@ -53,8 +53,9 @@ class Driver:
         path = Path(folder) / "model-config.yaml"
         model_config = yaml.safe_load(path.read_text())
         handler = {**model_config.get("handler", {}), **changes.pop("handler", {})}
-        path.write_text(yaml.safe_dump({**model_config, **changes, "handler": handler}))
-        config = serve_config(yaml.safe_load(path.read_text()), name)
+        model_config = {**model_config, **changes, "handler": handler}
+        path.write_text(yaml.safe_dump(model_config))  # the replica reads it too
+        config = serve_config(model_config, name)
         deployment = {**config["applications"][0]["deployments"][0], **overrides}
         deployment.pop("name")
         app = MarportModel.options(**deployment).bind(folder, name)  # type: ignore[attr-defined]

@@ -29,11 +29,6 @@ ONE_PER_NODE = {"num_replicas": NODES, "max_replicas_per_node": 1, "ray_actor_op
 
 
 @pytest.fixture(scope="module")
-def reference(reference_answers):
-    return reference_answers
-
-
-@pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     with LocalCluster(tmp_path_factory.mktemp("cluster"), workers=NODES - 1) as running:
         for model in MODELS:
@@ -48,7 +43,7 @@ def post(cluster: LocalCluster, model: str, body: bytes, content_type: str) -> r
                          headers={"Content-Type": content_type})
 
 
-def test_both_models_have_a_replica_on_every_node_and_every_replica_answers(cluster, reference):
+def test_both_models_have_a_replica_on_every_node_and_every_replica_answers(cluster, reference_answers):
     for model in MODELS:
         replicas = cluster.replicas(model)
         assert len(replicas) == NODES and len({r["node"] for r in replicas.values()}) == NODES, replicas
@@ -60,7 +55,7 @@ def test_both_models_have_a_replica_on_every_node_and_every_replica_answers(clus
                 replies = list(pool.map(lambda job: (job[0], post(cluster, model, *job[1])), jobs))
             assert all(r.status_code == 200 for _, r in replies), [r.text for _, r in replies if r.status_code != 200]
             for case, reply in replies:
-                assert answers_close(reply.json(), reference[model, case]), (model, case, reply.text)
+                assert answers_close(reply.json(), reference_answers[model, case]), (model, case, reply.text)
             answered |= {r.headers[REPLICA_HEADER] for _, r in replies}
         assert answered == set(replicas), "a replica answered nothing"
 

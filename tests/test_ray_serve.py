@@ -77,12 +77,6 @@ def assert_locked(pid: int, token_path, canary) -> None:
     assert not canary.exists(), "a job ran without Ray's token"
 
 
-@pytest.fixture(scope="module")
-def reference(reference_answers):
-    """Local TorchServe's answers for every body: what Ray Serve must answer too."""
-    return reference_answers
-
-
 def extracted(model, tmp_path):
     tarball = package(built_archive(model), tmp_path / "model.tar.gz", runtime="ray")
     with tarfile.open(tarball) as tar:
@@ -92,7 +86,7 @@ def extracted(model, tmp_path):
 
 
 @pytest.mark.parametrize("model", sorted(INPUTS))
-def test_ray_serve_answers_what_torchserve_answers(model, reference, tmp_path):
+def test_ray_serve_answers_what_torchserve_answers(model, reference_answers, tmp_path):
     folder, names = extracted(model, tmp_path)
     assert {"config.yaml", "ray_adapter.py", "model-config.yaml", "code/requirements.txt"} <= set(names)
     config = yaml.safe_load((folder / "config.yaml").read_text())
@@ -105,7 +99,7 @@ def test_ray_serve_answers_what_torchserve_answers(model, reference, tmp_path):
         for case, (body, content_type) in INPUTS[model].items():
             got = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=120)
             assert got.status_code == 200, got.text
-            assert answers_close(strict_json(got.text), reference[model, case]), (case, got.text)
+            assert answers_close(strict_json(got.text), reference_answers[model, case]), (case, got.text)
         assert_hostile_cases_refused_alike(url, model, tmp_path)
         assert_concurrent_requests_are_batched(url, model, log)
         with DlcAdapter(ray.url) as dlc:  # what SageMaker talks to in the DLC: only Content-Type and Accept pass
@@ -114,7 +108,7 @@ def test_ray_serve_answers_what_torchserve_answers(model, reference, tmp_path):
             got = requests.post(f"{dlc.url}/invocations", data=body, timeout=120,
                                 headers={"Content-Type": content_type, "Accept": "application/json"})
             assert got.status_code == 200 and answers_close(got.json(), next(
-                reference[model, c] for c in INPUTS[model])), got.text
+                reference_answers[model, c] for c in INPUTS[model])), got.text
             refused = requests.post(f"{dlc.url}/invocations", data=b"", headers={"Content-Type": content_type},
                                     timeout=60)
             assert refused.status_code == 400 and strict_json(refused.text)["type"] == "empty_body"

@@ -26,19 +26,13 @@ from tests.inputs import BAD, INPUTS
 
 pytestmark = pytest.mark.integration
 
-@pytest.fixture(scope="module")
-def local_answers(reference_answers):
-    """Answers from local TorchServe (token auth on), the reference for parity."""
-    return reference_answers
-
-
 @pytest.fixture(params=["manifest", "toolkit"])
 def route(request):
     return request.param
 
 
 @pytest.mark.parametrize("model", sorted(INPUTS))
-def test_toolkit_serves_what_local_torchserve_serves(model, route, local_answers, tmp_path):
+def test_toolkit_serves_what_local_torchserve_serves(model, route, reference_answers, tmp_path):
     tarball = package(built_archive(model), tmp_path / "model.tar.gz", manifest=route == "manifest")
     with LocalEndpoint(tarball, tmp_path / "run") as endpoint:
         ping = requests.get(f"{endpoint.url}/ping", timeout=10)
@@ -47,10 +41,10 @@ def test_toolkit_serves_what_local_torchserve_serves(model, route, local_answers
             got = requests.post(f"{endpoint.url}/invocations", data=body,
                                 headers={"Content-Type": content_type, "Accept": "application/json"}, timeout=120)
             assert got.status_code == 200, got.text
-            assert answers_close(got.json(), local_answers[model, case]), (case, got.json())
+            assert answers_close(got.json(), reference_answers[model, case]), (case, got.json())
         (body, content_type), status, kind = BAD[model]
         if route == "manifest":
-            assert_bad_request_isolated_in_batches(endpoint, model, body, content_type, status, kind, local_answers)
+            assert_bad_request_isolated_in_batches(endpoint, model, body, content_type, status, kind, reference_answers)
         else:
             # The toolkit's own handler answers one request at a time, with our JSON error.
             got = requests.post(f"{endpoint.url}/invocations", data=body, headers={"Content-Type": content_type},
